@@ -153,7 +153,9 @@ SPECS: dict[str, Spec] = {
     # VTAB pins kitti:3.1.0, which current TFDS cannot build; the maintainers say 3.2.0 holds the same data
     "kitti": Spec("kitti:3.*.*", official(), kitti_closest_vehicle, 4),
     "dsprites_loc": Spec("dsprites:2.*.*", three_way(80, 10), attribute("label_x_position", 32, 16), 16, 255),
-    "dsprites_ori": Spec("dsprites:2.*.*", three_way(80, 10), attribute("label_orientation", 40, 16), 16, 255),
+    "dsprites_ori": Spec(
+        "dsprites:2.*.*", three_way(80, 10), attribute("label_orientation", 40, 16), 16, 255
+    ),
     "smallnorb_azi": Spec("smallnorb:2.*.*", smallnorb_split, attribute("label_azimuth"), 18),
     "smallnorb_ele": Spec("smallnorb:2.*.*", smallnorb_split, attribute("label_elevation"), 9),
     "cifar10": Spec("cifar10:3.*.*", held_out(90), label, 10),

@@ -54,6 +54,10 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# Requeued jobs become eligible cred_expire+1 s later (default 120 s); shorter keeps requeue tests quick.
+AuthInfo=cred_expire=30
+# Start pending (e.g. requeued) jobs within seconds of becoming eligible (defaults 60 s / 30 s).
+SchedulerParameters=sched_interval=5,bf_interval=5
 CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -105,9 +109,13 @@ start_munge() {
 }
 
 start_slurm() {
-  if alive "$CTLD_PID"; then
-    if [[ ${CONFIG_CHANGED:-0} == 1 ]]; then log "config changed: scontrol reconfigure"; scontrol reconfigure; fi
-  else
+  if [[ ${CONFIG_CHANGED:-0} == 1 ]] && { alive "$CTLD_PID" || alive "$SLURMD_PID"; }; then
+    # Some settings (AuthInfo, node layout) only apply at daemon start; job state survives a restart.
+    log "config changed: restarting slurmctld and slurmd"
+    stop_one slurmd "$SLURMD_PID"
+    stop_one slurmctld "$CTLD_PID"
+  fi
+  if ! alive "$CTLD_PID"; then
     log "starting slurmctld"
     slurmctld -f "$CONF"
   fi

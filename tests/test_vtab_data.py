@@ -41,6 +41,10 @@ def test_load_modes_and_sample():
     assert len(train) == 800 and len(evals["val200"]) == 200
     batch = vtab.collate([train[0], train[1]])
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].dtype == torch.long
+    cfg = OmegaConf.create({"name": "cifar10", "mode": "final", "data_dir": str(DATA)})
+    a, evals = vtab.load_task(cfg, vtab.build_transform(image_size=32), seed=1, train_limit=50, eval_limit=30)
+    b, _ = vtab.load_task(cfg, vtab.build_transform(image_size=32), seed=1, train_limit=50)
+    assert len(a) == 50 and len(evals["test"]) == 30 and a.indices == b.indices != list(range(50))
 
 
 def _fake_task(tmp_path, lines, images=("a.jpg",)):
@@ -54,9 +58,9 @@ def _fake_task(tmp_path, lines, images=("a.jpg",)):
 
 def test_malformed_line_names_file_and_line(tmp_path):
     list_file = _fake_task(tmp_path, ["a.jpg 1", "a.jpg"])
-    with pytest.raises(ValueError, match=r"val200\.txt, line 2"):
+    with pytest.raises(ValueError, match=r"val200\.txt, line 2") as e:
         vtab.read_split(tmp_path, "cifar10", "val200")
-    assert str(list_file) in str(pytest.raises(ValueError, vtab.read_split, tmp_path, "cifar10", "val200").value)
+    assert str(list_file) in str(e.value)
 
 
 def test_label_out_of_range_and_missing_image(tmp_path):
@@ -124,7 +128,10 @@ def test_prepare_vtab_smallnorb(tmp_path):
 def test_prepare_vtab_dsprites_labels(tmp_path):
     pv = _prepare_vtab()
     n = 1000  # train800 = [:800], val200 = [800:1000] (80% of 1000), test = train[900:]
-    ex = [{"image": np.ones((4, 4, 1), np.uint8), "label_x_position": i % 32, "label_orientation": i % 40} for i in range(n)]
+    ex = [
+        {"image": np.ones((4, 4, 1), np.uint8), "label_x_position": i % 32, "label_orientation": i % 40}
+        for i in range(n)
+    ]
     counts = pv.write_task("dsprites_ori", tmp_path, {"train": n}, _fake_reader({"train": ex}))
     assert counts["test"] == 100 and counts["val200"] == 200
     lines = vtab_lines(tmp_path / "dsprites_ori" / "val200.txt")
@@ -166,4 +173,16 @@ def test_task_configs():
         assert cfg.num_classes == info.num_classes == cfg.num_labels and cfg.group == info.group
         p = cfg.protocols.vit_vtab
         assert (p.lr, p.weight_decay, p.batch_size, p.epochs, p.warmup_epochs) == (1e-3, 1e-4, 64, 100, 10)
-        assert cfg.preprocess.image_size == 224 and list(cfg.preprocess.mean) == [0.485, 0.456, 0.406]
+
+
+def test_task_config_composes_with_hydra():
+    from hydra import compose, initialize_config_dir
+
+    # a task file as the primary config lands under its group's package, task.vtab
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        over = ["task.vtab.mode=tune", "task.vtab.protocols.vit_vtab.lr=0.01"]
+        cfg = compose(config_name="task/vtab/kitti", overrides=over).task.vtab
+        full = compose(config_name="task/vtab/cifar10_full", overrides=["task.vtab.download=true"]).task.vtab
+    assert (cfg.name, cfg.num_classes, cfg.group, cfg.mode) == ("kitti", 4, "structured", "tune")
+    assert cfg.protocols.vit_vtab.lr == 0.01 and cfg.protocols.vit_vtab.drop_path == 0.1
+    assert full.source == "torchvision" and full.download is True and full.num_labels == 10

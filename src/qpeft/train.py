@@ -205,6 +205,7 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,

@@ -218,6 +218,23 @@ def load(
     return train, {eval_split: evals}
 
 
+def load_task(
+    task_cfg: Mapping,
+    transform: Callable,
+    seed: int = 0,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+) -> tuple[Dataset, dict[str, Dataset]]:
+    """`load` with task.data_dir and task.mode; train_limit keeps a seeded random subset, eval_limit the first N."""
+    train, evals = load(task_cfg, task_cfg.get("data_dir"), task_cfg.get("mode"), transform)
+    if train_limit and train_limit < len(train):
+        g = torch.Generator().manual_seed(seed)
+        train = Subset(train, torch.randperm(len(train), generator=g)[:train_limit].tolist())
+    if eval_limit:
+        evals = {k: Subset(v, range(min(eval_limit, len(v)))) for k, v in evals.items()}
+    return train, evals
+
+
 def group_means(per_task: Mapping[str, float]) -> dict[str, float | None]:
     """Per-group means, the 19-task mean and the mean of the three group means; None where incomplete."""
     out: dict[str, float | None] = {}

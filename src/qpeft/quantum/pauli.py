@@ -1,0 +1,243 @@
+"""Pauli mapping: the first k columns of a real RY/CZ brick circuit, a point on the Stiefel manifold St(n, k).
+
+Wires: n is factored into primes in ascending order (wire 0 = smallest, most significant digit of the
+row-major basis index); a factor 2 is a qubit, a factor d > 2 a d-level qudit. Gates (docs/method.md):
+
+- generalized RY on a d-level wire = G_{d-2} ... G_1 G_0 (G_0 applied first), G_j the rotation by t_j / 2
+  in the plane of levels (j, j+1); for d = 2 it is RY(t) = [[cos t/2, -sin t/2], [sin t/2, cos t/2]];
+- generalized CZ on wires (a, b) = diagonal -1 where both wires are at their top level, +1 elsewhere.
+
+Circuit ("slots" of RY gates, applied right to left)::
+
+    U = R_{2L} CZ_B R_{2L-1} CZ_A ... R_2 CZ_B R_1 CZ_A R_0
+
+R_0 acts on every wire; layer l adds CZ_A on pairs (0,1),(2,3),... then R_{2l+1} on the wires CZ_A touched,
+and CZ_B on pairs (1,2),(3,4),... then R_{2l+2} on the wires CZ_B touched. Angle order in theta: slot by
+slot, wire by wire (increasing), each wire's d-1 Givens angles in order j = 0..d-2.
+
+Fast simulation (never an n x n matrix): the wires are split into g >= 2 consecutive groups of sizes
+m_1..m_g (prod = n); the RY slot is the Kronecker product of g small (m_j x m_j) matrices, each built by a
+few broadcast multiplies. The state (B, n, k) is updated by one bmm per group per slot, which also rotates
+the axes (the transposes ride on the bmm's operand strides, so no copies); a CZ brick is one multiply by
+a +-1 buffer; slot 0 applied to the identity columns is an outer product of matrix columns. Kernels per
+forward: about 3 + 3 per prime + (w - g) krons + (g + 1) per slot, independent of the batch B.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+
+def wire_dims(n: int) -> list[int]:
+    """Prime factors of n in ascending order, with multiplicity: the wire dimensions of the circuit."""
+    if n < 1:
+        raise ValueError(f"circuit dimension must be >= 1, got {n}")
+    dims, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            dims.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        dims.append(n)
+    return dims
+
+
+def pauli_num_params(n: int, layers: int) -> int:
+    """Angle count P(n, L) = D + L (2D - (d_0 - 1) - (d_{w-1} - 1)), D = sum_i (d_i - 1) over the wires.
+
+    For n = 2^q this is (2L + 1) q - 2L. The initial RY slot has D angles; per layer the two bricks
+    together touch every wire twice except wire 0 (only brick A) and wire w-1 (only one brick for any w).
+    One wire (n prime): no CZ, P = n - 1. n = 1: no wires, 0 angles, U = [[1]].
+    """
+    dims = wire_dims(n)
+    if not dims:
+        return 0
+    total = sum(d - 1 for d in dims)
+    return total + layers * (2 * total - (dims[0] - 1) - (dims[-1] - 1))
+
+
+def _slots(w: int, layers: int) -> list[list[int]]:
+    """Active wires of each RY slot: all, then per layer brick A's wires and brick B's wires."""
+    a = list(range(0, 2 * (w // 2)))
+    b = list(range(1, 1 + 2 * ((w - 1) // 2)))
+    return [list(range(w))] + [s for _ in range(layers) for s in (a, b)]
+
+
+def _cz_signs(dims: list[int], first: int) -> Tensor:
+    """The +-1 diagonal (length n, row-major) of the CZ brick on pairs (first, first+1), (first+2, ...)."""
+    sign = torch.ones(dims, dtype=torch.float64)
+    for a in range(first, len(dims) - 1, 2):
+        idx = [slice(None)] * len(dims)
+        idx[a], idx[a + 1] = dims[a] - 1, dims[a + 1] - 1
+        sign[tuple(idx)] *= -1
+    return sign.reshape(-1)
+
+
+def _split(dims: list[int], groups: int) -> list[int]:
+    """Wires per consecutive group, minimising the sum of group sizes (the flops of one slot)."""
+    w = len(dims)
+    best = None
+    for cuts in itertools.combinations(range(1, w), groups - 1):
+        bounds = (0, *cuts, w)
+        cost = sum(math.prod(dims[bounds[i] : bounds[i + 1]]) for i in range(groups))
+        if best is None or cost < best[0]:
+            best = (cost, [bounds[i + 1] - bounds[i] for i in range(groups)])
+    return best[1]
+
+
+class PauliCircuit(nn.Module):
+    """The fixed plan of an (n, k, L) circuit (index and sign buffers only); forward maps (B, P) angles to U."""
+
+    def __init__(self, n: int, k: int, layers: int, block: int = 64):
+        super().__init__()
+        if not 1 <= k <= n:
+            raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+        self.n, self.k, self.layers = n, k, layers
+        self.dims = dims = wire_dims(n)
+        w = len(dims)
+        self.num_params = pauli_num_params(n, layers)
+        slots = _slots(w, layers)
+        # angle index of (slot, wire, givens j); inactive wires point at a padded zero angle (identity gate)
+        index: dict[tuple[int, int], list[int]] = {}
+        p = 0
+        for s, active in enumerate(slots):
+            for i in range(w):
+                if i in active:
+                    index[s, i] = list(range(p, p + dims[i] - 1))
+                    p += dims[i] - 1
+                else:
+                    index[s, i] = [self.num_params] * (dims[i] - 1)
+        assert p == self.num_params
+        self.primes = sorted(set(dims))
+        self.pos = [[j for j in range(w) if dims[j] == d].index(i) for i, d in enumerate(dims)]
+        for d in self.primes:
+            wires = [i for i in range(w) if dims[i] == d]
+            idx = torch.tensor([[index[s, i] for i in wires] for s in range(len(slots))], dtype=torch.long)
+            self.register_buffer(f"idx{d}", idx.reshape(-1), persistent=False)
+            # G_j = c_j P_j + s_j Q_j + R_j: the Givens rotation in the (j, j+1) plane
+            P, Q, R = torch.zeros(3, d - 1, d, d)
+            for j in range(d - 1):
+                P[j, j, j] = P[j, j + 1, j + 1] = 1
+                Q[j, j + 1, j], Q[j, j, j + 1] = 1, -1
+                R[j] = torch.eye(d) - P[j]
+            self.register_buffer(f"gates{d}", torch.stack([P, Q, R]), persistent=False)
+        groups = min(w, max(2, math.ceil(math.log(n) / math.log(block)))) if w else 0
+        self.group_wires = _split(dims, groups) if groups else []
+        bounds = list(itertools.accumulate([0, *self.group_wires]))
+        self.group_dims = [dims[bounds[j] : bounds[j + 1]] for j in range(groups)]
+        self.group_first = bounds[:-1]
+        self.m = [math.prod(g) for g in self.group_dims]
+        # mixed-radix digits (m_1, ..., m_g) of the k starting basis columns
+        digits, rest = [], torch.arange(k)
+        for m in reversed(self.m):
+            digits.append(rest % m)
+            rest = rest // m
+        self.register_buffer("digits", torch.stack(digits[::-1]) if digits else torch.zeros(0, k), persistent=False)
+        self.register_buffer("cz_a", _cz_signs(dims, 0).float() if w else torch.ones(1), persistent=False)
+        self.register_buffer("cz_b", _cz_signs(dims, 1).float() if w else torch.ones(1), persistent=False)
+        self.num_slots = len(slots)
+
+    def group_matrices(self, angles: Tensor) -> list[Tensor]:
+        """Per group, the (B, S, m, m) Kronecker product of its wires' generalized RY gates for every slot."""
+        B, S = angles.shape[0], self.num_slots
+        a = nn.functional.pad(angles, (0, 1))  # angle P := 0 -> identity gate
+        offset = a.new_tensor([math.pi / 2, 0.0])
+        cs = torch.sin(torch.add(offset, a[..., None], alpha=0.5))  # (B, P+1, 2): cos(t/2), sin(t/2)
+        gates = {}
+        for d in self.primes:
+            P, Q, R = getattr(self, f"gates{d}").to(a.dtype)
+            c = cs[:, getattr(self, f"idx{d}")].view(B, S, -1, d - 1, 2)
+            g = torch.addcmul(torch.addcmul(R, c[..., 0, None, None], P), c[..., 1, None, None], Q)
+            while g.shape[3] > 1:  # G_{d-2} ... G_1 G_0 as a tree of pairwise products
+                odd = g[:, :, :, -1:] if g.shape[3] % 2 else None
+                g = g[:, :, :, 1 : g.shape[3] - (odd is not None) : 2] @ g[:, :, :, 0 : g.shape[3] - 1 : 2]
+                g = g if odd is None else torch.cat([g, odd], 3)
+            gates[d] = g[:, :, :, 0].unbind(2)  # W_d x (B, S, d, d); unbind's backward is one stack
+        wire = [gates[d][self.pos[i]] for i, d in enumerate(self.dims)]
+        mats = []
+        for first, gdims in zip(self.group_first, self.group_dims):
+            m = wire[first]
+            for i in range(first + 1, first + len(gdims)):
+                d, r = self.dims[i], m.shape[-1]
+                m = (m[..., :, None, :, None] * wire[i][..., None, :, None, :]).reshape(B, S, r * d, r * d)
+            mats.append(m)
+        return mats
+
+    def forward(self, angles: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """(B, P) angles -> (B, n, k) orthonormal columns; gates in float32 (or float64), state in `dtype`."""
+        if angles.dim() != 2 or angles.shape[1] != self.num_params:
+            raise ValueError(f"angles must be (B, {self.num_params}), got {tuple(angles.shape)}")
+        dtype = dtype or angles.dtype
+        B, n, k = angles.shape[0], self.n, self.k
+        if not self.dims:
+            return angles.new_ones(B, 1, 1, dtype=dtype)
+        work = angles if angles.dtype == torch.float64 else angles.float()
+        mats = [m.to(dtype) for m in self.group_matrices(work)]
+        g = len(mats)
+        # slot 0 on the identity columns: x[:, (i_1..i_g), c] = prod_j M_j[:, i_j, digit_j(c)]
+        x = None
+        for j, m in enumerate(mats):
+            col = m[:, 0][:, :, self.digits[j]]  # (B, m_j, k)
+            col = col.view(B, *[1] * j, self.m[j], *[1] * (g - 1 - j), k)
+            x = col if x is None else x * col
+        x = x.reshape(B, n, k)  # layout (m_1, .., m_g, k)
+        for layer in range(self.layers):
+            s = 1 + 2 * layer
+            x = x * self.cz_a.to(dtype)[:, None]
+            for j in range(g):  # leading group axis -> applied and rotated to the end
+                x = torch.bmm(x.view(B, self.m[j], -1).transpose(1, 2), mats[j][:, s].transpose(1, 2))
+            x = x.view(B, k, n) * self.cz_b.to(dtype)  # layout (k, m_1, .., m_g)
+            for j in reversed(range(g)):  # trailing group axis -> applied and rotated to the front
+                x = torch.bmm(mats[j][:, s + 1], x.view(B, -1, self.m[j]).transpose(1, 2))
+            x = x.view(B, n, k)
+        return x
+
+
+@lru_cache(maxsize=64)
+def _plan(n: int, k: int, layers: int, device: str) -> PauliCircuit:
+    return PauliCircuit(n, k, layers).to(device)
+
+
+def pauli_stiefel(angles: Tensor, n: int, k: int, layers: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Functional core: (B, P) angles -> (B, n, k), B circuits of one (n, k, L) simulated together."""
+    return _plan(n, k, layers, str(angles.device))(angles, dtype)
+
+
+def init_angles(shape: tuple[int, ...], init: str = "uniform", generator: torch.Generator | None = None) -> Tensor:
+    """Initial angles: "uniform" on [-pi, pi) (U spread over many coordinates) or "small" N(0, 0.01^2)."""
+    if init == "uniform":
+        return torch.rand(shape, generator=generator) * (2 * math.pi) - math.pi
+    if init == "small":
+        return torch.randn(shape, generator=generator) * 0.01
+    raise ValueError(f"unknown angle init '{init}': choose uniform or small")
+
+
+class PauliStiefel(nn.Module):
+    """Trainable Pauli mapping: theta (P,) -> U (n, k), or theta (batch, P) -> U (batch, n, k)."""
+
+    def __init__(
+        self,
+        n: int,
+        k: int,
+        layers: int,
+        init: str = "uniform",
+        generator: torch.Generator | None = None,
+        batch: int | None = None,
+    ):
+        super().__init__()
+        self.circuit = PauliCircuit(n, k, layers)
+        self.batch = batch
+        shape = (self.circuit.num_params,) if batch is None else (batch, self.circuit.num_params)
+        self.theta = nn.Parameter(init_angles(shape, init, generator))
+
+    def forward(self, theta: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The orthonormal columns; `theta` overrides the parameter (e.g. quantised angles)."""
+        theta = self.theta if theta is None else theta
+        u = self.circuit(theta.reshape(-1, self.circuit.num_params), dtype)
+        return u[0] if self.batch is None else u

@@ -1,0 +1,50 @@
+"""Shared test helpers: compose the real configs, find the offline data, run run.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QPEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
+GLUE_DIR = Path(os.environ.get("QPEFT_GLUE_DIR", SHARED / "glue"))
+VTAB_DIR = Path(os.environ.get("QPEFT_VTAB_DIR", SHARED / "vtab-1k"))
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    """The run config exactly as `python run.py <overrides>` composes it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3").__enter__()
+    return compose(config_name="config", overrides=overrides)
+
+
+def run_cli(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python run.py args` in the repo and capture its output."""
+    full_env = {**os.environ, "QPEFT_GLUE_DIR": str(GLUE_DIR), "QPEFT_VTAB_DIR": str(VTAB_DIR), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "SST-2" / "train.tsv").exists():
+        pytest.skip(f"GLUE data not found at {GLUE_DIR}: set QPEFT_GLUE_DIR")
+    return GLUE_DIR

@@ -1,0 +1,89 @@
+"""Real runs through run.py: MiniLM on real SST-2, resume after a kill, errors, record contents."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli
+
+TINY = ["task=glue/sst2", "backbone=tiny_bert", "protocol=minilm_cpu", "trainer.max_length=32",
+        "trainer.eval_limit=64", "trainer.logging_steps=1"]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_minilm_learns_real_sst2(glue_dir, tmp_path):
+    """The real pretrained MiniLM with Quantum-PEFT on 2,000 SST-2 sentences beats 0.70 dev accuracy."""
+    out = run_cli(["experiment=demo", "trainer.train_limit=2000", "trainer.epochs=1", f"output_root={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = read(next(tmp_path.rglob("record.json")))
+    assert rec["eval_samples"] == {"validation": 872}  # the full official dev set
+    assert rec["metrics"]["accuracy"] > 0.70, rec["metrics"]
+    assert rec["adapter"] == "quantum" and 0 < rec["adapter_params"] < 10_000
+    for key in ("versions", "git_commit", "config", "train_samples_per_s", "peak_mem_bytes", "wall_time_s"):
+        assert rec[key] is not None, key
+    assert rec["versions"]["transformers"] and rec["versions"]["peft"]
+
+
+@pytest.mark.parametrize("adapter", ["quantum", "lora"])
+def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
+    """A run killed after a checkpoint and started again ends with the uninterrupted run's metrics."""
+    args = [*TINY, f"adapter={adapter}", "trainer.train_limit=320", "trainer.epochs=2", "trainer.save_steps=5",
+            "trainer.batch_size=16"]
+    ref = run_cli([*args, f"output_root={tmp_path / 'ref'}"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_rec = read(next((tmp_path / "ref").rglob("record.json")))
+
+    # start, wait for the checkpoint at step 10 to be complete, then kill -9 (a preemption)
+    env = {**os.environ, "QPEFT_GLUE_DIR": str(GLUE_DIR), "QPEFT_VTAB_DIR": str(VTAB_DIR)}
+    proc = subprocess.Popen([sys.executable, "run.py", *args, f"output_root={tmp_path / 'pre'}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "pre").rglob("checkpoint-10/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((tmp_path / "pre").rglob("record.json")), "a killed run must leave no record"
+
+    again = run_cli([*args, f"output_root={tmp_path / 'pre'}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    rec = read(next((tmp_path / "pre").rglob("record.json")))
+    assert rec["resumed_from"] and rec["optimizer_steps"] == ref_rec["optimizer_steps"] == 40
+    assert rec["metrics"] == pytest.approx(ref_rec["metrics"], abs=1e-6)
+
+    # a finished run is skipped, not repeated
+    skip = run_cli([*args, f"output_root={tmp_path / 'pre'}"])
+    assert skip.returncode == 0 and "finished already, skipping" in skip.stdout
+    assert read(next((tmp_path / "pre").rglob("record.json"))) == rec
+
+
+def test_missing_data_folder_names_the_setting(tmp_path):
+    out = run_cli([*TINY, "adapter=full", f"task.data_dir={tmp_path / 'nowhere'}", f"output_root={tmp_path}"])
+    assert out.returncode == 2
+    assert "QPEFT_GLUE_DIR" in out.stderr and "task.data_dir" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_hub_backbone_without_network_says_what_to_use(tmp_path):
+    out = run_cli(["task=glue/sst2", "backbone=roberta_base", "adapter=full", "protocol=minilm_cpu",
+                   f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "backbone=minilm_l6" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_record(glue_dir, tmp_path):
+    out = run_cli([*TINY, "adapter=full", "trainer.lr=1e30", "trainer.train_limit=64", f"output_root={tmp_path}"])
+    assert out.returncode == 2
+    assert "trainer.lr" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("record.json"))
