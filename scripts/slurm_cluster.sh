@@ -60,6 +60,7 @@ AuthInfo=cred_expire=30
 SchedulerParameters=sched_interval=5,bf_interval=5
 CredType=cred/munge
 MpiDefault=none
+MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -125,10 +126,11 @@ start_slurm() {
   slurmd -f "$CONF" && sleep 1 && alive "$SLURMD_PID" && return
   # slurmd loads a cgroup plugin even with task/none + proctrack/linuxproc. Slurm >= 23.02 can be told
   # not to (CgroupPlugin=disabled, unknown to 22.05), for hosts where autodetection fails.
-  if [[ ! -f $CONF_DIR/cgroup.conf ]] && tail -n 20 "$LOG_DIR/slurmd.log" | grep -qi cgroup; then
+  if [[ ! -f $CONF_DIR/cgroup.conf ]] && tail -n 20 "$LOG_DIR/slurmd.log" | grep -qiE 'error.*cgroup'; then
     log "slurmd failed on cgroups; retrying with $CONF_DIR/cgroup.conf CgroupPlugin=disabled"
     echo "CgroupPlugin=disabled" >"$CONF_DIR/cgroup.conf"
     slurmd -f "$CONF" && sleep 1 && alive "$SLURMD_PID" && return
+    rm -f "$CONF_DIR/cgroup.conf"
   fi
   die "slurmd did not start; see $LOG_DIR/slurmd.log"
 }

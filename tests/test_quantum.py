@@ -22,7 +22,6 @@ from qpeft.quantum import (
 )
 from qpeft.quantum.quantize import angle_codes, pack_bits, unpack_bits
 
-
 # ---- dense reference: Kronecker products of the individual gates, float64, obviously correct ----
 
 
@@ -69,7 +68,10 @@ def dense_pauli(theta: torch.Tensor, n: int, layers: int) -> torch.Tensor:
 
     def ry_slot(active: set[int]) -> torch.Tensor:
         return kron_all(
-            [generalized_ry([next(it) for _ in range(d - 1)], d) if i in active else torch.eye(d) for i, d in enumerate(dims)]
+            [
+                generalized_ry([next(it) for _ in range(d - 1)], d) if i in active else torch.eye(d)
+                for i, d in enumerate(dims)
+            ]
         )
 
     pairs_a = [(i, i + 1) for i in range(0, w - 1, 2)]
@@ -94,8 +96,25 @@ def orth_err(U: torch.Tensor) -> float:
 
 # ---- Pauli ----
 
-CASES = [(8, 1), (8, 3), (8, 8), (384, 1), (384, 384), (768, 1), (768, 8), (768, 96), (1000, 7), (1000, 1000),
-         (1024, 16), (1024, 1024), (1536, 32), (2304, 8), (2304, 200), (3072, 1), (3072, 64)]
+CASES = [
+    (8, 1),
+    (8, 3),
+    (8, 8),
+    (384, 1),
+    (384, 384),
+    (768, 1),
+    (768, 8),
+    (768, 96),
+    (1000, 7),
+    (1000, 1000),
+    (1024, 16),
+    (1024, 1024),
+    (1536, 32),
+    (2304, 8),
+    (2304, 200),
+    (3072, 1),
+    (3072, 64),
+]
 
 
 @pytest.mark.parametrize("n,k", CASES)
@@ -120,8 +139,21 @@ def test_angle_count():
         for L in range(4):
             assert pauli_num_params(2**q, L) == (2 * L + 1) * q - 2 * L
     # hand-computed from the documented formula P = D + L (2D - (d_0 - 1) - (d_last - 1)), D = sum(d_i - 1)
-    hand = {(768, 1): 27, (768, 2): 44, (2304, 1): 33, (2304, 2): 54, (1000, 1): 40, (1000, 2): 65,
-            (3072, 1): 33, (384, 1): 24, (1536, 1): 30, (1024, 1): 28, (4096, 1): 34, (6, 1): 6, (7, 3): 6}
+    hand = {
+        (768, 1): 27,
+        (768, 2): 44,
+        (2304, 1): 33,
+        (2304, 2): 54,
+        (1000, 1): 40,
+        (1000, 2): 65,
+        (3072, 1): 33,
+        (384, 1): 24,
+        (1536, 1): 30,
+        (1024, 1): 28,
+        (4096, 1): 34,
+        (6, 1): 6,
+        (7, 3): 6,
+    }
     for (n, L), p in hand.items():
         assert pauli_num_params(n, L) == p, (n, L)
     assert pauli_num_params(1, 2) == 0
@@ -249,11 +281,15 @@ def test_quantize_round_trip_wrap_and_ste():
         assert dist.abs().max() <= step / 2 + 1e-5
         assert q.min() >= -math.pi and q.max() < math.pi  # wrapped, never clipped
         torch.testing.assert_close(quantize_angles(q, bits, ste=False), q)  # idempotent
-        shifted = quantize_angles(theta + 2 * math.pi, bits, ste=False)  # same grid point up to float32 rounding
+        shifted = quantize_angles(
+            theta + 2 * math.pi, bits, ste=False
+        )  # same grid point up to float32 rounding
         assert (torch.remainder(shifted - q + math.pi, 2 * math.pi) - math.pi).abs().max() <= step + 1e-5
         packed = pack_angles(theta, bits)
         assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(1000 * bits / 8)
-        torch.testing.assert_close(unpack_angles(packed, bits, (10, 100)), q.reshape(10, 100), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            unpack_angles(packed, bits, (10, 100)), q.reshape(10, 100), atol=1e-6, rtol=0
+        )
         codes = angle_codes(theta, bits)
         assert torch.equal(unpack_bits(pack_bits(codes, bits), bits, codes.numel()), codes)
     t = theta.clone().requires_grad_()

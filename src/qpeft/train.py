@@ -316,7 +316,8 @@ def train(cfg: DictConfig) -> dict:
 
     step_time = throughput.step_time()
     samples_per_step = hp["batch_size"] * cfg.trainer.grad_accum * trainer.args.world_size
-    mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in train_ds.column_names else None
+    cols = getattr(train_ds, "column_names", None) or []
+    mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
     peak, peak_kind = peak_memory()
     main = cfg.task.main_metric
     if main not in final:

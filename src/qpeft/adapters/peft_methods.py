@@ -16,6 +16,7 @@ lora_A / lora_B / lora_E parameter, what the optimizer holds) and the rank patte
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import peft
@@ -108,9 +109,15 @@ def peft_config(
         target_modules=list(targets),
         modules_to_save=list(head) or None,
         task_type=task_type(model),
-        fan_in_fan_out=any(isinstance(m, Conv1D) for m in layers.values()),
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in layers.values()),  # GPT-2 c_attn
     )
     method = cfg.method
+    conv1d = [n for n, m in layers.items() if isinstance(m, Conv1D)]
+    if method in ("oft", "boft") and conv1d:
+        raise ValueError(
+            f"peft {peft.__version__} cannot apply {method.upper()} to transformers Conv1D layers ({conv1d[0]}, GPT-2 "
+            "style): choose adapter=lora or adalora for this backbone, or adapter.targets of nn.Linear layers"
+        )
     if method == "lora":
         r = int(cfg.r)
         smallest = min(min(s) for s in shapes)
@@ -121,7 +128,9 @@ def peft_config(
     if method == "adalora":
         target_r = cfg.get("target_r")
         if target_r is None:
-            raise ValueError("adapter.target_r is not set and the task protocol gives none: set adapter.target_r=...")
+            raise ValueError(
+                "adapter.target_r is not set and the task protocol gives none: set adapter.target_r=..."
+            )
         init_r = cfg.get("init_r") or math.ceil(1.5 * target_r)  # b(0) = 1.5 b(T) (AdaLoRA paper, Table 7)
         if not 1 <= target_r <= init_r:
             raise ValueError(f"adapter.target_r={target_r} must be between 1 and adapter.init_r={init_r}")
@@ -166,9 +175,13 @@ def peft_config(
         if m > 1 and block % 2:
             raise ValueError(f"adapter.block_size={block} must be even when adapter.n_butterfly_factor > 1")
         span = block * 2 ** (m - 1)
-        _check_divides(layers, span, "adapter.block_size * 2^(adapter.n_butterfly_factor - 1)", "BOFT butterfly")
+        _check_divides(
+            layers, span, "adapter.block_size * 2^(adapter.n_butterfly_factor - 1)", "BOFT butterfly"
+        )
         if m > 1 and any((dims(x)[0] // block) % 2 for x in layers.values()):
-            raise ValueError(f"adapter.block_size={block} must leave an even number of blocks per layer for BOFT")
+            raise ValueError(
+                f"adapter.block_size={block} must leave an even number of blocks per layer for BOFT"
+            )
         boft_layer._FBD_CUDA = boft_layer._FBD_CUDA or _TorchBlockDiag()  # keep the butterfly factor
         return BOFTConfig(
             boft_block_size=block,
@@ -180,12 +193,35 @@ def peft_config(
     raise ValueError(f"qpeft.adapters.peft_methods does not implement '{method}'")
 
 
+@contextlib.contextmanager
+def _all_on_meta():
+    """New tensors on meta; BOFT's butterfly permutation indices still need real integers (CPU)."""
+    perm = boft_layer.BOFTLayer.block_butterfly_perm
+
+    def on_cpu(self, *args, **kwargs):
+        with torch.device("cpu"):
+            return perm(self, *args, **kwargs)
+
+    boft_layer.BOFTLayer.block_butterfly_perm = on_cpu
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        boft_layer.BOFTLayer.block_butterfly_perm = perm
+
+
 def apply(model: nn.Module, cfg, targets: list[str], head: list[str], total_steps: int) -> nn.Module:
     """Inject the peft method into the target modules; the head modules stay trainable (modules_to_save)."""
     config = peft_config(model, cfg, targets, head, total_steps)
-    if config.task_type is None:  # what get_peft_model builds for task_type None, with a forward that keeps AdaLoRA's loss
-        return PeftModelThroughTuner(model, config)
-    return get_peft_model(model, config)
+    # a meta model (parameter tables): build every new tensor on meta too, BOFT's dense d_in x d_in
+    # permutation buffers included (7B shapes would otherwise take gigabytes of CPU memory)
+    on_meta = any(p.is_meta for p in model.parameters())
+    with _all_on_meta() if on_meta else contextlib.nullcontext():
+        if (
+            config.task_type is None
+        ):  # what get_peft_model builds for None, with a forward that keeps AdaLoRA's loss
+            return PeftModelThroughTuner(model, config)
+        return get_peft_model(model, config)
 
 
 def _adalora(model: nn.Module) -> AdaLoraModel | None:

@@ -138,13 +138,15 @@ class PauliCircuit(nn.Module):
         for m in reversed(self.m):
             digits.append(rest % m)
             rest = rest // m
-        self.register_buffer("digits", torch.stack(digits[::-1]) if digits else torch.zeros(0, k), persistent=False)
+        self.register_buffer(
+            "digits", torch.stack(digits[::-1]) if digits else torch.zeros(0, k), persistent=False
+        )
         self.register_buffer("cz_a", _cz_signs(dims, 0).float() if w else torch.ones(1), persistent=False)
         self.register_buffer("cz_b", _cz_signs(dims, 1).float() if w else torch.ones(1), persistent=False)
         self.num_slots = len(slots)
 
-    def group_matrices(self, angles: Tensor) -> list[Tensor]:
-        """Per group, the (B, S, m, m) Kronecker product of its wires' generalized RY gates for every slot."""
+    def group_matrices(self, angles: Tensor) -> list[tuple[Tensor, ...]]:
+        """Per group and slot, the (B, m, m) Kronecker product of the group's wires' generalized RY gates."""
         B, S = angles.shape[0], self.num_slots
         a = nn.functional.pad(angles, (0, 1))  # angle P := 0 -> identity gate
         offset = a.new_tensor([math.pi / 2, 0.0])
@@ -152,8 +154,8 @@ class PauliCircuit(nn.Module):
         gates = {}
         for d in self.primes:
             P, Q, R = getattr(self, f"gates{d}").to(a.dtype)
-            c = cs[:, getattr(self, f"idx{d}")].view(B, S, -1, d - 1, 2)
-            g = torch.addcmul(torch.addcmul(R, c[..., 0, None, None], P), c[..., 1, None, None], Q)
+            c, s = cs[:, getattr(self, f"idx{d}")].view(B, S, -1, d - 1, 2, 1, 1).unbind(4)
+            g = torch.addcmul(torch.addcmul(R, c, P), s, Q)
             while g.shape[3] > 1:  # G_{d-2} ... G_1 G_0 as a tree of pairwise products
                 odd = g[:, :, :, -1:] if g.shape[3] % 2 else None
                 g = g[:, :, :, 1 : g.shape[3] - (odd is not None) : 2] @ g[:, :, :, 0 : g.shape[3] - 1 : 2]
@@ -166,7 +168,7 @@ class PauliCircuit(nn.Module):
             for i in range(first + 1, first + len(gdims)):
                 d, r = self.dims[i], m.shape[-1]
                 m = (m[..., :, None, :, None] * wire[i][..., None, :, None, :]).reshape(B, S, r * d, r * d)
-            mats.append(m)
+            mats.append(m.unbind(1))  # per slot (B, m, m)
         return mats
 
     def forward(self, angles: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -178,12 +180,12 @@ class PauliCircuit(nn.Module):
         if not self.dims:
             return angles.new_ones(B, 1, 1, dtype=dtype)
         work = angles if angles.dtype == torch.float64 else angles.float()
-        mats = [m.to(dtype) for m in self.group_matrices(work)]
+        mats = [[m.to(dtype) for m in ms] for ms in self.group_matrices(work)]
         g = len(mats)
         # slot 0 on the identity columns: x[:, (i_1..i_g), c] = prod_j M_j[:, i_j, digit_j(c)]
         x = None
         for j, m in enumerate(mats):
-            col = m[:, 0][:, :, self.digits[j]]  # (B, m_j, k)
+            col = m[0][:, :, self.digits[j]]  # (B, m_j, k)
             col = col.view(B, *[1] * j, self.m[j], *[1] * (g - 1 - j), k)
             x = col if x is None else x * col
         x = x.reshape(B, n, k)  # layout (m_1, .., m_g, k)
@@ -191,10 +193,10 @@ class PauliCircuit(nn.Module):
             s = 1 + 2 * layer
             x = x * self.cz_a.to(dtype)[:, None]
             for j in range(g):  # leading group axis -> applied and rotated to the end
-                x = torch.bmm(x.view(B, self.m[j], -1).transpose(1, 2), mats[j][:, s].transpose(1, 2))
+                x = torch.bmm(x.view(B, self.m[j], -1).transpose(1, 2), mats[j][s].transpose(1, 2))
             x = x.view(B, k, n) * self.cz_b.to(dtype)  # layout (k, m_1, .., m_g)
             for j in reversed(range(g)):  # trailing group axis -> applied and rotated to the front
-                x = torch.bmm(mats[j][:, s + 1], x.view(B, -1, self.m[j]).transpose(1, 2))
+                x = torch.bmm(mats[j][s + 1], x.view(B, -1, self.m[j]).transpose(1, 2))
             x = x.view(B, n, k)
         return x
 
@@ -209,7 +211,9 @@ def pauli_stiefel(angles: Tensor, n: int, k: int, layers: int, dtype: torch.dtyp
     return _plan(n, k, layers, str(angles.device))(angles, dtype)
 
 
-def init_angles(shape: tuple[int, ...], init: str = "uniform", generator: torch.Generator | None = None) -> Tensor:
+def init_angles(
+    shape: tuple[int, ...], init: str = "uniform", generator: torch.Generator | None = None
+) -> Tensor:
     """Initial angles: "uniform" on [-pi, pi) (U spread over many coordinates) or "small" N(0, 0.01^2)."""
     if init == "uniform":
         return torch.rand(shape, generator=generator) * (2 * math.pi) - math.pi

@@ -1,0 +1,54 @@
+"""List the runs a sweep expands to, with their count and status, before launching anything.
+
+    python scripts/jobs.py experiment=glue_deberta
+    python scripts/jobs.py experiment=minilm_glue seed=0      # extra overrides narrow or extend the sweep
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
+    """(one override list per job, the fixed overrides) for a preset's hydra.sweeper.params + the CLI."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=plain, return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.get("params") or {})
+    fixed = []
+    for o in parsed:  # a CLI value replaces the preset's sweep of that key
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            params[key] = ",".join(o.sweep_string_iterator())
+        elif key in params:
+            params[key] = o.get_value_element_as_str()
+        else:
+            fixed.append(o.input_line)
+    axes = [[f"{k}={v}" for v in parser.parse_override(f"{k}={vals}").sweep_string_iterator()]
+            if "," in str(vals) else [f"{k}={vals}"] for k, vals in params.items()]
+    return [list(job) for job in itertools.product(*axes)], fixed
+
+
+def main(argv: list[str]) -> None:
+    jobs, fixed = expand(argv)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        done = 0
+        for job in jobs:
+            cfg = compose(config_name="config", overrides=fixed + job)
+            finished = (Path(cfg.run_dir) / "record.json").exists()
+            done += finished
+            print(f"{'done' if finished else 'todo'}  {' '.join(job)}  -> {cfg.run_dir}")
+    print(f"{len(jobs)} jobs ({done} finished, {len(jobs) - done} to run) for: {' '.join(argv)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

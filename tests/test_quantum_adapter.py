@@ -1,0 +1,297 @@
+"""The quantum adapter on tiny models: exact start, training, merge, state dict, counts, batching."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from qpeft.adapters import adapter_params
+from qpeft.adapters import quantum as qa
+from qpeft.quantum import pauli_num_params
+from qpeft.quantum.pauli import PauliCircuit
+
+
+def cfg(**kw):
+    base = dict(
+        method="quantum",
+        rank=4,
+        layers=1,
+        alpha=8,
+        init="uniform",
+        rank_mask=None,
+        quant_bits=None,
+        quant_mode="qat",
+        dropout=0.0,
+    )
+    return OmegaConf.create({**base, **kw})
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 24), nn.Linear(24, 24), nn.Linear(24, 24)
+        self.fc4, self.cls = nn.Linear(24, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x))))))
+        return self.cls(torch.tanh(self.fc4(h)))
+
+
+MLP_TARGETS = ["fc1", "fc2", "fc3", "fc4"]
+MLP_SHAPES = [(24, 16), (24, 24), (24, 24), (16, 24)]
+
+
+def mlp(c, seed=0):
+    torch.manual_seed(seed)
+    base = MLP()
+    model = qa.apply(copy.deepcopy(base), c, MLP_TARGETS, ["cls"], total_steps=40)
+    return base, model
+
+
+def data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 16, generator=g), torch.randint(0, 3, (32,), generator=g)
+
+
+def train(model, x, y, steps=15, lr=0.05, loss_fn=None, on_step=False):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    loss_fn = loss_fn or (lambda: nn.functional.cross_entropy(model(x), y))
+    losses = []
+    for step in range(steps):
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        if on_step:
+            qa.on_step(model, step + 1)
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def pauli_count(shapes, k, layers):
+    return sum(pauli_num_params(o, layers) + pauli_num_params(i, layers) + k for o, i in shapes)
+
+
+@pytest.mark.parametrize("method", ["quantum", "quantum_taylor"])
+def test_mlp_start_train_merge(method):
+    c = cfg(method=method, init="uniform" if method == "quantum" else "small")
+    base, model = mlp(c)
+    x, y = data()
+    torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)  # lam = 0: exactly the pretrained function
+    if method == "quantum":
+        assert adapter_params(model, ["cls"]) == pauli_count(MLP_SHAPES, 4, 1)
+    else:
+        assert adapter_params(model, ["cls"]) == sum((o + i) * 4 - 16 for o, i in MLP_SHAPES)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.startswith("qpeft_adapter.") or n.startswith("cls.") for n in trainable)
+    for p in model.cls.parameters():
+        p.requires_grad = False  # the adapter alone must lower the loss
+    losses = train(model, x, y)
+    assert losses[-1] < losses[0] - 0.05
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        w0 = model.fc2.base.weight.clone()
+        qa.merge(model)
+        assert not torch.equal(model.fc2.base.weight, w0)
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+        qa.unmerge(model)
+        assert torch.equal(model.fc2.base.weight, w0)
+        torch.testing.assert_close(model(x), out, atol=0, rtol=0)
+
+
+def test_state_dict_round_trip_and_bytes():
+    c = cfg()
+    base, model = mlp(c)
+    x, y = data()
+    train(model, x, y, steps=5)
+    model.eval()
+    sd = qa.adapter_state_dict(model)
+    fresh = qa.apply(copy.deepcopy(base), c, MLP_TARGETS, ["cls"], total_steps=40)
+    fresh.cls.load_state_dict(model.cls.state_dict())  # the head is saved by the harness, not the adapter
+    fresh.eval()
+    qa.load_adapter_state_dict(fresh, sd)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    n_float = pauli_count(MLP_SHAPES, 4, 1)
+    assert qa.record_extra(model)["adapter_state_bytes"] == 4 * n_float
+
+
+def test_quantised_state_dict_and_modes():
+    bits = 5
+    base, model = mlp(cfg(quant_bits=bits, quant_mode="qat"))
+    x, y = data()
+    losses = train(model, x, y)  # QAT: gradients pass the rounding (STE)
+    assert losses[-1] < losses[0]
+    model.eval()
+    sd = qa.adapter_state_dict(model)
+    hub = model.qpeft_adapter
+    angles = sum(p.numel() for n, p in hub.named_parameters() if n.endswith(".theta"))
+    n_lam = sum(p.numel() for p in hub.lam.values())
+    packed = sum(math.ceil(p.numel() * bits / 8) for n, p in hub.named_parameters() if n.endswith(".theta"))
+    assert qa.state_bytes(sd) == packed + 4 * n_lam + 4 * 2 * len(hub.banks) + 1  # + int32 shapes, bits
+    assert qa.record_extra(model)["adapter_state_bytes"] == qa.state_bytes(sd) < 4 * (angles + n_lam)
+    fresh = qa.apply(copy.deepcopy(base), cfg(quant_bits=bits), MLP_TARGETS, ["cls"], total_steps=40)
+    fresh.cls.load_state_dict(model.cls.state_dict())
+    fresh.eval()
+    qa.load_adapter_state_dict(fresh, sd)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), atol=1e-5, rtol=1e-5)
+
+    # PTQ: full-precision angles while training, quantised at eval and merge
+    _, model = mlp(cfg(quant_bits=2, quant_mode="ptq"))
+    train(model, x, y, steps=5)
+    with torch.no_grad():
+        model.train()
+        out_fp = model(x)
+        model.eval()
+        out_q = model(x)
+        assert not torch.allclose(out_fp, out_q, atol=1e-4)
+        qa.merge(model)
+        torch.testing.assert_close(model(x), out_q, atol=1e-5, rtol=1e-5)
+
+
+def test_rank_errors_and_full():
+    with pytest.raises(ValueError, match="adapter.rank"):
+        mlp(cfg(rank=17))
+    with pytest.raises(ValueError, match="adapter.rank"):
+        mlp(cfg(rank=0))
+    _, model = mlp(cfg(rank="full"))
+    ks = [lam.shape[1] for lam in model.qpeft_adapter.lam.values()]
+    assert sorted(ks) == [16, 24]
+    assert adapter_params(model, ["cls"]) == sum(
+        pauli_num_params(o, 1) + pauli_num_params(i, 1) + min(o, i) for o, i in MLP_SHAPES
+    )
+    with pytest.raises(ValueError, match="quant_bits"):
+        mlp(cfg(method="quantum_taylor", quant_bits=4))
+
+
+def test_one_simulation_per_dimension_not_per_matrix(monkeypatch):
+    calls = []
+    real = PauliCircuit.forward
+    monkeypatch.setattr(
+        PauliCircuit, "forward", lambda self, a, d=None: calls.append(a.shape[0]) or real(self, a, d)
+    )
+    _, model = mlp(cfg())
+    x, y = data()
+    hub = model.qpeft_adapter
+    nn.functional.cross_entropy(model(x), y).backward()
+    # 4 matrices, 8 factors, 2 distinct dimensions (16, 24): 2 batched simulations of 2 and 6 circuits
+    assert sorted(calls) == [2, 6] and hub.num_simulations == 2 == len(hub.banks)
+    model.eval()
+    with torch.no_grad():  # eval: cached until a parameter changes
+        model(x)
+        model(x)
+        assert hub.num_simulations == 4
+        hub.lam["k4"].add_(0.1)
+        model(x)
+        assert hub.num_simulations == 6
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    conf = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(conf).eval()
+
+
+BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def test_tiny_bert():
+    base = tiny_bert()
+    model = qa.apply(copy.deepcopy(base), cfg(), BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(0, 100, (8, 12), generator=g), torch.randint(0, 2, (8,), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
+    hub = model.qpeft_adapter
+    shapes = [(32, 32)] * 8 + [(64, 32), (32, 64)] * 2
+    assert len(hub.index) == 12 and len(hub.banks) == 2
+    assert adapter_params(model, ["classifier", "pooler"]) == pauli_count(shapes, 4, 1)
+    for p in model.classifier.parameters():
+        p.requires_grad = False
+    before = hub.num_simulations
+    model.train()
+    losses = train(
+        model, ids, labels, steps=12, lr=0.05, loss_fn=lambda: model(input_ids=ids, labels=labels).loss
+    )
+    assert hub.num_simulations - before == 12 * 2  # per step: one per distinct dimension (32, 64)
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+        qa.merge(model)
+        torch.testing.assert_close(model(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
+        qa.unmerge(model)
+    fresh = qa.apply(copy.deepcopy(base), cfg(), BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    fresh.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("qpeft_adapter.")}, strict=False
+    )
+    qa.load_adapter_state_dict(fresh, qa.adapter_state_dict(model))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(input_ids=ids).logits, out, atol=0, rtol=0)
+    extra = qa.record_extra(model)
+    assert (
+        extra["adapted_matrices"] == 12 and extra["circuit_groups"] == 2 and extra["adapter_state_bytes"] > 0
+    )
+
+
+def test_gpt2_conv1d():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2)).eval()
+    model = qa.apply(copy.deepcopy(base), cfg(rank=2), ["c_attn", "c_proj"], [], total_steps=10)
+    ids = torch.randint(0, 50, (4, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
+    shapes = [(96, 32), (32, 32), (32, 128)]  # c_attn, attn.c_proj, mlp.c_proj (d_out, d_in)
+    assert adapter_params(model, []) == pauli_count(shapes, 2, 1)
+    losses = train(model, ids, None, steps=8, loss_fn=lambda: model(input_ids=ids, labels=ids).loss)
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+        qa.merge(model)
+        torch.testing.assert_close(model(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
+
+
+def test_rank_masks():
+    _, model = mlp(cfg(rank_mask=2))
+    x, y = data()
+    train(model, x, y, steps=3)
+    lam = model.qpeft_adapter.lam["k4"]
+    assert lam.grad is None or lam.grad[:, 2:].abs().max() == 0
+    assert torch.all(lam[:, 2:] == 0) and lam[:, :2].abs().min() > 0
+    assert qa.record_extra(model)["active_rank_mean"] == 2
+
+    _, model = mlp(cfg(rank_mask="adaptive", target_rank=1, mask_warmup=0.1, mask_final=0.5, mask_interval=2))
+    train(model, x, y, steps=40, on_step=True)
+    hub = model.qpeft_adapter
+    assert qa.record_extra(model)["active_rank_mean"] == 1  # budget reached target_rank * matrices
+    assert qa.adapter_state_bytes(model) == qa.state_bytes(qa.adapter_state_dict(model))
+    assert hub.mask_k4.sum() == 4 and hub.score_k4.abs().sum() > 0
+
+
+def test_bfloat16_model_runs():
+    _, model = mlp(cfg())
+    model.to(torch.bfloat16)
+    x, _ = data()
+    out = model(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
