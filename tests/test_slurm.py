@@ -5,12 +5,12 @@ Run with `pytest -m slurm`; skipped when SLURM is not installed or the cluster i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 # Small enough for the single-node test cluster (2 CPUs); real clusters take the slurm.yaml defaults.
 LAUNCHER_ENV = {
     "QPEFT_SLURM_GPUS_PER_NODE": "0",
@@ -76,67 +77,80 @@ def test_sbatch_wrap(slurm, tmp_path):
     assert out.read_text().strip() == f"hello from {job_id}"
 
 
-APP = """
-import os, time
-from pathlib import Path
-import hydra
-from hydra.core.hydra_config import HydraConfig
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="app")
-def main(cfg):
-    out = Path(HydraConfig.get().runtime.output_dir)
-    runs = out / "starts.txt"
-    with open(runs, "a") as f:
-        f.write(f"{os.environ.get('SLURM_JOB_ID')} {os.environ.get('SLURM_RESTART_COUNT', '0')}\\n")
-    began = time.time()
-    time.sleep(cfg.sleep)
-    (out / "result.txt").write_text(f"{cfg.x} {os.environ.get('OMP_NUM_THREADS')} {began} {time.time()}\\n")
-    return cfg.x
-
-if __name__ == "__main__":
-    main()
-"""
+TINY = [
+    "task=glue/sst2",
+    "backbone=tiny_bert",
+    "protocol=minilm_cpu",
+    "trainer.max_length=32",
+    "trainer.train_limit=256",
+    "trainer.eval_limit=64",
+    "trainer.epochs=1",
+    "trainer.batch_size=16",
+]
 
 
-def launch(tmp_path: Path, overrides: list[str]) -> subprocess.Popen:
-    """Start a throwaway Hydra app as a multirun through configs/hydra/launcher/slurm.yaml."""
-    (tmp_path / "conf").mkdir(exist_ok=True)
-    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
-    (tmp_path / "conf" / "app.yaml").write_text(
-        f"x: 0\nsleep: 1\nhydra:\n  searchpath: ['file://{REPO / 'configs'}']\n  sweep:\n    dir: sweep\n"
-    )
-    env = {**os.environ, **LAUNCHER_ENV}
-    cmd = [sys.executable, "app.py", "-m", "hydra/launcher=slurm", *overrides]
+def qpeft_multirun(out: Path, overrides: list[str]) -> subprocess.Popen:
+    """`python run.py -m hydra/launcher=slurm ...` as a user types it, outputs under `out`."""
+    env = {
+        **os.environ,
+        **LAUNCHER_ENV,
+        "QPEFT_OUTPUT_DIR": str(out),
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "QPEFT_GLUE_DIR": os.environ.get("QPEFT_GLUE_DIR", str(GLUE_DIR)),
+    }
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=slurm", *TINY, *overrides]
     return subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
-def test_submitit_launcher_runs_jobs_in_parallel(slurm, tmp_path):
-    proc = launch(tmp_path, ["x=1,2", "sleep=5"])
-    log, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, log
-    results = [r.read_text().split() for r in sorted((tmp_path / "sweep").glob("*/result.txt"))]
-    assert [r[:2] for r in results] == [["1", "1"], ["2", "1"]]  # x, OMP_NUM_THREADS from slurm.yaml's setup
-    (began1, ended1), (began2, ended2) = [(float(r[2]), float(r[3])) for r in results]
-    assert max(began1, began2) < min(ended1, ended2), "the two single-CPU jobs did not run at the same time"
+def test_multirun_on_slurm_writes_four_records_and_builds_the_table(slurm, tmp_path):
+    """Two adapters x two seeds as SLURM jobs; then `qpeft.tables` builds the table from the records."""
+    proc = qpeft_multirun(
+        tmp_path / "outputs", ["adapter=quantum,lora", "seed=0,1", "experiment_name=slurm_test"]
+    )
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-4000:]
+    recs = sorted((tmp_path / "outputs").rglob("record.json"))
+    assert len(recs) == 4, log[-4000:]
+    jobs = {json.loads(r.read_text())["versions"]["slurm_job_id"] for r in recs}
+    assert None not in jobs and len(jobs) == 4  # each run was its own SLURM job
+    tables = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qpeft.tables",
+            "--roots",
+            str(tmp_path / "outputs"),
+            "--out",
+            str(tmp_path / "tables"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert tables.returncode == 0, tables.stderr
+    md = (tmp_path / "tables" / "slurm_test.md").read_text()
+    rows = [line for line in md.splitlines() if "quantum_k8_l1" in line or "lora_r8" in line]
+    assert len(rows) == 2 and all("±" in r for r in rows), md  # mean ± std over the two seeds
 
 
-def test_requeue_after_signal(slurm, tmp_path):
-    """USR2 (what SLURM sends before the time limit) makes submitit requeue the job, which runs again."""
-    proc = launch(tmp_path, ["x=7", "sleep=20"])
-    starts = tmp_path / "sweep" / "0" / "starts.txt"
-    deadline = time.time() + 60
-    while not starts.exists() and time.time() < deadline:
+def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
+    """`scontrol requeue` kills a running job and queues it again: it must resume, not restart."""
+    out = tmp_path / "outputs"
+    proc = qpeft_multirun(out, ["adapter=lora", "seed=0", "trainer.epochs=20", "trainer.save_steps=8"])
+    deadline = time.time() + 300
+    while not list(out.rglob("checkpoint-8/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, (
+            "the job ended or stalled before its checkpoint"
+        )
         time.sleep(0.5)
-    assert starts.exists(), "the job never started"
-    job_id = starts.read_text().split()[0]
-    array_id = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True
-    ).stdout
-    subprocess.run(["scancel", "--signal=USR2", array_id.strip() or job_id], check=True)
-    log, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, log
-    assert (tmp_path / "sweep" / "0" / "result.txt").read_text().split()[0] == "7"
-    restarts = [line.split()[1] for line in starts.read_text().splitlines()]
-    assert restarts == ["0", "1"], starts.read_text()
+    job_id = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-4000:]
+    rec = json.loads(next(out.rglob("record.json")).read_text())
+    assert rec["resumed_from"] and "/checkpoint-" in rec["resumed_from"], rec["resumed_from"]
+    assert rec["optimizer_steps"] == 320  # 256 examples / 16 x 20 epochs, counted once
+    assert rec["versions"]["slurm_restart_count"] == "1"

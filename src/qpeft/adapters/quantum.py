@@ -76,7 +76,11 @@ class QuantumHub(nn.Module):
     def __init__(self, shapes: list[tuple[int, int, int]], cfg, total_steps: int):
         super().__init__()
         method = cfg.get("method", "quantum")
-        self.mapping = {"quantum": "pauli", "quantum_taylor": "taylor"}[method]
+        if method not in ("quantum", "quantum_taylor"):
+            raise AdapterConfigError(
+                f"adapter.method={method!r}: this module implements quantum, quantum_taylor"
+            )
+        self.mapping = "pauli" if method == "quantum" else "taylor"
         self.layers = int(cfg.get("layers", 1))
         self.order = int(cfg.get("order", 8))
         alpha = cfg.get("alpha")
