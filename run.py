@@ -2,11 +2,31 @@
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def check_choices(argv: list[str]) -> None:
+    """Stop on an unknown task/backbone/adapter name with the list of valid ones (Hydra omits it for task)."""
+    for arg in argv:
+        group, eq, values = arg.partition("=")
+        if not eq or group not in ("task", "backbone", "adapter"):
+            continue
+        valid = sorted(
+            str(p.relative_to(CONFIGS / group).with_suffix(""))
+            for p in (CONFIGS / group).rglob("*.yaml")
+            if not p.name.startswith("_")
+        )
+        for name in values.split(","):
+            if name not in valid:
+                sys.exit(
+                    f"qpeft error: unknown {group} '{name}'. Valid names for {group}=: {', '.join(valid)}"
+                )
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
@@ -23,4 +43,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_choices(sys.argv[1:])
     main()

@@ -1,7 +1,7 @@
 """List the runs a sweep expands to, with their count and status, before launching anything.
 
-    python scripts/jobs.py experiment=glue_deberta
-    python scripts/jobs.py experiment=minilm_glue seed=0      # extra overrides narrow or extend the sweep
+python scripts/jobs.py experiment=glue_deberta
+python scripts/jobs.py experiment=minilm_glue seed=0      # extra overrides narrow or extend the sweep
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
             params[key] = o.get_value_element_as_str()
         else:
             fixed.append(o.input_line)
-    axes = [[f"{k}={v}" for v in parser.parse_override(f"{k}={vals}").sweep_string_iterator()]
-            if "," in str(vals) else [f"{k}={vals}"] for k, vals in params.items()]
+    axes = [
+        [f"{k}={v}" for v in parser.parse_override(f"{k}={vals}").sweep_string_iterator()]
+        if "," in str(vals)
+        else [f"{k}={vals}"]
+        for k, vals in params.items()
+    ]
     return [list(job) for job in itertools.product(*axes)], fixed
 
 

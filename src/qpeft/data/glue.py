@@ -21,7 +21,9 @@ def eval_name(split: str) -> str:
 def _read_tsv(path: Path, spec) -> dict[str, list]:
     """Rows of one GLUE TSV as columns text_a, text_b, label (QUOTE_NONE: SST-2/CoLA have bare quotes)."""
     if not path.exists():
-        raise QpeftError(f"GLUE file {path} not found: set task.data_dir (or QPEFT_GLUE_DIR) to the GLUE folder")
+        raise QpeftError(
+            f"GLUE file {path} not found: set task.data_dir (or QPEFT_GLUE_DIR) to the GLUE folder"
+        )
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header, rows = (rows[0], rows[1:]) if spec.header else (None, rows)
@@ -40,7 +42,9 @@ def _read_tsv(path: Path, spec) -> dict[str, list]:
     out = {"text_a": [], "text_b": [], "label": []}
     for n, r in enumerate(rows, start=2 if spec.header else 1):
         if len(r) <= max(i for i in (ia, ib, il) if i is not None):
-            raise QpeftError(f"{path}, line {n}: expected at least {max(ia, il, ib or 0) + 1} tab-separated fields")
+            raise QpeftError(
+                f"{path}, line {n}: expected at least {max(ia, il, ib or 0) + 1} tab-separated fields"
+            )
         raw = r[il]
         label = label_map[raw] if label_map else (float(raw) if "." in raw else int(raw))
         out["text_a"].append(r[ia])
@@ -80,8 +84,15 @@ def _hub(task) -> tuple[dict, dict[str, dict]]:
     return cols("train"), {split: cols(split) for split in task.eval_files}
 
 
-def load(task, tokenizer, max_length: int, data_dir: str | None, seed: int,
-         train_limit: int | None = None, eval_limit: int | None = None) -> tuple[Dataset, dict[str, Dataset]]:
+def load(
+    task,
+    tokenizer,
+    max_length: int,
+    data_dir: str | None,
+    seed: int,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+) -> tuple[Dataset, dict[str, Dataset]]:
     """Tokenized (train, {eval split: dataset}); train_limit keeps a seeded random subset."""
     data_dir = data_dir or os.environ.get("QPEFT_GLUE_DIR")
     train, evals = _local(task, data_dir) if data_dir else _hub(task)
