@@ -152,6 +152,26 @@ def test_vtab_group_means(tmp_path):
     assert partial["KITTI-Dist"] == "—"
 
 
+def test_vtab_summaries_equal_group_means_computed_independently(tmp_path):
+    from qpeft.data.vtab import TASKS, group_means  # the data module's own task list and averages
+
+    rng = np.random.default_rng(0)
+    top1 = {(t, seed): float(rng.uniform(0.2, 0.99)) for t in VTAB_19 for seed in range(3)}
+    for (task, seed), x in top1.items():
+        vtab = dict(
+            experiment="vtab_vit", task_family="vtab", task_group=TASKS[task].group, main_metric="top1"
+        )
+        put(tmp_path / "outputs", task, seed, {"top1": x}, **vtab)
+    row = read_csv(build(tmp_path) / "vtab_vit.csv")[0]
+    per_task = {t: 100 * np.mean([top1[t, s] for s in range(3)]) for t in VTAB_19}
+    expected = group_means(per_task)
+    for task in VTAB_19:
+        assert float(row[task]) == pytest.approx(per_task[task], abs=1e-4)
+    for key in ("natural", "specialized", "structured", "mean19", "mean_groups"):
+        assert float(row[key]) == pytest.approx(expected[f"vtab_{key}"], abs=1e-4), key
+    assert expected["vtab_mean19"] != pytest.approx(expected["vtab_mean_groups"], abs=1e-3)  # they differ
+
+
 def test_vtab_columns_complete_even_with_one_task(tmp_path):
     vtab = dict(experiment="v", task_family="vtab", task_group="natural", main_metric="top1")
     put(tmp_path / "outputs", "dtd", 0, {"top1": 0.7}, **vtab)

@@ -49,6 +49,10 @@ def hyperparameters(cfg: DictConfig) -> dict:
             f"task {cfg.task.name} has no hyperparameters for protocol={cfg.protocol}: choose one of {sorted(protocols)}"
         )
     hp = OmegaConf.to_container(protocols[cfg.protocol], resolve=True)
+    if hp.get("warmup_epochs") and hp.get("epochs"):
+        # the protocol's warmup as a fraction of its own schedule (VTAB: 10 of 100 epochs -> 0.1), so a run
+        # with fewer trainer.epochs keeps the same shape; trainer.warmup_steps / warmup_ratio override it
+        hp["warmup_ratio"] = hp["warmup_epochs"] / hp["epochs"]
     for key in PROTOCOL_KEYS:
         if cfg.trainer.get(key) is not None:
             hp[key] = cfg.trainer[key]
@@ -210,9 +214,10 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
     t = cfg.trainer
     use_cpu = t.device == "cpu" or not torch.cuda.is_available()
     bf16 = t.precision == "bf16" or (t.precision == "auto" and not use_cpu and torch.cuda.is_bf16_supported())
-    warmup = hp.get("warmup_steps") or hp.get("warmup_ratio") or 0
-    if hp.get("warmup_epochs"):
-        warmup = hp["warmup_epochs"] / hp["epochs"]
+    ratio = hp.get("warmup_ratio") or 0.0
+    if not 0 <= ratio < 1:
+        raise QpeftError(f"warmup ratio {ratio} must lie in [0, 1): set trainer.warmup_ratio=...")
+    warmup = hp.get("warmup_steps") or ratio  # transformers 5: warmup_steps < 1 is a fraction of the run
     return TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=hp["batch_size"],
@@ -237,6 +242,7 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         use_cpu=use_cpu,
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False,
+        label_names=["labels"],  # both collators (GLUE's, VTAB's) name the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_id(cfg),
         torch_compile=t.torch_compile,
@@ -261,16 +267,28 @@ def setup_wandb(cfg: DictConfig) -> bool:
 
 
 def evaluate(trainer: Trainer, task, evals: dict) -> dict[str, float]:
-    """Final metrics on every eval split; MNLI's carry the suffix _matched / _mismatched."""
+    """Final metrics on every eval split; MNLI's carry the suffix _matched / _mismatched, VTAB's none."""
     from qpeft.data.glue import eval_name
 
     out = {}
     for split, ds in evals.items():
         pred = trainer.predict(ds, metric_key_prefix=f"final_{split}")
-        suffix = eval_name(split)
+        suffix = eval_name(split) if task.family == "glue" else ""  # VTAB: one eval split (test or val200)
         for k, v in metrics.compute(task, pred.predictions, pred.label_ids).items():
             out[f"{k}_{suffix}" if suffix else k] = v
     return out
+
+
+def build_model(cfg: DictConfig, hp: dict):
+    """(model, preprocessor) with the protocol's classifier dropout / drop-path (written into cfg.backbone)."""
+    bb = cfg.backbone
+    num_labels = cfg.task.get("num_labels") or cfg.task.get("num_classes")
+    dropout = hp.get("cls_dropout")
+    overrides = {bb.dropout_key: dropout} if bb.get("dropout_key") and dropout is not None else {}
+    if cfg.task.family == "vtab" and hp.get("drop_path") is not None:
+        with open_dict(bb):
+            bb.drop_path = hp["drop_path"]
+    return backbones.build(bb, num_labels, overrides)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -288,13 +306,7 @@ def train(cfg: DictConfig) -> dict:
     set_seed(cfg.seed)
 
     bb = cfg.backbone
-    num_labels = cfg.task.get("num_labels") or cfg.task.get("num_classes")
-    dropout = hp.get("cls_dropout")
-    overrides = {bb.dropout_key: dropout} if bb.get("dropout_key") and dropout is not None else {}
-    if cfg.task.family == "vtab" and hp.get("drop_path") is not None:
-        with open_dict(bb):
-            bb.drop_path = hp["drop_path"]
-    model, preprocessor = backbones.build(bb, num_labels, overrides)
+    model, preprocessor = build_model(cfg, hp)
     train_ds, evals, collator = load_data(cfg, hp, preprocessor)
 
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * cfg.trainer.grad_accum))

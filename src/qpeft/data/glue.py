@@ -6,11 +6,13 @@ import csv
 import os
 from pathlib import Path
 
+import datasets
 from datasets import Dataset
 
 from qpeft.errors import QpeftError
 
 csv.field_size_limit(1 << 24)
+datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no bar; training keeps its own
 
 
 def eval_name(split: str) -> str:
