@@ -177,7 +177,9 @@ def test_task_configs():
 
 def test_task_config_composes_with_hydra():
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    GlobalHydra.instance().clear()  # conftest.compose_cfg keeps its own Hydra initialised across tests
     # a task file as the primary config lands under its group's package, task.vtab
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         over = ["task.vtab.mode=tune", "task.vtab.protocols.vit_vtab.lr=0.01"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -41,6 +42,15 @@ class ImageClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+def _plain(node) -> dict:
+    """An `arch:` mapping as a plain, resolved dict: from an OmegaConf node or a dict (scripts/params.py)."""
+    from omegaconf import OmegaConf
+
+    return (
+        OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else copy.deepcopy(dict(node))
+    )
+
+
 def _hf_auto(task_type: str):
     import transformers
 
@@ -50,10 +60,9 @@ def _hf_auto(task_type: str):
 
 
 def _hf_config(cfg, num_labels: int, overrides: dict):
-    from omegaconf import OmegaConf
     from transformers import AutoConfig
 
-    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    arch = _plain(cfg.arch)
     return AutoConfig.for_model(arch.pop("model_type"), num_labels=num_labels, **arch, **overrides)
 
 
@@ -86,11 +95,10 @@ def _build_hf(cfg, num_labels: int, overrides: dict):
 
 def _build_timm(cfg, num_labels: int):
     import timm
-    from omegaconf import OmegaConf
 
     from qpeft.data.vtab import build_transform
 
-    arch = OmegaConf.to_container(cfg.arch, resolve=True) if cfg.get("arch") else {}
+    arch = _plain(cfg.arch) if cfg.get("arch") else {}
     name = arch.pop("model_name", cfg.source)
     kwargs = dict(num_classes=num_labels, drop_path_rate=cfg.get("drop_path", 0.0), **arch)
     if cfg.meta:
