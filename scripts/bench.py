@@ -12,14 +12,20 @@ method rotating), and reported as medians.
 
 - train step: zero-grad, forward with labels, backward, AdamW step, the method's `on_step` (AdaLoRA's
   importance update); wall time (CUDA synchronised).
-- peak memory: the bytes allocated by torch during one (untimed) train step above what was allocated when
-  it started: activations, gradients, optimizer state and temporaries, not the shared weights. CUDA:
+- peak memory: the bytes allocated by torch during the first (warm-up, untimed) train step above what was
+  allocated when it started: activations, gradients, AdamW state and temporaries, i.e. what training needs
+  on top of the weights. CUDA:
   `max_memory_allocated` after `reset_peak_memory_stats`. CPU: the running total of torch's CPU allocator as
   recorded by torch.profiler (`profile_memory=True`, allocation events). It does not see memory that BLAS /
   oneDNN allocate outside torch's allocator, nor Python objects, and counts requested bytes (no allocator
   caching), so it is comparable between methods but is not the process RSS.
 - inference: eval mode, no_grad, unmerged and merged (the method's `merge`), and the bare backbone (no
-  adapter), interleaved the same way.
+  adapter), interleaved the same way (one untimed round before the unmerged ones).
+
+CPU threads: `--threads` (default 1 on CPU, recorded). On a shared machine, multi-threaded timings stall at
+OpenMP barriers whenever another process holds a core (2 cores with two background runs: LoRA's step took
+35.5 s with 2 threads, 17.4 s with 1); on a dedicated machine pass --threads <cores>. Time on a loaded
+2-core CPU with the defaults: about 25 min (about 10 min idle, 2 threads).
 
 Writes results/bench/<device>.csv and .md; the last line printed is the quantum K=8 L=1 / LoRA step ratio.
 """
@@ -66,6 +72,8 @@ METHODS: dict[str, tuple[str, dict]] = {
     "quantum_kfull_l2": ("quantum", {"rank": "full", "layers": 2}),
     "quantum_taylor_k1": ("quantum_taylor", {"rank": 1}),
 }
+# K = full, L = 2 costs about as much as three LoRA steps on a CPU: on request only (--methods)
+DEFAULT = [m for m in METHODS if m != "quantum_kfull_l2"]
 
 
 def backbone_config(name: str) -> DictConfig:
@@ -125,7 +133,9 @@ def make_inputs(cfg: DictConfig, model: torch.nn.Module, batch: int, seq: int, d
         vocab = model.config.vocab_size
         ids = torch.randint(1, vocab, (batch, seq), generator=g)
         x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        x["labels"] = ids.clone() if cfg.task_type == "causal_lm" else torch.randint(0, 2, (batch,), generator=g)
+        x["labels"] = (
+            ids.clone() if cfg.task_type == "causal_lm" else torch.randint(0, 2, (batch,), generator=g)
+        )
     return {k: v.to(device) for k, v in x.items()}
 
 
@@ -208,6 +218,19 @@ def step_peak_bytes(fn, inputs: dict, device: torch.device) -> int:
     return max(total for _, _, total in allocs) - start
 
 
+def profile_step(b: Bench, inputs: dict, device: torch.device) -> None:
+    """torch.profiler's top operators (self time) of one train step of `b`, printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        b.train_step(inputs)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"== {b.name}: one train step, top operators by self time")
+    print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=40))
+
+
 def rounds(benches: list, fn_name: str, key: str, inputs: dict, n: int, device, warm: bool) -> None:
     """n rounds, each running every bench once (starting method rotating); timings kept unless `warm`."""
     for r in range(n):
@@ -272,7 +295,7 @@ def table_rows(benches: list[Bench], bare: Bench) -> list[dict]:
                 train_step_ms=round(t, 2),
                 train_step_min_ms=round(min(b.times["train"]), 2) if b.times["train"] else float("nan"),
                 train_ratio_lora=round(ratio(t, lt), 3),
-                peak_mem_mb=round(b.peak_mem / 2**20, 1),
+                peak_mem_mb=round(b.peak_mem / 2**20, 3),
                 mem_ratio_lora=round(ratio(b.peak_mem, lm), 3),
                 infer_ms=round(i, 2),
                 infer_ratio_lora=round(ratio(i, li), 3),
@@ -318,11 +341,12 @@ def markdown(rows: list[dict], args, dev: str, command: str, wall: float) -> str
         f"- device: {dev}, torch threads: {torch.get_num_threads()}, dtype: {args.dtype}",
         f"- batch {args.batch} x seq {args.seq}"
         + (" (image 224x224)" if "vit" in args.backbone else "")
-        + f", {args.steps} timed rounds after {args.warmup} warm-up, {args.infer_steps} inference rounds",
+        + f", {args.steps} timed train rounds after {args.warmup} warm-up, {args.infer_steps} inference rounds"
+        + f" per phase; methods not in the table: {', '.join(m for m in METHODS if m not in args.methods) or 'none'}",
         "- medians over interleaved round-robin rounds; train step = forward + backward + AdamW + on_step; "
         "inference = eval, no_grad; merged ratio against the bare backbone measured in the same rounds",
-        "- step peak MB: torch allocations during one train step above those at its start (CUDA: "
-        "max_memory_allocated; CPU: torch.profiler allocation events, excludes BLAS-internal buffers)",
+        "- step peak MB: torch allocations during the first train step (AdamW state included) above those at its "
+        "start (CUDA: max_memory_allocated; CPU: torch.profiler allocation events, excludes BLAS-internal buffers)",
         "",
         "| " + " | ".join(h for _, h in cols) + " |",
         "|" + "|".join("---" if k == "method" else "---:" for k, _ in cols) + "|",
@@ -338,17 +362,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128, help="sequence length (text backbones)")
     p.add_argument("--steps", type=int, default=5, help="timed train rounds (median)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--infer-steps", type=int, default=5, help="timed inference rounds (each phase)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ",".join(METHODS))
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (>= 1; the first measures memory)"
+    )
+    p.add_argument("--infer-steps", type=int, default=3, help="timed inference rounds (each phase)")
+    p.add_argument(
+        "--methods", default=",".join(DEFAULT), help="comma-separated, any of: " + ",".join(METHODS)
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, see above)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "results" / "bench"), help="output folder")
     p.add_argument("--name", default=None, help="file stem (default: the sanitised device name)")
+    p.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top ops of one step per method"
+    )
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    if args.threads is None:
+        args.threads = 1 if args.device == "cpu" else len(os.sched_getaffinity(0))
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first step allocates the optimizer state)")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"unknown methods {unknown}: choose from {list(METHODS)}")
@@ -362,15 +397,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg, benches, bare = build(args, device)
+    gc.collect()
+    gc.freeze()  # the models and libraries leave the collector's view: a gc pass per step stays cheap
     inputs = make_inputs(cfg, bare.model, args.batch, args.seq, device)
     infer_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     names = [b.name for b in benches]
     print(f"{args.backbone}: {names} on {device}, {torch.get_num_threads()} threads", file=sys.stderr)
 
-    rounds(benches, "train_step", "train", inputs, args.warmup, device, warm=True)
+    for b in benches:  # the first step (allocates the AdamW state) measures memory and warms up
+        b.peak_mem = step_peak_bytes(b.train_step, inputs, device)
+    rounds(benches, "train_step", "train", inputs, args.warmup - 1, device, warm=True)
+    if args.profile:
+        for b in benches:
+            profile_step(b, inputs, device)
     rounds(benches, "train_step", "train", inputs, args.steps, device, warm=False)
     for b in benches:
-        b.peak_mem = step_peak_bytes(b.train_step, inputs, device)
         b.model.eval()
     everyone = [bare, *benches]
     rounds(everyone, "infer", "infer", infer_inputs, 1, device, warm=True)
@@ -378,7 +419,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for b in benches:
         if hasattr(b.module, "merge"):
             b.module.merge(b.model)
-    rounds(everyone, "infer", "merged", infer_inputs, 1, device, warm=True)
     rounds(everyone, "infer", "merged", infer_inputs, args.infer_steps, device, warm=False)
 
     rows = table_rows(benches, bare)

@@ -26,15 +26,14 @@ def read(path: Path) -> dict:
 
 
 def test_minilm_learns_real_sst2(glue_dir, tmp_path):
-    """The real pretrained MiniLM with Quantum-PEFT on 2,000 SST-2 sentences beats 0.70 dev accuracy."""
-    out = run_cli(
-        ["experiment=demo", "trainer.train_limit=2000", "trainer.epochs=1", f"output_root={tmp_path}"]
-    )
+    """The real pretrained MiniLM (LoRA r=8) on 1,500 SST-2 sentences beats 0.70 on the full dev set."""
+    args = ["experiment=demo", "adapter=lora", "trainer.train_limit=1500", "trainer.epochs=1"]
+    out = run_cli([*args, "trainer.eval_every_epoch=false", f"output_root={tmp_path}"], timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rec = read(next(tmp_path.rglob("record.json")))
     assert rec["eval_samples"] == {"validation": 872}  # the full official dev set
     assert rec["metrics"]["accuracy"] > 0.70, rec["metrics"]
-    assert rec["adapter"] == "quantum" and 0 < rec["adapter_params"] < 10_000
+    assert rec["adapter"] == "lora" and rec["adapter_params"] == 24 * 8 * (384 + 384) + 12 * 8 * (384 + 1536)
     for key in ("versions", "git_commit", "config", "train_samples_per_s", "peak_mem_bytes", "wall_time_s"):
         assert rec[key] is not None, key
     assert rec["versions"]["transformers"] and rec["versions"]["peft"]
@@ -55,7 +54,7 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_rec = read(next((tmp_path / "ref").rglob("record.json")))
 
-    # start, wait for the checkpoint at step 10 to be complete, then kill -9 (a preemption)
+    # start, wait for a complete checkpoint (only the latest is kept), then kill -9 (a preemption)
     env = {**os.environ, "QPEFT_GLUE_DIR": str(GLUE_DIR), "QPEFT_VTAB_DIR": str(VTAB_DIR)}
     proc = subprocess.Popen(
         [sys.executable, "run.py", *args, f"output_root={tmp_path / 'pre'}"],
@@ -66,7 +65,7 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while not list((tmp_path / "pre").rglob("checkpoint-10/trainer_state.json")):
+    while not list((tmp_path / "pre").rglob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -116,3 +115,14 @@ def test_nan_loss_stops_with_a_clear_error_and_no_record(glue_dir, tmp_path):
     assert out.returncode == 2
     assert "trainer.lr" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("record.json"))
+
+
+def test_wandb_offline_run_keeps_a_stable_id(glue_dir, tmp_path):
+    """logger=wandb logs offline under the run folder with an id derived from the run's identity."""
+    args = [*TINY, "adapter=lora", "logger=wandb", "trainer.train_limit=64", "trainer.epochs=1"]
+    out = run_cli([*args, f"output_root={tmp_path}"], env={"WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = read(next(tmp_path.rglob("record.json")))
+    runs = list(tmp_path.rglob(f"offline-run-*-{rec['run_id']}"))
+    assert len(runs) == 1, list(tmp_path.rglob("offline-run-*"))
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no log"

@@ -141,7 +141,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     out = tmp_path / "outputs"
     proc = qpeft_multirun(out, ["adapter=lora", "seed=0", "trainer.epochs=20", "trainer.save_steps=8"])
     deadline = time.time() + 300
-    while not list(out.rglob("checkpoint-8/trainer_state.json")):
+    while not list(out.rglob("checkpoint-*/trainer_state.json")):  # only the latest is kept
         assert proc.poll() is None and time.time() < deadline, (
             "the job ended or stalled before its checkpoint"
         )

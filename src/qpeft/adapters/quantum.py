@@ -133,6 +133,11 @@ class QuantumHub(nn.Module):
         self._key = None
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
         self._unbound: dict[torch.dtype, tuple[dict, dict]] = {}
+        self._watched: tuple[Tensor, ...] | None = None
+
+    def _apply(self, *args, **kwargs):
+        self._watched = None
+        return super()._apply(*args, **kwargs)
 
     def _initial_mask(self, m: int, k: int) -> Tensor:
         mask = torch.ones(m, k)
@@ -177,13 +182,15 @@ class QuantumHub(nn.Module):
 
     def factors(self, i: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(U_i, V_i, lam_eff_i) of matrix i, from this pass's cached batched computation."""
-        watched = (*self.parameters(), *(getattr(self, f"mask_{k}") for k in self.lam))
-        state = [(t._version, t.data_ptr()) for t in watched]
+        if self._watched is None:  # parameters and masks; reset by _apply (.to() replaces buffers)
+            self._watched = (*self.parameters(), *(getattr(self, f"mask_{k}") for k in self.lam))
+        grad = torch.is_grad_enabled()
         key = (
-            self._gen if torch.is_grad_enabled() else -1,
-            torch.is_grad_enabled(),
+            self._gen if grad else -1,
+            grad,
             self.training,
-            tuple(state),
+            *[t._version for t in self._watched],
+            *[t.data_ptr() for t in self._watched],
         )
         if key != self._key:
             self._stacked, self._unbound, self._key = self.compute(self._quantised()), {}, key
@@ -214,7 +221,9 @@ class QuantumLayer(nn.Module):
         if self.merged:
             return y
         U, V, lam = self.hub.factors(self.index, x.dtype)
-        return y + ((self.drop(x) @ V) * lam) @ U.T
+        h = (self.drop(x) @ V) * lam  # (..., K): the low-rank path costs what LoRA's does
+        # y + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
+        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), U.T).view(y.shape)
 
     @property
     def weight(self) -> Tensor:

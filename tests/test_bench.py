@@ -1,0 +1,44 @@
+"""scripts/bench.py end to end on a tiny backbone: one CSV row per method with the ratio columns (no timings)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import bench  # noqa: E402
+
+
+def test_bench_runs_end_to_end(tmp_path, capsys):
+    argv = ["--backbone", "tiny_bert", "--batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1"]
+    argv += [
+        "--infer-steps",
+        "1",
+        "--threads",
+        "1",
+        "--methods",
+        ",".join(bench.METHODS),
+        "--out",
+        str(tmp_path),
+    ]
+    bench.main(argv)
+    stem = bench.device_name(bench.torch.device("cpu"))
+    with open(tmp_path / f"{stem}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == [*bench.METHODS, bench.BARE]
+    for col in ("train_step_ms", "train_ratio_lora", "peak_mem_mb", "mem_ratio_lora", "infer_ratio_lora"):
+        assert col in rows[0]
+    by = {r["method"]: r for r in rows}
+    assert float(by[bench.LORA]["train_ratio_lora"]) == 1.0
+    assert float(by[bench.BARE]["merged_ratio_bare"]) == 1.0
+    for r in rows[:-1]:
+        assert float(r["train_step_ms"]) > 0 and float(r["train_ratio_lora"]) > 0
+        assert float(r["peak_mem_mb"]) >= 0 and float(r["merged_ratio_bare"]) > 0
+        assert int(r["steps"]) == 2
+    assert int(by[bench.QUANTUM]["adapter_params"]) > 0 and int(by["head_only"]["adapter_params"]) == 0
+    md = (tmp_path / f"{stem}.md").read_text()
+    assert "| method |" in md and "threads: 1" in md and bench.QUANTUM in md
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"{bench.QUANTUM}/{bench.LORA} train step ratio: ")
