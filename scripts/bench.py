@@ -25,7 +25,7 @@ method rotating), and reported as medians.
 CPU threads: `--threads` (default 1 on CPU, recorded). On a shared machine, multi-threaded timings stall at
 OpenMP barriers whenever another process holds a core (2 cores with two background runs: LoRA's step took
 35.5 s with 2 threads, 17.4 s with 1); on a dedicated machine pass --threads <cores>. Time on a loaded
-2-core CPU with the defaults: about 25 min (about 10 min idle, 2 threads).
+2-core CPU with the defaults: 35 min measured (estimated ~10-15 min on an idle one).
 
 Writes results/bench/<device>.csv and .md; the last line printed is the quantum K=8 L=1 / LoRA step ratio.
 """
