@@ -86,7 +86,9 @@ def main() -> None:
                 )
             )
         dots = ax.loglog(ns, ts, "o", label=f"K={k} measured")[0]
-        ax.loglog(ns, model, "--", color=dots.get_color(), label=f"K={k}: {a:.2g} ms + {1e6 * c:.3g} ns x N log2 N")
+        ax.loglog(
+            ns, model, "--", color=dots.get_color(), label=f"K={k}: {a:.2g} ms + {1e6 * c:.3g} ns x N log2 N"
+        )
         worst = max(abs(t / m - 1) for t, m in zip(ts, model))
         big = max(abs(t / m - 1) for t, m in zip(ts[-3:], model[-3:]))
         print(
