@@ -71,10 +71,16 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "pre").rglob("record.json")), "a killed run must leave no record"
+    # a kill can land while a checkpoint is being written: weights there, trainer_state.json not yet
+    run_dir = next((tmp_path / "pre").rglob("checkpoint-*")).parent
+    partial = run_dir / "checkpoint-39"
+    partial.mkdir(exist_ok=True)
+    (partial / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (partial / "trainer_state.json").unlink(missing_ok=True)
 
     again = run_cli([*args, f"output_root={tmp_path / 'pre'}"])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stdout
+    assert "resuming from" in again.stdout and "checkpoint-39 is incomplete" in again.stdout
     rec = read(next((tmp_path / "pre").rglob("record.json")))
     assert rec["resumed_from"] and rec["optimizer_steps"] == ref_rec["optimizer_steps"] == 40
     assert rec["metrics"] == pytest.approx(ref_rec["metrics"], abs=1e-6)

@@ -11,7 +11,9 @@ import json
 import math
 import os
 import platform
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +25,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from qpeft import adapters, backbones, metrics, records
 from qpeft.errors import QpeftError
@@ -291,6 +292,24 @@ def build_model(cfg: DictConfig, hp: dict):
     return backbones.build(bb, num_labels, overrides)
 
 
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """Newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole; newer partial ones,
+    left by a job killed mid-save, are removed so the resumed run rewrites them."""
+    steps = sorted(
+        (int(m.group(1)), d)
+        for d in (run_dir.iterdir() if run_dir.is_dir() else [])
+        if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name))
+    )
+    for _, d in reversed(steps):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
+        except (OSError, ValueError):
+            print(f"[qpeft] {d} is incomplete (killed while saving); removing it", flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
 def train(cfg: DictConfig) -> dict:
     """Run (or resume, or skip if finished) the run described by `cfg`; returns its record."""
     run_dir = Path(cfg.run_dir)
@@ -338,7 +357,7 @@ def train(cfg: DictConfig) -> dict:
         compute_metrics=lambda p: metrics.compute(cfg.task, p.predictions, p.label_ids),
         callbacks=callbacks,
     )
-    last = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
+    last = last_complete_checkpoint(run_dir)
     if last:
         print(f"[qpeft] resuming from {last}", flush=True)
     try:
