@@ -295,3 +295,41 @@ def test_bfloat16_model_runs():
     x, _ = data()
     out = model(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
+    """With circuit_lr the Trainer's AdamW moves each angle by circuit_lr on its first step (Adam's first
+    update is lr * sign(grad)), lam by lr; angles carry no weight decay."""
+    from transformers import Trainer, TrainingArguments
+
+    from qpeft.train import apply_optimizer_overrides
+
+    _, model = mlp(cfg(circuit_lr=0.05))
+    hub = qa._hub(model)
+    with torch.no_grad():
+        for lam in hub.lam.values():
+            lam.normal_()  # lam = 0 would give the angles no gradient
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
+    )
+    trainer = Trainer(model=model, args=args)
+    apply_optimizer_overrides(trainer, qa.optimizer_overrides(model, cfg(circuit_lr=0.05)))
+    angles = list(hub.banks.parameters())
+    lams = list(hub.lam.values())
+    before = [p.detach().clone() for p in angles + lams]
+
+    x, y = data()
+    nn.functional.cross_entropy(model(x), y).backward()
+    trainer.optimizer.step()
+
+    for p, p0 in zip(angles + lams, before):
+        lr, wd = (0.05, 0.0) if any(p is a for a in angles) else (1e-3, 0.1)
+        expected = -lr * (p.grad.sign() + wd * p0)  # decoupled decay, then the sign step
+        live = p.grad.abs() > 1e-6
+        assert live.sum() > 0
+        torch.testing.assert_close((p.detach() - p0)[live], expected[live], rtol=0.02, atol=1e-3 * lr)
+    for g in trainer.optimizer.param_groups:
+        if any(p is a for p in g["params"] for a in angles):
+            assert g["weight_decay"] == 0.0 and all(any(p is a for a in angles) for p in g["params"])
+    n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)

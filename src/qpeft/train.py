@@ -292,6 +292,21 @@ def build_model(cfg: DictConfig, hp: dict):
     return backbones.build(bb, num_labels, overrides)
 
 
+def apply_optimizer_overrides(trainer: Trainer, overrides: dict[int, dict]) -> None:
+    """Rebuild the Trainer's optimiser with per-parameter settings (keyed by id) split into their own groups;
+    the scheduler, built later by trainer.train, scales every group's lr alike."""
+    opt = trainer.create_optimizer()
+    groups = []
+    for g in opt.param_groups:
+        split: dict[tuple, list] = {}
+        for p in g["params"]:
+            split.setdefault(tuple(sorted(overrides.get(id(p), {}).items())), []).append(p)
+        groups += [{**g, "params": ps, **dict(key)} for key, ps in split.items()]
+    opt.param_groups = []  # no state yet: regroup in place
+    for g in groups:
+        opt.add_param_group(g)
+
+
 def last_complete_checkpoint(run_dir: Path) -> str | None:
     """Newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole; newer partial ones,
     left by a job killed mid-save, are removed so the resumed run rewrites them."""
@@ -357,6 +372,8 @@ def train(cfg: DictConfig) -> dict:
         compute_metrics=lambda p: metrics.compute(cfg.task, p.predictions, p.label_ids),
         callbacks=callbacks,
     )
+    if hasattr(method, "optimizer_overrides"):
+        apply_optimizer_overrides(trainer, method.optimizer_overrides(model, acfg))
     last = last_complete_checkpoint(run_dir)
     if last:
         print(f"[qpeft] resuming from {last}", flush=True)

@@ -270,6 +270,15 @@ def apply(model: nn.Module, cfg, targets: list[str], head: list[str], total_step
     return model
 
 
+def optimizer_overrides(model: nn.Module, cfg) -> dict[int, dict]:
+    """Per-parameter optimiser settings, keyed by id: the circuit parameters (angles, Taylor generators) get
+    `circuit_lr` and no weight decay (an angle is periodic: pulling it to 0 has no meaning). Under Adam an
+    angle moves about lr radians per step, so at LoRA's lr the circuits barely leave their random start."""
+    lr = cfg.get("circuit_lr")
+    extra = {"weight_decay": 0.0, **({"lr": float(lr)} if lr is not None else {})}
+    return {id(p): extra for p in _hub(model).banks.parameters()}
+
+
 def _hub(model: nn.Module) -> QuantumHub:
     hub = getattr(model, HUB, None)
     if not isinstance(hub, QuantumHub):
