@@ -177,11 +177,29 @@ class Throughput(TrainerCallback):
         return statistics.median(t) if t else None
 
 
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory count (a sweep runs many jobs in one process)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:  # Linux: "5" resets the peak resident set size (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
 def peak_memory() -> tuple[int, str]:
-    """Peak memory: CUDA allocator's peak on a GPU, else the process's peak resident set size."""
+    """Peak memory since reset_peak_memory: the CUDA allocator's peak on a GPU, else the peak resident set size
+    (VmHWM; where /proc is missing, the process's lifetime peak, ru_maxrss)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "cpu_peak_rss"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss_process"
 
 
 def load_data(cfg: DictConfig, hp: dict, preprocessor):
@@ -334,6 +352,7 @@ def train(cfg: DictConfig) -> dict:
         print(f"[qpeft] finished already, skipping: {record_path}", flush=True)
         return done
     start = time.time()
+    reset_peak_memory()
     hp = hyperparameters(cfg)
     acfg = adapter_config(cfg, hp)
     method = adapters.get(acfg.method)
