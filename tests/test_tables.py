@@ -84,10 +84,13 @@ def md_row(path: Path, label: str) -> dict[str, str]:
 
 def test_mean_std_match_numpy(tmp_path):
     values = [0.9412, 0.9503, 0.9358, 0.9471]
+    walls = [50.0, 70.0, 90.0, 110.0]
     for seed, v in enumerate(values):
-        put(tmp_path / "outputs", "sst2", seed, {"accuracy": v})
+        put(tmp_path / "outputs", "sst2", seed, {"accuracy": v}, wall_time_s=walls[seed])
     out = build(tmp_path)
     row = read_csv(out / "glue_test.csv")[0]
+    assert float(row["minutes_per_run"]) == pytest.approx(np.mean(walls) / 60, abs=1e-2)
+    assert md_row(out / "glue_test.md", "lora_r8")["min/run"] == "1.3"
     expected = np.array(values) * 100
     assert float(row["sst2"]) == pytest.approx(expected.mean(), abs=1e-4)
     assert float(row["sst2_std"]) == pytest.approx(expected.std(ddof=1), abs=1e-4)

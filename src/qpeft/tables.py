@@ -270,6 +270,7 @@ class Row:
     head_params: list[int] = field(default_factory=list)
     params_text: str = DASH
     samples_per_s: float | None = None
+    minutes: float | None = None  # wall time per run
     peak_mem_gib: float | None = None
     source_ref: int | None = None
 
@@ -418,6 +419,8 @@ def _our_row(
     )
     row.head_params = sorted({int(r["head_params"]) for r in recs if r.get("head_params") is not None})
     row.samples_per_s = _mean_of(recs, "train_samples_per_s")
+    wall = _mean_of(recs, "wall_time_s")
+    row.minutes = None if wall is None else wall / 60
     peaks = [r["peak_mem_bytes"] for r in recs if _is_number(r.get("peak_mem_bytes"))]
     row.peak_mem_gib = max(peaks) / 2**30 if peaks else None
     return row
@@ -479,12 +482,13 @@ def _cells(table: Table, row: Row, pm: str) -> list[str]:
             value = row.summary.get(key)
             cells.append(DASH if value is None else f"{value:.2f}")
     if row.published:
-        cells += [row.params_text, DASH, DASH, DASH]
+        cells += [row.params_text, DASH, DASH, DASH, DASH]
     else:
         cells += [
             _count_cell(row.adapter_params),
             _count_cell(row.head_params),
             DASH if row.samples_per_s is None else f"{row.samples_per_s:.1f}",
+            DASH if row.minutes is None else f"{row.minutes:.1f}",
             DASH if row.peak_mem_gib is None else f"{row.peak_mem_gib:.2f}",
         ]
     return cells
@@ -499,7 +503,7 @@ def _headers(table: Table) -> list[str]:
         ["Backbone", "Method"]
         + [c.header for c in table.columns]
         + [SUMMARY_LABELS[k] for k in table.summaries]
-        + ["#adapter params", "#head params", "train samples/s", "peak mem (GiB)"]
+        + ["#adapter params", "#head params", "train samples/s", "min/run", "peak mem (GiB)"]
     )
 
 
@@ -524,7 +528,10 @@ def _notes(table: Table) -> list[str]:
             "VTAB: group means and Mean (19) only when every task of the group (all 19) is present; "
             "Mean (groups) is the mean of the three group means."
         )
-    notes.append("Peak memory: the largest over the row's runs; samples/s: mean over its runs.")
+    notes.append(
+        "Peak memory: the largest over the row's runs; samples/s and min/run (wall clock of a run: loading, "
+        "training, evaluation; a resumed run counts its last part): means over its runs."
+    )
     notes += [f"[{i}] {s}" for i, s in enumerate(table.sources, 1)]
     return notes
 
@@ -580,7 +587,14 @@ def to_csv(table: Table) -> str:
     for key in keys:
         header += [key, f"{key}_std", f"{key}_n"]
     header += table.summaries
-    header += ["adapter_params", "adapter_params_h", "head_params", "train_samples_per_s", "peak_mem_gib"]
+    header += [
+        "adapter_params",
+        "adapter_params_h",
+        "head_params",
+        "train_samples_per_s",
+        "minutes_per_run",
+        "peak_mem_gib",
+    ]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -602,13 +616,14 @@ def to_csv(table: Table) -> str:
                 value = row.summary.get(key)
                 out.append("" if value is None else f"{value:.4f}")
         if row.published:
-            out += ["", "" if row.params_text == DASH else row.params_text, "", "", ""]
+            out += ["", "" if row.params_text == DASH else row.params_text, "", "", "", ""]
         else:
             out += [
                 _count_cell(row.adapter_params, human=False).replace("–", "-").replace(DASH, ""),
                 _count_cell(row.adapter_params).replace(DASH, ""),
                 _count_cell(row.head_params, human=False).replace("–", "-").replace(DASH, ""),
                 "" if row.samples_per_s is None else f"{row.samples_per_s:.3f}",
+                "" if row.minutes is None else f"{row.minutes:.2f}",
                 "" if row.peak_mem_gib is None else f"{row.peak_mem_gib:.3f}",
             ]
         writer.writerow(out)
