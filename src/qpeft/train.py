@@ -237,6 +237,10 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
     if not 0 <= ratio < 1:
         raise QpeftError(f"warmup ratio {ratio} must lie in [0, 1): set trainer.warmup_ratio=...")
     warmup = hp.get("warmup_steps") or ratio  # transformers 5: warmup_steps < 1 is a fraction of the run
+    if t.sampling not in ("random", "group_by_length"):
+        raise QpeftError(f"trainer.sampling={t.sampling}: choose random or group_by_length")
+    if t.sampling == "group_by_length" and cfg.task.family != "glue":
+        raise QpeftError("trainer.sampling=group_by_length needs tokenised text: use random for image tasks")
     return TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=hp["batch_size"],
@@ -248,6 +252,7 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         weight_decay=hp.get("weight_decay") or 0.0,
         warmup_steps=warmup,
         lr_scheduler_type=hp.get("scheduler", t.scheduler),
+        train_sampling_strategy=t.sampling,
         eval_strategy="epoch" if t.eval_every_epoch else "no",
         save_strategy="steps",
         save_steps=t.save_steps,
