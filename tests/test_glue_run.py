@@ -132,3 +132,35 @@ def test_wandb_offline_run_keeps_a_stable_id(glue_dir, tmp_path):
     runs = list(tmp_path.rglob(f"offline-run-*-{rec['run_id']}"))
     assert len(runs) == 1, list(tmp_path.rglob("offline-run-*"))
     assert list(runs[0].glob("*.wandb")), "the offline run holds no log"
+
+
+def test_group_by_length_sampling_runs_and_bad_uses_are_refused(glue_dir, tmp_path):
+    ok = run_cli(
+        [
+            *TINY,
+            "adapter=lora",
+            "trainer.max_steps=4",
+            "trainer.sampling=group_by_length",
+            f"output_root={tmp_path}",
+        ]
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert read(next(tmp_path.rglob("record.json")))["config"]["trainer"]["sampling"] == "group_by_length"
+    for bad, words in [
+        (
+            [
+                "task=vtab/cifar10",
+                "backbone=tiny_vit",
+                "protocol=vit_vtab",
+                "trainer.sampling=group_by_length",
+            ],
+            "image tasks",
+        ),
+        ([*TINY, "trainer.sampling=sorted"], "choose random or group_by_length"),
+    ]:
+        out = run_cli([*bad, "adapter=lora", "trainer.max_steps=2", f"output_root={tmp_path / 'bad'}"])
+        assert out.returncode == 2 and "trainer.sampling" in out.stderr and words in out.stderr, out.stderr[
+            -2000:
+        ]
+        assert "Traceback" not in out.stderr
+    assert not list((tmp_path / "bad").rglob("record.json"))
