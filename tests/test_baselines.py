@@ -377,3 +377,30 @@ def test_lora_and_adalora_on_deberta_and_roberta(model_type):
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert all(any(f"{h}.modules_to_save" in n for n in trainable) for h in head)  # pooler too
         assert step(model, batch()) > 0
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_fast_boft_forward_matches_peft_dense_forward(m):
+    """qpeft's BOFT forward (permute, rotate block by block) against peft's own dense N x N forward, gradients
+    included, in float64 with random (non-identity) rotations and a bias."""
+    cfg = OmegaConf.create({"method": "boft", "block_size": 4, "n_butterfly_factor": m})
+    model = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 10).double()
+    layers = [mod for mod in model.modules() if isinstance(mod, pm.boft_layer.Linear)]
+    assert layers and all(mod.boft_R["default"].shape[0] == m for mod in layers)
+    torch.manual_seed(1)
+    for mod in layers:
+        with torch.no_grad():
+            mod.boft_R["default"].normal_(std=0.3)
+            mod.boft_s["default"].uniform_(0.5, 1.5)
+        x = torch.randn(3, 5, mod.in_features, dtype=torch.float64, requires_grad=True)
+        outs, grads = [], []
+        for forward in (pm._boft_linear_forward, pm._PEFT_BOFT_FORWARD):
+            out = forward(mod, x)
+            w = torch.randn_like(out, generator=torch.Generator().manual_seed(2))
+            params = [x, mod.boft_R["default"], mod.boft_s["default"]]
+            outs.append(out)
+            grads.append(torch.autograd.grad((out * w).sum(), params))
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+        for g_fast, g_peft in zip(*grads):
+            torch.testing.assert_close(g_fast, g_peft, rtol=1e-9, atol=1e-10)
+        assert not torch.allclose(outs[1], mod.base_layer(x))  # the rotation is really there
