@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> float | None:
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    return record["score"]
+    return None if record is None else record["score"]
 
 
 if __name__ == "__main__":

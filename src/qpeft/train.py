@@ -348,10 +348,37 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
     return None
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run (or resume, or skip if finished) the run described by `cfg`; returns its record."""
+def claim_run(run_dir: Path):
+    """An exclusive lock on the run folder, held until the process ends (the kernel drops it if the process
+    dies), or None if another live process holds it: the same sweep launched twice splits the jobs."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def train(cfg: DictConfig) -> dict | None:
+    """Run (or resume, or skip if finished) the run described by `cfg`; returns its record, or None when
+    another process is running it."""
     run_dir = Path(cfg.run_dir)
     record_path = run_dir / records.RECORD_NAME
+    lock = claim_run(run_dir)
+    if lock is None:
+        print(f"[qpeft] another process is running {run_dir}, skipping", flush=True)
+        return None
+    try:
+        return _train(cfg, run_dir, record_path)
+    finally:
+        lock.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     done = records.read_record(record_path)
     if done is not None:
         print(f"[qpeft] finished already, skipping: {record_path}", flush=True)
