@@ -6,6 +6,7 @@ python scripts/jobs.py experiment=minilm_glue seed=0      # extra overrides narr
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import sys
 from pathlib import Path
@@ -42,16 +43,33 @@ def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     return [list(job) for job in itertools.product(*axes)], fixed
 
 
+def status(run_dir: Path) -> str:
+    """done (a record), running (a live process holds the run's lock, see qpeft.train.claim_run) or todo."""
+    if (run_dir / "record.json").exists():
+        return "done"
+    lock = run_dir / ".lock"
+    if lock.exists():
+        with open(lock) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "running"
+    return "todo"
+
+
 def main(argv: list[str]) -> None:
     jobs, fixed = expand(argv)
+    counts = {"done": 0, "running": 0, "todo": 0}
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        done = 0
         for job in jobs:
             cfg = compose(config_name="config", overrides=fixed + job)
-            finished = (Path(cfg.run_dir) / "record.json").exists()
-            done += finished
-            print(f"{'done' if finished else 'todo'}  {' '.join(job)}  -> {cfg.run_dir}")
-    print(f"{len(jobs)} jobs ({done} finished, {len(jobs) - done} to run) for: {' '.join(argv)}")
+            state = status(Path(cfg.run_dir))
+            counts[state] += 1
+            print(f"{state:7s}  {' '.join(job)}  -> {cfg.run_dir}")
+    print(
+        f"{len(jobs)} jobs ({counts['done']} finished, {counts['running']} running, {counts['todo']} to run) "
+        f"for: {' '.join(argv)}"
+    )
 
 
 if __name__ == "__main__":

@@ -174,9 +174,14 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     run_dir = tmp_path / "sst2" / "tiny_bert" / "lora_r8" / "seed0"
     held = claim_run(run_dir)  # stands for the other worker
     assert held is not None and claim_run(run_dir) is None
+    sys.path.insert(0, str(REPO / "scripts"))
+    import jobs
+
+    assert jobs.status(run_dir) == "running"
     busy = run_cli(args)
     assert busy.returncode == 0 and "another process is running" in busy.stdout
     assert not (run_dir / "record.json").exists()
     held.close()  # the other worker ended (or died: the kernel drops its lock)
     free = run_cli(args)
     assert free.returncode == 0 and (run_dir / "record.json").exists(), free.stderr[-2000:]
+    assert jobs.status(run_dir) == "done" and jobs.status(tmp_path / "never") == "todo"
