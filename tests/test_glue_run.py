@@ -185,3 +185,14 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     free = run_cli(args)
     assert free.returncode == 0 and (run_dir / "record.json").exists(), free.stderr[-2000:]
     assert jobs.status(run_dir) == "done" and jobs.status(tmp_path / "never") == "todo"
+
+    # a finished run keeps its trained parameters (adapter + head), not its resume checkpoints
+    from safetensors.torch import load_file
+
+    rec = read(run_dir / "record.json")
+    trained = load_file(run_dir / "trained.safetensors")
+    assert not list(run_dir.glob("checkpoint-*"))
+    assert sum(t.numel() for t in trained.values()) == rec["adapter_params"] + rec["head_params"]
+    assert any("lora_B" in k for k in trained) and any(
+        t.abs().sum() > 0 for k, t in trained.items() if "lora_B" in k
+    )
