@@ -68,3 +68,14 @@ def test_concurrent_writes_read_back_intact(tmp_path):
     assert bad.value == 0, f"{bad.value} reads of a half-written record"
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "record.json"]
     assert leftovers == [], leftovers
+
+
+def test_record_file_is_as_readable_as_any_new_file(tmp_path):
+    """mkstemp creates 0600 files; a record on a shared cluster file system must follow the umask."""
+    import os
+    import stat
+
+    write_record(tmp_path / "record.json", {"score": 1.0})
+    (tmp_path / "plain.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "record.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
