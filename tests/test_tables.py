@@ -328,3 +328,15 @@ def test_cli_error_exit(tmp_path):
     (tmp_path / "outputs" / "x").mkdir(parents=True)
     (tmp_path / "outputs" / "x" / "record.json").write_text("{")
     assert tables.main(["--roots", str(tmp_path / "outputs"), "--out", str(tmp_path / "t")]) == 1
+
+
+def test_a_subset_preset_has_its_own_columns_and_average(tmp_path):
+    """minilm_glue sweeps five GLUE tasks: five columns, and Avg over those five once all are present."""
+    tasks = ["sst2", "cola", "mrpc", "stsb", "rte"]
+    for i, task in enumerate(tasks[:4]):
+        put(tmp_path / "outputs", task, 0, glue_metrics(task, 0.5 + 0.1 * i), experiment="minilm_glue")
+    row = md_row(build(tmp_path) / "minilm_glue.md", "lora_r8")
+    assert "MNLI m/mm" not in row and "QNLI" not in row and row["RTE"] == "—" and row["Avg"] == "—"
+    put(tmp_path / "outputs", "rte", 0, glue_metrics("rte", 0.9), experiment="minilm_glue")
+    row = md_row(build(tmp_path) / "minilm_glue.md", "lora_r8")
+    assert row["Avg"] == f"{np.mean([50, 60, 70, 80, 90]):.2f}"

@@ -92,6 +92,8 @@ PRESET_PARTS = {
         "stsb": [("", "pearson")],
     },
 }
+# Presets that sweep a subset of a benchmark: their columns (and their average) are those tasks only.
+PRESET_TASKS = {"minilm_glue": ["sst2", "cola", "mrpc", "stsb", "rte"]}
 PART_LABELS = {"m": "m", "mm": "mm", "acc": "acc", "f1": "F1"}
 SUMMARY_LABELS = {
     "avg": "Avg",
@@ -325,7 +327,9 @@ def build_table(preset: str, records: list[tuple[Path, dict]], refs: list[Refere
         for key in ref.rows[0]:
             if key not in REFERENCE_META and key not in SUMMARY_LABELS:
                 ref_tasks.add(key)
-    if len(tasks & set(GLUE_TASKS)) >= 2 or any(k.split("_")[0] in GLUE_TASKS for k in ref_tasks):
+    if preset in PRESET_TASKS:
+        tasks |= set(PRESET_TASKS[preset])
+    elif len(tasks & set(GLUE_TASKS)) >= 2 or any(k.split("_")[0] in GLUE_TASKS for k in ref_tasks):
         tasks |= set(GLUE_TASKS)
     if tasks & set(VTAB_TASKS) or ref_tasks & set(VTAB_TASKS):
         tasks |= set(VTAB_TASKS)
