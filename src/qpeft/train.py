@@ -6,6 +6,7 @@ The Trainer gives AMP, gradient accumulation, checkpoint/resume and torchrun; qp
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -363,8 +364,6 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 def claim_run(run_dir: Path):
     """An exclusive lock on the run folder, held until the process ends (the kernel drops it if the process
     dies), or None if another live process holds it: the same sweep launched twice splits the jobs."""
-    import fcntl
-
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "w")
     try:

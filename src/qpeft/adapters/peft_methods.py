@@ -73,21 +73,27 @@ def _boft_linear_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor
     if self.disable_adapters or self.merged:
         return _PEFT_BOFT_FORWARD(self, x, *args, **kwargs)
     scale = torch.ones((int(self.out_features), 1), device=x.device, dtype=dtype)
-    rotations = []  # per active adapter: (blocks (m, D, H, H), P (m, N, N))
+    rotations = []  # per active adapter: blocks (m, D, H, H)
     for name in self.active_adapters:
         if name not in self.boft_R.keys():
             continue
         R = self.boft_R[name]
         m, d, h, _ = R.shape
         blocks = self.boft_dropout[name](self.cayley_batch(R.view(m * d, h, h)).view(m, d, h, h))
-        rotations.append((blocks.to(dtype), self.boft_P))
+        rotations.append(blocks.to(dtype))
         scale = self.boft_s[name] * scale
+    # the fixed permutation matrices P (m, N, N) as index vectors, found once per layer and device:
+    # x @ P_i = x[..., cols[i]] and x @ P_i^T = x[..., rows[i]]
+    perm = getattr(self, "_qpeft_perm", None)
+    if perm is None or perm[0].device != x.device:
+        P = self.boft_P.to(x.device)
+        perm = self._qpeft_perm = (P.argmax(dim=1), P.argmax(dim=2))
+    cols, rows = perm
     # x @ R_last ... R_first, and within an adapter x @ B_{m-1} ... B_0, each B_i = P_i D_i P_i^T
-    for blocks, P in reversed(rotations):
+    for blocks in reversed(rotations):
         for i in reversed(range(blocks.shape[0])):
-            x = x[..., P[i].argmax(dim=0)]  # x @ P_i
-            x = torch.einsum("...dh,dhk->...dk", x.unflatten(-1, blocks.shape[1:3]), blocks[i]).flatten(-2)
-            x = x[..., P[i].argmax(dim=1)]  # @ P_i^T
+            x = torch.einsum("...dh,dhk->...dk", x[..., cols[i]].unflatten(-1, blocks.shape[1:3]), blocks[i])
+            x = x.flatten(-2)[..., rows[i]]
     result = self.base_layer(x.to(dtype), *args, **kwargs)
     bias = self.base_layer.bias
     if bias is not None:
