@@ -395,6 +395,8 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         print(f"[qpeft] finished already, skipping: {record_path}", flush=True)
         return done
     start = time.time()
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(cfg.trainer.threads)
     reset_peak_memory()
     hp = hyperparameters(cfg)
     acfg = adapter_config(cfg, hp)

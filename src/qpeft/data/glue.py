@@ -115,4 +115,10 @@ def load(
 
         return ds.map(tok, batched=True, remove_columns=ds.column_names, desc=None)
 
-    return encode(train, train_limit, True), {s: encode(c, eval_limit, False) for s, c in evals.items()}
+    def by_length(ds: Dataset) -> Dataset:
+        """Eval sets shortest first: batches padded to similar lengths (the metrics ignore order)."""
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
+
+    evals = {s: by_length(encode(c, eval_limit, False)) for s, c in evals.items()}
+    return encode(train, train_limit, True), evals
