@@ -171,7 +171,7 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     from qpeft.train import claim_run
 
     args = [*TINY, "adapter=lora", "trainer.max_steps=3", f"output_root={tmp_path}"]
-    run_dir = tmp_path / "sst2" / "tiny_bert" / "lora_r8" / "seed0"
+    run_dir = tmp_path / "adhoc" / "sst2" / "tiny_bert" / "lora_r8" / "seed0"
     held = claim_run(run_dir)  # stands for the other worker
     assert held is not None and claim_run(run_dir) is None
     sys.path.insert(0, str(REPO / "scripts"))
@@ -196,3 +196,13 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     assert any("lora_B" in k for k in trained) and any(
         t.abs().sum() > 0 for k, t in trained.items() if "lora_B" in k
     )
+
+    # the same folder asked for under other settings: refused, naming the difference; nothing overwritten
+    before = (run_dir / "record.json").read_bytes()
+    other = run_cli([*args, "trainer.lr=0.01"])
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "hyperparameters.lr: 0.0008 there, 0.01 now" in other.stderr and "experiment_name=" in other.stderr
+    assert (run_dir / "record.json").read_bytes() == before
+    # a setting that does not change the result (eval batch size) still finds the finished run
+    again = run_cli([*args, "trainer.eval_batch_size=8"])
+    assert again.returncode == 0 and "finished already" in again.stdout

@@ -43,6 +43,52 @@ PROTOCOL_KEYS = (
 )
 
 
+# trainer settings outside the protocol's that change a run's result (the rest: speed, logging, storage)
+RESULT_TRAINER_KEYS = ("sampling", "scheduler", "grad_accum", "max_steps", "eval_limit", "precision")
+SETTINGS_NAME = "settings.json"
+
+
+def run_settings(cfg: DictConfig, hp: dict, acfg: DictConfig) -> dict:
+    """What decides a run's result beyond its folder's name (task, backbone, adapter name, seed)."""
+    trainer = {k: cfg.trainer.get(k) for k in RESULT_TRAINER_KEYS}
+    return json.loads(
+        json.dumps({"hyperparameters": hp, "adapter_cfg": OmegaConf.to_container(acfg), "trainer": trainer})
+    )
+
+
+def stored_settings(run_dir: Path) -> dict | None:
+    """The settings a run folder was started with: settings.json, or for records older than it the record."""
+    path = run_dir / SETTINGS_NAME
+    if path.exists():
+        return json.loads(path.read_text())
+    rec = records.read_record(run_dir / records.RECORD_NAME)
+    if rec is None:
+        return None
+    trainer = rec.get("config", {}).get("trainer", {})
+    return {
+        "hyperparameters": rec["hyperparameters"],
+        "adapter_cfg": rec["adapter_cfg"],
+        "trainer": {k: trainer.get(k) for k in RESULT_TRAINER_KEYS},
+    }
+
+
+def check_settings(run_dir: Path, settings: dict) -> None:
+    """Stop before a finished run is returned, or a checkpoint resumed, under settings it was not made with."""
+    stored = stored_settings(run_dir)
+    if stored is None or stored == settings:
+        return
+    diffs = [
+        f"{group}.{key}: {stored[group].get(key)!r} there, {settings[group].get(key)!r} now"
+        for group in settings
+        for key in sorted(set(stored.get(group, {})) | set(settings[group]))
+        if stored.get(group, {}).get(key) != settings[group].get(key)
+    ]
+    raise QpeftError(
+        f"{run_dir} holds a run made with other settings ({'; '.join(diffs)}): give this variant its own "
+        "folder with experiment_name=<name> (or output_root=...), or delete that folder to redo it"
+    )
+
+
 def hyperparameters(cfg: DictConfig) -> dict:
     """The task's protocol values (task.protocols[protocol]) with every non-null trainer.<key> on top."""
     protocols = cfg.task.get("protocols") or {}
@@ -390,16 +436,19 @@ def train(cfg: DictConfig) -> dict | None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
+    hp = hyperparameters(cfg)
+    acfg = adapter_config(cfg, hp)
+    settings = run_settings(cfg, hp, acfg)
+    check_settings(run_dir, settings)
     done = records.read_record(record_path)
     if done is not None:
         print(f"[qpeft] finished already, skipping: {record_path}", flush=True)
         return done
+    records.write_record(run_dir / SETTINGS_NAME, settings)
     start = time.time()
     if cfg.trainer.get("threads"):
         torch.set_num_threads(cfg.trainer.threads)
     reset_peak_memory()
-    hp = hyperparameters(cfg)
-    acfg = adapter_config(cfg, hp)
     method = adapters.get(acfg.method)
     set_seed(cfg.seed)
 
