@@ -29,6 +29,18 @@ def check_choices(argv: list[str]) -> None:
                 )
 
 
+FAILED: list[str] = []  # jobs of a local sweep that stopped with a qpeft error
+
+
+def in_local_sweep() -> bool:
+    """A -m sweep on Hydra's basic launcher: its jobs run one after another in this process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and hc.launcher._target_.endswith("BasicLauncher")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from qpeft.errors import QpeftError
@@ -38,10 +50,19 @@ def main(cfg: DictConfig) -> float | None:
         record = train(cfg)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        if not in_local_sweep():
+            sys.exit(2)
+        # an unattended local sweep goes on with its next job; the failures are listed at the end
+        FAILED.append(f"{cfg.run_dir}: {e}")
+        return None
     return None if record is None else record["score"]
 
 
 if __name__ == "__main__":
     check_choices(sys.argv[1:])
     main()
+    if FAILED:
+        print(
+            f"qpeft error: {len(FAILED)} job(s) of this sweep failed:", *FAILED, sep="\n  ", file=sys.stderr
+        )
+        sys.exit(2)

