@@ -6,9 +6,7 @@ preset=${1:?usage: collect_records.sh <experiment_name> [output_root]}
 root=${2:-${QPEFT_OUTPUT_DIR:-outputs}}
 [ -d "$root/$preset" ] || { echo "no folder $root/$preset: finished runs of experiment=$preset live there" >&2; exit 2; }
 dest=results/records/$preset
-tmp=$(mktemp -d results/records/.collect-XXXXXX)
-(cd "$root/$preset" && find . -name record.json -print0) | while IFS= read -r -d '' f; do
-  mkdir -p "$tmp/$(dirname "$f")" && cp "$root/$preset/$f" "$tmp/$f"
-done
+tmp=$(mktemp -d "$PWD/results/records/.collect-XXXXXX")
+(cd "$root/$preset" && find . -name record.json -exec cp --parents {} "$tmp" \;)
 chmod 755 "$tmp" && rm -rf "$dest" && mv "$tmp" "$dest"
 echo "$(find "$dest" -name record.json | wc -l) records in $dest"

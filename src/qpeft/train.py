@@ -48,12 +48,15 @@ RESULT_TRAINER_KEYS = ("sampling", "scheduler", "grad_accum", "max_steps", "eval
 SETTINGS_NAME = "settings.json"
 
 
+def _settings(hp: dict, adapter_cfg: dict, trainer) -> dict:
+    """What decides a run's result beyond its folder's name (task, backbone, adapter name, seed), as JSON."""
+    trainer = {k: trainer.get(k) for k in RESULT_TRAINER_KEYS}
+    return json.loads(json.dumps({"hyperparameters": hp, "adapter_cfg": adapter_cfg, "trainer": trainer}))
+
+
 def run_settings(cfg: DictConfig, hp: dict, acfg: DictConfig) -> dict:
-    """What decides a run's result beyond its folder's name (task, backbone, adapter name, seed)."""
-    trainer = {k: cfg.trainer.get(k) for k in RESULT_TRAINER_KEYS}
-    return json.loads(
-        json.dumps({"hyperparameters": hp, "adapter_cfg": OmegaConf.to_container(acfg), "trainer": trainer})
-    )
+    """The settings of the run `cfg` asks for."""
+    return _settings(hp, OmegaConf.to_container(acfg), cfg.trainer)
 
 
 def stored_settings(run_dir: Path) -> dict | None:
@@ -64,12 +67,7 @@ def stored_settings(run_dir: Path) -> dict | None:
     rec = records.read_record(run_dir / records.RECORD_NAME)
     if rec is None:
         return None
-    trainer = rec.get("config", {}).get("trainer", {})
-    return {
-        "hyperparameters": rec["hyperparameters"],
-        "adapter_cfg": rec["adapter_cfg"],
-        "trainer": {k: trainer.get(k) for k in RESULT_TRAINER_KEYS},
-    }
+    return _settings(rec["hyperparameters"], rec["adapter_cfg"], rec.get("config", {}).get("trainer", {}))
 
 
 def check_settings(run_dir: Path, settings: dict) -> None:
