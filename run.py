@@ -1,4 +1,4 @@
-"""qpeft entry point: python run.py task=glue/sst2 adapter=quantum [backbone=... seed=...]."""
+"""qpeft entry point: python run.py task=glue/sst2 adapter=quantum [backbone=... seed=...]. `--help` for more."""
 
 import os
 import sys
@@ -9,24 +9,92 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CONFIGS = Path(__file__).resolve().parent / "configs"
+GROUPS = ("task", "backbone", "adapter", "experiment", "trainer", "logger")
+
+HELP = """qpeft: Quantum-PEFT and its baselines under one protocol (Hydra 1.3 command line).
+
+  python run.py task=glue/sst2 adapter=quantum                # the paper setting (DeBERTaV3-base, GPU + Hub)
+  python run.py -m hydra/launcher=slurm task=glue/sst2,glue/rte adapter=quantum,lora seed=0,1,2
+  make tables                                                 # paper-style tables from the run records
+
+  python run.py experiment=demo                               # offline: real MiniLM, SST-2, 2 CPU cores
+  python run.py --cfg job --resolve <overrides>               # print the config that would run, every value
+
+Config groups (choose with group=name):
+{groups}
+
+Any value: trainer.lr=1e-3 trainer.epochs=3 adapter.rank=full seed=1 protocol=lora_roberta ...
+A task family brings its backbone and protocol (GLUE: deberta_v3_base + adalora_deberta; VTAB: vit_b16_in21k +
+vit_vtab); an explicit backbone= / protocol= wins. Docs: README.md, docs/design.md, docs/method.md,
+docs/reproducing.md. Hydra's own help: --hydra-help.
+"""
+
+
+def options(group: str) -> list[str]:
+    """The public options of a config group (files starting with '_' are shared pieces, not options)."""
+    return sorted(
+        str(p.relative_to(CONFIGS / group).with_suffix(""))
+        for p in (CONFIGS / group).rglob("*.yaml")
+        if not p.name.startswith("_")
+    )
+
+
+def print_help() -> None:
+    groups = "\n".join(f"  {g + ':':12s}{', '.join(options(g))}" for g in GROUPS)
+    print(HELP.format(groups=groups))
+
+
+def fail(message: str) -> None:
+    print(f"qpeft error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def check_choices(argv: list[str]) -> None:
-    """Stop on an unknown task/backbone/adapter name with the list of valid ones (Hydra omits it for task)."""
+    """Stop on an unknown task/backbone/adapter/experiment name with the list of valid ones."""
     for arg in argv:
         group, eq, values = arg.partition("=")
-        if not eq or group not in ("task", "backbone", "adapter"):
+        if not eq or group not in ("task", "backbone", "adapter", "experiment"):
             continue
-        valid = sorted(
-            str(p.relative_to(CONFIGS / group).with_suffix(""))
-            for p in (CONFIGS / group).rglob("*.yaml")
-            if not p.name.startswith("_")
-        )
+        valid = options(group)
         for name in values.split(","):
             if name not in valid:
-                sys.exit(
-                    f"qpeft error: unknown {group} '{name}'. Valid names for {group}=: {', '.join(valid)}"
-                )
+                fail(f"unknown {group} '{name}'. Valid names for {group}=: {', '.join(valid)}")
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose the config as Hydra will (a sweep: each swept setting at its first value) and check every
+    setting, so a mistyped or out-of-range value stops here, in one line, before anything is loaded."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from qpeft.config import run_spec
+    from qpeft.errors import QpeftError
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        first = []
+        for o in parsed:
+            if o.is_sweep_override():
+                value = next(iter(o.sweep_string_iterator()))
+                first.append(f"{o.get_key_element()}={value}")
+            else:
+                first.append(o.input_line)
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("config", overrides=first, return_hydra_config=True)
+            multirun = "-m" in argv or "--multirun" in argv
+            if not (multirun and cfg.hydra.sweeper.get("params")):  # a preset's sweep: checked per job
+                run_spec(cfg)
+    except QpeftError as e:
+        fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e)
+        if text.startswith("Could not override '") and "not in struct" in str(e.__cause__):
+            key = text.split("'")[1]
+            fail(f"unknown setting {key}: check its spelling (python run.py --cfg job lists every setting)")
+        fail(" ".join(text.split("\n")[:2]).strip())
 
 
 FAILED: list[str] = []  # jobs of a local sweep that stopped with a qpeft error
@@ -43,7 +111,10 @@ def in_local_sweep() -> bool:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from qpeft.config import register_resolvers
     from qpeft.errors import QpeftError
+
+    register_resolvers()  # a SLURM job unpickles this function in a fresh process
     from qpeft.train import train
 
     try:
@@ -59,7 +130,15 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:])
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print_help()
+        sys.exit(0)
+    check_choices(args)
+    if not any(a in args for a in ("--hydra-help", "--info", "--shell-completion", "-sc")):
+        import qpeft.config  # noqa: F401  (registers the `protocol` resolver before Hydra composes)
+
+        precheck(args)
     main()
     if FAILED:
         print(

@@ -11,6 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import qpeft.config  # noqa: F401  (registers the `protocol` resolver the configs use)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QPEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
 GLUE_DIR = Path(os.environ.get("QPEFT_GLUE_DIR", SHARED / "glue"))

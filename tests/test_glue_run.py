@@ -87,7 +87,11 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
 
     # a finished run is skipped, not repeated
     skip = run_cli([*args, f"output_root={tmp_path / 'pre'}"])
-    assert skip.returncode == 0 and "finished already, skipping" in skip.stdout
+    assert (
+        skip.returncode == 0
+        and "finished already, not retrained" in skip.stdout
+        and "accuracy" in skip.stdout
+    )
     assert read(next((tmp_path / "pre").rglob("record.json"))) == rec
 
 

@@ -75,3 +75,11 @@ def adapter_params(model: nn.Module, head: list[str]) -> int:
 def head_params(model: nn.Module, head: list[str]) -> int:
     """Trainable parameters inside the head modules."""
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and in_head(n, head))
+
+
+def check_settings(values: dict) -> None:
+    """Refuse an unknown method before anything is built (the methods check their own settings in apply)."""
+    from qpeft.errors import QpeftError
+
+    if values.get("method") not in METHODS:
+        raise QpeftError(f"adapter.method={values.get('method')!r}: choose one of {sorted(METHODS)}")

@@ -1,0 +1,100 @@
+"""The Trainer callbacks qpeft adds: metrics.csv, the methods' step hook, step timing, log lines."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from qpeft.errors import QpeftError
+
+
+class NonFiniteLoss(QpeftError):
+    """The training loss became NaN or infinite: the run's checkpoints hold no state worth resuming."""
+
+
+class CsvLogger(TrainerCallback):
+    """Append every Trainer log line (loss, lr, eval metrics) to metrics.csv; stop on a non-finite loss."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or not state.is_world_process_zero:
+            return
+        loss = logs.get("loss", logs.get("train_loss"))  # train_loss: the run's mean, logged at the end
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the training loss became {loss} at step {state.global_step}: lower trainer.lr"
+            )
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "epoch", "key", "value"])
+            epoch = logs.get("epoch", state.epoch)
+            for k, v in logs.items():
+                if k not in ("step", "epoch"):
+                    w.writerow([state.global_step, epoch, k, v])
+
+
+class LogLines(TrainerCallback):
+    """Progress as one line per logging step (for log files: `nohup`, SLURM), used when stderr is no terminal."""
+
+    def __init__(self, total_steps: int):
+        self.total = total_steps
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or not state.is_world_process_zero:
+            return
+        shown = " ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "epoch"
+        )
+        elapsed = time.time() - self.start
+        print(
+            f"[qpeft] step {state.global_step}/{state.max_steps or self.total} epoch {state.epoch or 0:.2f} "
+            f"{elapsed / 60:.1f} min | {shown}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class StepHook(TrainerCallback):
+    """Call a method's per-step hook after every optimizer step, before the gradients are zeroed."""
+
+    def __init__(self, hook: Callable[[int], None]):
+        self.hook = hook
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        self.hook(state.global_step)
+
+
+class Throughput(TrainerCallback):
+    """Wall time of each optimizer step (forward, backward, optimizer), for samples/s and step time."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._t = 0.0
+
+    def on_step_begin(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t)
+
+    def step_time(self) -> float | None:
+        """Median step time after the first steps (warm-up) are dropped."""
+        t = self.times[min(5, len(self.times) // 4) :]
+        return statistics.median(t) if t else None

@@ -1,0 +1,287 @@
+"""The composed config, checked: protocol values reach `trainer` / `adapter` through interpolation, and every
+setting is typed and validated before any model or data is loaded.
+
+A task file carries the hyperparameters of every protocol it belongs to (`task.protocols.<name>`); the config
+picks one with `protocol=` and the trainer / adapter files read it through the `protocol` resolver:
+
+    trainer.lr: ${protocol:lr}              # task.protocols[protocol].lr, or null when the protocol has none
+    trainer.scheduler: ${protocol:scheduler,linear}
+
+so `python run.py --cfg job --resolve ...` prints exactly what trains and a command-line value (which replaces
+the interpolation) always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from qpeft.errors import QpeftError
+
+_MISSING = object()
+
+
+def _protocol_value(key: str, default: Any = None, *, _root_: DictConfig) -> Any:
+    """`${protocol:key[,default]}`: the value of `key` (dotted) in the selected protocol of the task."""
+    protocols = _root_.task.get("protocols") or {}
+    name = _root_.get("protocol")
+    if name not in protocols:
+        raise QpeftError(
+            f"task {_root_.task.name} has no hyperparameters for protocol={name}: "
+            f"choose protocol= one of {sorted(protocols)}"
+        )
+    values = protocols[name]
+    if key == "warmup_ratio" and values.get("warmup_ratio") is None and values.get("warmup_epochs"):
+        # a protocol's warm-up in epochs, as a fraction of its own schedule (VTAB: 10 of 100 epochs -> 0.1),
+        # so a run with fewer trainer.epochs keeps the same shape
+        return values.warmup_epochs / values.epochs
+    value = OmegaConf.select(values, key, default=_MISSING)
+    return default if value is _MISSING or value is None else value
+
+
+def _coalesce(*values: Any) -> Any:
+    """`${coalesce:a,b,...}`: the first value that is not null (trainer.lr: adapter.lr, else the protocol's)."""
+    return next((v for v in values if v is not None), None)
+
+
+def register_resolvers() -> None:
+    """Register qpeft's OmegaConf resolvers (idempotent; run.py and the tests call it before composing)."""
+    OmegaConf.register_new_resolver("protocol", _protocol_value, replace=True)
+    OmegaConf.register_new_resolver("coalesce", _coalesce, replace=True)
+
+
+register_resolvers()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed settings: dataclasses built from config mappings, with one error sentence per wrong value.
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def build_settings(cls: type, values: Mapping, prefix: str) -> Any:
+    """`cls(**values)` with unknown keys and wrong types refused by a QpeftError naming `<prefix>.<key>`;
+    the dataclass's own `__post_init__` checks ranges and choices."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise QpeftError(
+            f"unknown setting {prefix}.{unknown[0]}: valid {prefix} settings are {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _type_ok(value, hints[name]):
+            raise QpeftError(f"{prefix}.{name}={value!r} must be {_type_name(hints[name])}")
+    return cls(**values)
+
+
+def _need(ok: bool, setting: str, rule: str) -> None:
+    if not ok:
+        raise QpeftError(f"{setting} {rule}")
+
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+
+
+@dataclass
+class TrainerSettings:
+    """`trainer.*`: optimisation and evaluation. Values the task protocol gives arrive by interpolation."""
+
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW)"})
+    epochs: float | None = field(default=None, metadata={"help": "training epochs"})
+    batch_size: int | None = field(default=None, metadata={"help": "per-device training batch size"})
+    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size"})
+    max_length: int | None = field(default=None, metadata={"help": "text tasks: tokens per example"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "linear warm-up steps"})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "warm-up as a fraction of the run"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    scheduler: str = field(default="linear", metadata={"help": "transformers learning-rate schedule"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    sampling: Literal["random", "group_by_length"] = field(default="random", metadata={"help": "batching"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 stops after this many optimizer steps"})
+    train_limit: int | None = field(default=None, metadata={"help": "first N training examples (shuffled)"})
+    eval_limit: int | None = field(default=None, metadata={"help": "first N evaluation examples"})
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "AMP"})
+    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int | None = field(default=1, metadata={"help": "checkpoints kept"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep resume checkpoints after the run"})
+    logging_steps: int = field(default=20, metadata={"help": "log every N steps"})
+    eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch"})
+    num_workers: int = field(default=0, metadata={"help": "data loader workers"})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
+    cls_dropout: float | None = field(default=None, metadata={"help": "classifier dropout (protocol)"})
+    drop_path: float | None = field(default=None, metadata={"help": "ViT stochastic depth (protocol)"})
+
+    def __post_init__(self) -> None:
+        _need(self.lr is not None and self.lr > 0, f"trainer.lr={self.lr}", "must be a positive number")
+        _need(
+            self.epochs is not None and self.epochs > 0,
+            f"trainer.epochs={self.epochs}",
+            "must be a positive number",
+        )
+        _need(
+            self.batch_size is not None and self.batch_size >= 1,
+            f"trainer.batch_size={self.batch_size}",
+            "must be a positive integer",
+        )
+        for name in ("eval_batch_size", "grad_accum", "save_steps", "logging_steps"):
+            _need(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)}", "must be >= 1")
+        for name in ("max_length", "train_limit", "eval_limit", "threads", "save_total_limit"):
+            value = getattr(self, name)
+            _need(value is None or value >= 1, f"trainer.{name}={value}", "must be null or >= 1")
+        _need(
+            self.warmup_steps is None or self.warmup_steps >= 0,
+            f"trainer.warmup_steps={self.warmup_steps}",
+            "must be >= 0",
+        )
+        _need(
+            self.warmup_ratio is None or 0 <= self.warmup_ratio < 1,
+            f"trainer.warmup_ratio={self.warmup_ratio}",
+            "must lie in [0, 1)",
+        )
+        _need(self.weight_decay >= 0, f"trainer.weight_decay={self.weight_decay}", "must be >= 0")
+        _need(
+            self.max_steps == -1 or self.max_steps >= 1,
+            f"trainer.max_steps={self.max_steps}",
+            "must be -1 (the whole schedule) or >= 1",
+        )
+        _need(self.num_workers >= 0, f"trainer.num_workers={self.num_workers}", "must be >= 0")
+        _need(
+            self.scheduler in SCHEDULERS,
+            f"trainer.scheduler={self.scheduler!r}",
+            f"is not a schedule: choose one of {', '.join(SCHEDULERS)}",
+        )
+        for name in ("cls_dropout", "drop_path"):
+            value = getattr(self, name)
+            _need(value is None or 0 <= value < 1, f"trainer.{name}={value}", "must lie in [0, 1)")
+
+
+def resolved(node: DictConfig, where: str) -> dict:
+    """A config node as a plain dict with every interpolation resolved; a failing one becomes a QpeftError."""
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as e:
+        inner: BaseException | None = e
+        while inner is not None:  # a resolver's own QpeftError, wrapped by OmegaConf
+            if isinstance(inner, QpeftError):
+                raise QpeftError(str(inner)) from None
+            inner = inner.__cause__ or inner.__context__
+        raise QpeftError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def trainer_settings(cfg: DictConfig) -> TrainerSettings:
+    """`cfg.trainer`, resolved and checked."""
+    return build_settings(TrainerSettings, resolved(cfg.trainer, "trainer"), "trainer")
+
+
+# hyperparameters a task protocol provides; the record's `hyperparameters` holds the protocol's values with the
+# effective trainer values on top (the layout records and settings.json have always had)
+PROTOCOL_KEYS = (
+    "lr",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "train_limit",
+    "scheduler",
+    "cls_dropout",
+    "drop_path",
+)
+
+
+@dataclass
+class RunSpec:
+    """One run, fully resolved and checked: what `train` needs, nothing read from the raw config later."""
+
+    cfg: DictConfig  # the composed config (recorded resolved)
+    task: DictConfig
+    backbone: DictConfig
+    adapter: dict  # the adapter group, resolved
+    trainer: TrainerSettings
+    hyperparameters: dict
+    seed: int
+    protocol: str
+    experiment: str
+    run_dir: str
+
+
+def run_spec(cfg: DictConfig) -> RunSpec:
+    """Resolve and check every setting of the composed config `cfg` (no model, no data)."""
+    trainer = trainer_settings(cfg)
+    adapter = resolved(cfg.adapter, "adapter")
+    protocol = cfg.protocol
+    hp = dict(resolved(cfg.task.protocols[protocol], f"task.protocols.{protocol}"))
+    for key in PROTOCOL_KEYS:
+        value = getattr(trainer, key)
+        if value is not None and (key in hp or value != TrainerSettings.__dataclass_fields__[key].default):
+            hp[key] = value
+    for key in ("seed",):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
+            raise QpeftError(f"{key}={cfg.get(key)!r} must be an integer")
+    from qpeft import adapters
+
+    adapters.check_settings(adapter)
+    return RunSpec(
+        cfg=cfg,
+        task=cfg.task,
+        backbone=cfg.backbone,
+        adapter=adapter,
+        trainer=trainer,
+        hyperparameters=hp,
+        seed=int(cfg.seed),
+        protocol=protocol,
+        experiment=str(cfg.experiment_name),
+        run_dir=str(cfg.run_dir),
+    )

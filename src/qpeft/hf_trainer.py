@@ -1,0 +1,82 @@
+"""The transformers Trainer as qpeft runs it: TrainingArguments from the checked settings, and the optimiser
+built with a method's own parameter groups (Quantum-PEFT's circuit learning rate)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from qpeft.config import TrainerSettings
+from qpeft.errors import QpeftError
+
+
+def use_cpu(trainer: TrainerSettings) -> bool:
+    if trainer.device == "cuda" and not torch.cuda.is_available():
+        raise QpeftError("trainer.device=cuda but no CUDA device is visible: set trainer.device=auto or cpu")
+    return trainer.device == "cpu" or not torch.cuda.is_available()
+
+
+def training_args(
+    trainer: TrainerSettings, run_dir: Path, seed: int, text_task: bool, run_name: str, wandb: bool
+) -> TrainingArguments:
+    cpu = use_cpu(trainer)
+    bf16 = trainer.precision == "bf16" or (
+        trainer.precision == "auto" and not cpu and torch.cuda.is_bf16_supported()
+    )
+    if trainer.sampling == "group_by_length" and not text_task:
+        raise QpeftError("trainer.sampling=group_by_length needs tokenised text: use random for image tasks")
+    # transformers 5: warmup_steps < 1 is a fraction of the run
+    warmup = trainer.warmup_steps or trainer.warmup_ratio or 0.0
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=trainer.batch_size,
+        per_device_eval_batch_size=trainer.eval_batch_size,
+        gradient_accumulation_steps=trainer.grad_accum,
+        num_train_epochs=trainer.epochs,
+        max_steps=trainer.max_steps,
+        learning_rate=trainer.lr,
+        weight_decay=trainer.weight_decay,
+        warmup_steps=warmup,
+        lr_scheduler_type=trainer.scheduler,
+        train_sampling_strategy=trainer.sampling,
+        eval_strategy="epoch" if trainer.eval_every_epoch else "no",
+        save_strategy="steps",
+        save_steps=trainer.save_steps,
+        save_total_limit=trainer.save_total_limit,
+        logging_steps=trainer.logging_steps,
+        logging_nan_inf_filter=False,
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        fp16=trainer.precision == "fp16",
+        use_cpu=cpu,
+        dataloader_num_workers=trainer.num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],  # every family's collator names the targets `labels`
+        report_to=["wandb"] if wandb else [],
+        run_name=run_name,
+        torch_compile=trainer.torch_compile,
+        # a progress bar on a terminal; in a log file (nohup, SLURM) one line per logging step (LogLines)
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def use_param_overrides(trainer: Trainer, overrides: dict[int, dict]) -> None:
+    """Rebuild the Trainer's optimiser (its decay / no-decay groups) with per-parameter settings, keyed by
+    id(parameter), split into their own groups; the scheduler, built later by trainer.train, scales every
+    group's lr alike."""
+    if not overrides:
+        return
+    opt = trainer.create_optimizer()
+    groups = []
+    for g in opt.param_groups:
+        split: dict[tuple, list] = {}
+        for p in g["params"]:
+            split.setdefault(tuple(sorted(overrides.get(id(p), {}).items())), []).append(p)
+        groups += [{**g, "params": ps, **dict(key)} for key, ps in split.items()]
+    opt.param_groups = []  # no state yet: regroup in place
+    for g in groups:
+        opt.add_param_group(g)
