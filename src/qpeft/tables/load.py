@@ -17,6 +17,10 @@ class TablesError(QpeftError):
     """A problem with the records or reference files, naming the file(s) involved."""
 
 
+class ConflictingRecords(TablesError):
+    """Two records of the same run (experiment, task, backbone, adapter_tag, seed) with different metrics."""
+
+
 def read_record(path: Path) -> Record:
     """One record, checked for what the tables need; TablesError naming `path` otherwise."""
     try:
@@ -57,7 +61,7 @@ def load_records(roots: list[str | Path]) -> tuple[list[tuple[Path, Record]], in
         if key in by_key:
             other_path, other = by_key[key]
             if json.dumps(other.metrics, sort_keys=True) != json.dumps(rec.metrics, sort_keys=True):
-                raise TablesError(
+                raise ConflictingRecords(
                     f"conflicting records for (experiment, task, backbone, adapter_tag, seed) = {key}: "
                     f"{other_path} and {path} have different metrics"
                 )

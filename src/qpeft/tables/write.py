@@ -106,11 +106,11 @@ def _align(n_columns: int) -> str:
     return "ll" + "r" * (n_columns - 2)
 
 
-def to_markdown(table: Table) -> str:
-    """The table as GitHub Markdown."""
+def to_markdown(table: Table, heading: str | None = None) -> str:
+    """The table as GitHub Markdown, under `heading` (default: `# <preset>`)."""
     headers = _headers(table)
     rows = [[row.backbone, _label(row), *_cells(table, row, " ± ")] for row in table.rows]
-    before = [f"# {table.preset}", "", f"{table.n_records} records.", ""]
+    before = [heading or f"# {table.preset}", "", f"{table.n_records} records.", ""]
     return render.markdown(headers, rows, align=_align(len(headers)), before=before, notes=notes(table))
 
 
