@@ -152,3 +152,30 @@ def test_latest_bench_of_each_backbone_is_shown(tmp_path):
     report, _ = build(tmp_path, tmp_path / "records", bench=bench)
     text = report.read_text()
     assert "| newer |" in text and "| older |" not in text and "[b.md](" in text
+
+
+def test_committed_report_is_current(tmp_path):
+    """results/report.md is what `make report` builds from the committed results (rebuild it if this fails)."""
+    import shutil
+
+    copy = tmp_path / "results"
+    for name in ("records", "reference", "bench"):
+        shutil.copytree(RESULTS / name, copy / name)
+    (copy / "tables").mkdir()
+    shutil.copy(RESULTS / "tables" / "params.md", copy / "tables" / "params.md")
+    (copy / "figures").mkdir()
+    shutil.copy(RESULTS / "figures" / "param_scaling.png", copy / "figures" / "param_scaling.png")
+    written = build_report(
+        copy / "records",
+        copy / "report.md",
+        copy / "figures" / "report",
+        copy / "reference",
+        copy / "tables",
+        copy / "bench",
+        copy / "figures" / "param_scaling.png",
+    )
+    fresh = (copy / "report.md").read_text().replace(str(copy), "results")
+    assert fresh == (RESULTS / "report.md").read_text(), "results/report.md is stale: run `make report`"
+    for path in written[:-1]:
+        committed = RESULTS / "figures" / "report" / path.name
+        assert committed.exists(), f"{committed} is missing: run `make report`"

@@ -53,3 +53,21 @@ def test_missing_required_key_names_the_file(tmp_path, drop):
     with pytest.raises(RecordError, match=drop) as err:
         load_record(path)
     assert str(path) in str(err.value)
+
+
+def _parse_params_md(text: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """The committed params.md back into header, rows and its numbered failure notes."""
+    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = lambda ln: [c.strip() for c in ln.strip().strip("|").split(" | ")]  # noqa: E731
+    notes = [ln.split("] ", 1)[1] for ln in text.splitlines() if ln.startswith("- [")]
+    return split(table[0]), [split(ln) for ln in table[2:]], notes
+
+
+def test_params_table_renders_as_committed():
+    """The parameter table's cells, rendered through the shared renderer, give the committed files."""
+    from qpeft import params
+
+    header, rows, notes = _parse_params_md((TABLES / "params.md").read_text())
+    assert len(rows) == 19 and header[0] == "method" and notes
+    assert params.markdown(header, rows, notes) == (TABLES / "params.md").read_text()
+    assert params.latex(header, rows, notes) == (TABLES / "params.tex").read_text()

@@ -352,7 +352,13 @@ def efficiency_figure(
         ax.set_visible(False)
     handles = [
         Line2D(
-            [], [], marker=_style(m)[0], linestyle=_style(m)[1], color="black", mfc="white", label=m or "?"
+            [],
+            [],
+            marker=_style(m)[0],
+            linestyle=_style(m)[1] if envelope else "none",  # lines are drawn only on frontier plots
+            color="black",
+            mfc="white",
+            label=m or "?",
         )
         for m in methods_seen
     ]
