@@ -65,6 +65,9 @@ def test_report_from_committed_records(tmp_path):
     body = committed.split("\n", 1)[1]  # without its "# minilm_glue" heading
     assert body in text
     assert "### Bench: deberta_v3_base on cpu-amd-epyc" in text and "## Parameter counts" in text
+    # diag_sst2 holds one run identity under several settings: each row says which subfolder it is
+    diag = md_table(text, "diag_sst2")
+    assert {"base/lora_r8", "a128/quantum_k8_l1", "lr3/quantum_k8_l1", "base/head_only"} <= set(diag)
     # deterministic: a second build writes the same bytes (CI regenerates it without noise)
     report2, written2 = build(tmp_path / "two", RESULTS / "records")
     assert len(written) == len(written2)
@@ -179,3 +182,14 @@ def test_committed_report_is_current(tmp_path):
     for path in written[:-1]:
         committed = RESULTS / "figures" / "report" / path.name
         assert committed.exists(), f"{committed} is missing: run `make report`"
+
+
+def test_published_rows_join_their_preset(tmp_path):
+    """A glue_deberta record: the report's table carries AdaLoRA Table 1's rows beside ours."""
+    put(tmp_path / "records", "glue_deberta", "sst2", "lora_r8", "lora", 0, 0.95, 1_327_104)
+    put(tmp_path / "records", "glue_deberta", "sst2", "head_only", "head_only", 0, 0.90, 0)
+    report, written = build(tmp_path, tmp_path / "records")
+    rows = md_table(report.read_text(), "glue_deberta")
+    assert rows["LoRA r=8 (published [1])"]["SST-2"] == "94.95"  # results/reference, AdaLoRA Table 1
+    assert rows["lora_r8"]["SST-2"] == "95.00" and rows["head_only"]["SST-2"] == "90.00"
+    assert all(p.exists() for p in written)

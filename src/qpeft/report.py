@@ -32,7 +32,13 @@ from matplotlib.lines import Line2D
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Column, Table, build_table, seed_frame
-from qpeft.tables.load import ConflictingRecords, TablesError, load_records, load_references
+from qpeft.tables.load import (
+    ConflictingRecords,
+    TablesError,
+    load_records,
+    load_references,
+    merge_duplicates,
+)
 from qpeft.tables.presets import PART_LABELS, TASK_LABELS
 from qpeft.tables.write import by_preset, file_stem, to_markdown
 
@@ -99,6 +105,7 @@ def load_groups(root: Path) -> list[Group]:
         records += recs
         for _, rec in recs:
             variants_of[rec.experiment] = variants_of.get(rec.experiment, False) or variants
+    records = merge_duplicates(records)  # one run copied into two top-level folders counts once
     return [Group(p, recs, variants_of[recs[0][1].experiment]) for p, recs in by_preset(records).items()]
 
 
@@ -514,7 +521,9 @@ def _seeds_with_metric(records: list[tuple[Path, Record]], columns: list[Column]
 
 def _seed_note(table: Table) -> str:
     counts = sorted({s.n for r in table.rows if not r.published for s in r.stats.values()})
-    return f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+    if len(counts) > 1:
+        return f"{counts[0]}-{counts[-1]} seeds"
+    return f"{counts[0]} seed{'s' if counts[0] > 1 else ''}"
 
 
 def _anchor(title: str) -> str:

@@ -48,15 +48,21 @@ def load_records(roots: list[str | Path]) -> tuple[list[tuple[Path, Record]], in
             raise TablesError(f"no such folder: {root}")
         paths += sorted(root.rglob(RECORD_NAME))
     seen_paths: set[Path] = set()
-    by_key: dict[tuple, tuple[Path, Record]] = {}
-    files = 0
+    read: list[tuple[Path, Record]] = []
     for path in paths:
         real = path.resolve()
         if real in seen_paths:  # overlapping roots
             continue
         seen_paths.add(real)
-        files += 1
-        rec = read_record(path)
+        read.append((path, read_record(path)))
+    return merge_duplicates(read), len(read)
+
+
+def merge_duplicates(records: list[tuple[Path, Record]]) -> list[tuple[Path, Record]]:
+    """One record per run (experiment, task, backbone, adapter_tag, seed): copies with the same metrics
+    merge into the first; copies with different metrics are ConflictingRecords naming both files."""
+    by_key: dict[tuple, tuple[Path, Record]] = {}
+    for path, rec in records:
         key = rec.run_key
         if key in by_key:
             other_path, other = by_key[key]
@@ -67,7 +73,7 @@ def load_records(roots: list[str | Path]) -> tuple[list[tuple[Path, Record]], in
                 )
             continue
         by_key[key] = (path, rec)
-    return list(by_key.values()), files
+    return list(by_key.values())
 
 
 @dataclass
