@@ -6,7 +6,7 @@ export QPEFT_GLUE_DIR ?= $(abspath $(SHARED)/glue)
 export QPEFT_VTAB_DIR ?= $(abspath $(SHARED)/vtab-1k)
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow lint format tables params bench slurm-up slurm-down clean
+.PHONY: install demo test test-slow lint format tables report params bench slurm-up slurm-down clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -34,12 +34,15 @@ format: install
 tables: install  ## results/tables/<preset>.{md,tex,csv} from every record under outputs/
 	$(PY) -m qpeft.tables
 
+report: install  ## results/report.md and results/figures/report/: every preset from results/records, params, bench
+	$(PY) -m qpeft.report
+
 params: install  ## results/tables/params.{md,tex} and results/figures/param_scaling.png (meta, no weights)
-	$(PY) scripts/params_table.py
-	$(PY) scripts/param_scaling.py
+	$(PY) -m qpeft.params table
+	$(PY) -m qpeft.params scaling
 
 bench: install  ## results/bench/<device>.csv: step time and memory against LoRA
-	$(PY) scripts/bench.py
+	$(PY) -m qpeft.bench
 
 slurm-up:  ## a single-node SLURM cluster on this machine (root; Debian slurm-wlm + munge)
 	bash scripts/slurm_cluster.sh start

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 import timm
 import torch
-from conftest import REPO, compose_cfg
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
+from qpeft import params
 from qpeft.adapters import peft_methods as pm
 from qpeft.backbones import ImageClassifier
-
-sys.path.insert(0, str(REPO / "scripts"))
-import params  # noqa: E402
 
 BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 HEAD = ["classifier", "pooler"]

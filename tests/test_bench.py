@@ -1,14 +1,10 @@
-"""scripts/bench.py end to end on a tiny backbone: one CSV row per method with the ratio columns (no timings)."""
+"""qpeft.bench end to end on a tiny backbone: one CSV row per method with the ratio columns (no timings)."""
 
 from __future__ import annotations
 
 import csv
-import sys
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import bench  # noqa: E402
+from qpeft import bench
 
 
 def test_bench_runs_end_to_end(tmp_path, capsys):

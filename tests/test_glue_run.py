@@ -201,8 +201,7 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     run_dir = tmp_path / "adhoc" / "sst2" / "tiny_bert" / "lora_r8" / "seed0"
     held = claim_run(run_dir)  # stands for the other worker
     assert held is not None and claim_run(run_dir) is None
-    sys.path.insert(0, str(REPO / "scripts"))
-    import jobs
+    from qpeft import jobs
 
     assert jobs.status(run_dir) == "running"
     busy = run_cli(args)

@@ -1,18 +1,124 @@
-"""One JSON record per finished run, written atomically; reading them back."""
+"""One JSON record per finished run: the `Record` dataclass, written atomically, read back and checked.
+
+The record is the only thing `qpeft.tables` and `qpeft.report` read. Its keys on disk are the field names
+below (plus any unknown keys an older or newer writer put there, kept as they are), so every committed
+`results/records/**/record.json` loads, and `Record.from_dict(d).to_dict() == d` for each of them.
+This module imports only the standard library: reading results never imports training code.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from qpeft.errors import QpeftError
 
 RECORD_NAME = "record.json"
 SCHEMA = 1
 
 
-def write_record(path: str | os.PathLike, record: dict) -> None:
+class RecordError(QpeftError):
+    """A record file that cannot be read as a record; the message names the file."""
+
+
+@dataclass
+class Record:
+    """The facts of one finished run (docs/design.md, "Run record").
+
+    The first six fields are required (a table cannot be made without them); the rest are optional so
+    that records written before a field existed still load (missing -> None).
+    """
+
+    task: str
+    backbone: str
+    adapter_tag: str  # the adapter setting's name, e.g. lora_r8: one table row per (backbone, adapter_tag)
+    seed: int
+    metrics: dict[str, float]  # every metric of the final evaluation, as fractions (x100 in tables)
+    main_metric: str  # the key of `metrics` the task is ranked by
+    schema: int = SCHEMA
+    run_id: str | None = None
+    experiment: str | None = None  # the preset (experiment_name); None outside a preset ("adhoc")
+    task_family: str | None = None  # glue, vtab
+    task_group: str | None = None  # VTAB: natural, specialized, structured
+    adapter: str | None = None  # the method (lora, quantum, ...)
+    adapter_cfg: dict | None = None
+    protocol: str | None = None
+    hyperparameters: dict | None = None
+    score: float | None = None  # metrics[main_metric]
+    adapter_params: int | None = None  # adapter only, head apart (AdaLoRA: the final budget)
+    head_params: int | None = None
+    total_params: int | None = None
+    train_samples: int | None = None
+    eval_samples: dict[str, int] | None = None
+    optimizer_steps: int | None = None
+    step_time_s: float | None = None
+    train_samples_per_s: float | None = None
+    train_tokens_per_s: float | None = None
+    peak_mem_bytes: int | None = None
+    peak_mem_kind: str | None = None
+    wall_time_s: float | None = None
+    resumed_from: str | None = None
+    config: dict | None = None  # the resolved run config
+    versions: dict | None = None
+    git_commit: str | None = None
+    argv: list[str] | None = None
+    finished_at: str | None = None  # ISO 8601, UTC
+    adapter_extra: dict | None = None  # the method's record_extra (AdaLoRA's budget); absent when None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to disk: every field by name, `adapter_extra` only when set."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if out["adapter_extra"] is None:
+            del out["adapter_extra"]
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | os.PathLike = "<record>") -> Record:
+        """A record from its JSON object; RecordError naming `source` if a required key is missing or wrong."""
+        if not isinstance(data, dict):
+            raise RecordError(f"malformed record {source}: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise RecordError(f"malformed record {source}: missing keys {missing}")
+        metrics = data["metrics"]
+        if not isinstance(metrics, dict) or not all(is_number(v) for v in metrics.values()):
+            raise RecordError(
+                f"malformed record {source}: 'metrics' must map names to numbers, got {metrics!r}"
+            )
+        if data["main_metric"] not in metrics:
+            raise RecordError(
+                f"malformed record {source}: main_metric '{data['main_metric']}' not in {sorted(metrics)}"
+            )
+        known = {k: v for k, v in data.items() if k in FIELDS}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in FIELDS})
+
+    @property
+    def run_key(self) -> tuple:
+        """The identity of a run across copies of its record: (experiment, task, backbone, adapter_tag, seed)."""
+        return (self.experiment, self.task, self.backbone, self.adapter_tag, self.seed)
+
+
+FIELDS = {f.name for f in dataclasses.fields(Record)} - {"extra"}
+REQUIRED = tuple(
+    f.name for f in dataclasses.fields(Record) if f.default is dataclasses.MISSING and f.name != "extra"
+)
+
+
+def is_number(x: object) -> bool:
+    """An int or float (NaN included), not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def write_record(path: str | os.PathLike, record: dict | Record) -> None:
     """Write `record` as JSON to `path` atomically (temp file in the same folder, fsync, rename)."""
+    if isinstance(record, Record):
+        record = record.to_dict()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
@@ -31,12 +137,22 @@ def write_record(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
-    """The record at `path`, or None if there is none."""
+    """The JSON object at `path` (a record, or settings.json), or None if there is none; unchecked."""
     path = Path(path)
     if not path.exists():
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def load_record(path: str | os.PathLike) -> Record:
+    """The record at `path`, checked; RecordError naming `path` when it is unreadable or malformed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"malformed record {path}: {e}") from e
+    return Record.from_dict(data, path)
 
 
 def find_records(*roots: str | os.PathLike) -> list[Path]:

@@ -1,0 +1,558 @@
+"""One page from the committed results alone: `results/report.md`, its figures under `results/figures/report/`.
+
+    python -m qpeft.report            # make report; qpeft-report
+
+Per preset (the records' `experiment`): its table (the same cells as `python -m qpeft.tables`), a dot
+plot of every method on every task (each seed a marker, the mean a bar, the head alone as a floor line,
+published rows as stars) and metric against adapter parameters (log x). Then a frontier section for
+presets named `frontier*`, the parameter table and scaling figure, and the latest bench.
+
+A folder whose records conflict (two runs with one identity and different metrics, as in diagnostic
+sweeps made before run folders carried their settings) is shown with each row labelled by its subfolder.
+The output is deterministic (no dates, PNGs without software metadata), so CI can regenerate it from the
+committed records and a change in the page means a change in the results. Matplotlib only (Agg canvas
+on Figure objects: no pyplot state, no global backend switch); figures are readable in grayscale
+(markers and line styles carry the distinctions, not colour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from qpeft.records import Record
+from qpeft.tables import render
+from qpeft.tables.aggregate import Column, Table, build_table, seed_frame
+from qpeft.tables.load import (
+    ConflictingRecords,
+    TablesError,
+    load_records,
+    load_references,
+    merge_duplicates,
+)
+from qpeft.tables.presets import PART_LABELS, TASK_LABELS
+from qpeft.tables.write import by_preset, file_stem, to_markdown
+
+HEAD_ONLY = "head_only"
+FRONTIER_PREFIX = "frontier"
+# Grayscale styles per adapter method: marker and line style carry the difference, not colour.
+METHOD_STYLE = {
+    "full": ("s", "-"),
+    "bitfit": ("P", ":"),
+    "lora": ("o", "-"),
+    "adalora": ("D", "--"),
+    "oft": ("v", "-."),
+    "boft": ("^", "-."),
+    "quantum": ("p", "-"),
+    "quantum_taylor": ("X", "--"),
+    "vera": ("<", ":"),
+    "fourierft": (">", ":"),
+    "tinylora": ("h", "--"),
+}
+SPARE_STYLES = [("d", ":"), ("H", "-"), ("8", "--"), ("1", "-.")]  # "*" is kept for published rows
+DPI = 120
+
+
+@dataclass
+class Group:
+    """The records shown as one section: one preset."""
+
+    preset: str
+    records: list[tuple[Path, Record]]
+    variants: bool = False  # rows carry the subfolder they come from (see _folder_records)
+
+
+def _folder_records(folder: Path) -> tuple[list[tuple[Path, Record]], bool]:
+    """The records under `folder`; if some conflict, each subfolder's rows prefixed by its name (True)."""
+    try:
+        return load_records([folder])[0], False
+    except ConflictingRecords:
+        subfolders = sorted(d for d in folder.iterdir() if d.is_dir())
+        if not subfolders:
+            raise
+    out = []
+    for sub in subfolders:
+        records, _ = _folder_records(sub)
+        out += [(p, replace(r, adapter_tag=f"{sub.name}/{r.adapter_tag}")) for p, r in records]
+    return out, True
+
+
+def load_groups(root: Path) -> list[Group]:
+    """The sections under `root`, one per preset.
+
+    Records that conflict (two runs of one identity with different metrics, as in diagnostic sweeps
+    made before run folders carried their settings) are kept apart by the subfolder they sit in: the
+    top-level folders are read one by one, and inside one whose records conflict every row is labelled
+    `<subfolder>/<adapter_tag>`.
+    """
+    try:
+        records, _ = load_records([root])
+        return [Group(preset, recs) for preset, recs in by_preset(records).items()]
+    except ConflictingRecords:
+        pass
+    records, variants_of = [], {}
+    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+        recs, variants = _folder_records(folder)
+        records += recs
+        for _, rec in recs:
+            variants_of[rec.experiment] = variants_of.get(rec.experiment, False) or variants
+    records = merge_duplicates(records)  # one run copied into two top-level folders counts once
+    return [Group(p, recs, variants_of[recs[0][1].experiment]) for p, recs in by_preset(records).items()]
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _style(method: str | None) -> tuple[str, str]:
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    return SPARE_STYLES[sum(map(ord, method or "")) % len(SPARE_STYLES)]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})  # no version stamp: regeneration is byte-stable
+
+
+def _panel_title(col: Column, key: str, metric: str) -> str:
+    label = TASK_LABELS.get(col.task, col.task)
+    part = key[len(col.task) + 1 :] if key != col.task else ""
+    return f"{label} {PART_LABELS.get(part, part)}".strip() + f"\n({metric})"
+
+
+def _shown_parts(table: Table, seeds) -> list[tuple[Column, str, str]]:
+    """(column, csv key, metric name) of every column part that has at least one of our values."""
+    keys = set(seeds["key"])
+    out = []
+    for col in table.columns:
+        for key, metric in col.parts:
+            if key in keys:
+                main = seeds.loc[seeds["key"] == key, "metric"].iloc[0]
+                out.append((col, key, metric or main))
+    return out
+
+
+def _grid(n: int, max_cols: int = 5) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _row_names(table: Table) -> list[str]:
+    several = len({r.backbone for r in table.rows}) > 1
+    names = []
+    for r in table.rows:
+        name = f"{r.label} (published)" if r.published else r.label
+        names.append(f"{r.backbone} / {name}" if several else name)
+    return names
+
+
+def seed_figure(table: Table, seeds, head_tags: set[tuple[str, str]], title: str, path: Path) -> None:
+    """Dot plot: one panel per task (part), one line per method; seeds, their mean, head floor, published."""
+    parts = _shown_parts(table, seeds)
+    names = _row_names(table)
+    n_rows, n_cols = _grid(len(parts))
+    height = 0.8 + 0.28 * len(table.rows)
+    fig = Figure(figsize=(max(2.5 * n_cols + 1.6, 7.0), height * n_rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)).ravel()
+    y_of = {i: len(table.rows) - 1 - i for i in range(len(table.rows))}  # first row on top
+    for ax, (col, key, metric) in zip(axes, parts):
+        here = seeds[seeds["key"] == key]
+        for i, row in enumerate(table.rows):
+            y = y_of[i]
+            if row.published:
+                if key in row.printed:
+                    ax.plot(float(row.printed[key]), y, "*", color="black", markersize=9, zorder=3)
+                continue
+            values = here[(here["backbone"] == row.backbone) & (here["adapter_tag"] == row.label)]["value"]
+            values = values.to_numpy(dtype=float)
+            if not values.size:
+                continue
+            finite = values[np.isfinite(values)]
+            offsets = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+            ok = np.isfinite(values)
+            ax.plot(values[ok], y + offsets[ok], "o", mfc="none", mec="0.35", markersize=4.5, zorder=2)
+            if finite.size == values.size:
+                ax.plot(values.mean(), y, "|", color="black", markersize=14, mew=2.2, zorder=3)
+            if finite.size < values.size:  # a NaN metric has no place on the axis: say so on the row
+                ax.annotate(
+                    f"{values.size - finite.size} NaN",
+                    (1.0, y),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="center",
+                    fontsize=6.5,
+                    style="italic",
+                )
+            if (row.backbone, row.label) in head_tags and finite.size == values.size:
+                ax.axvline(values.mean(), color="0.25", linestyle="--", linewidth=1.0, zorder=1)
+        ax.set_title(_panel_title(col, key, metric), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, axis="x", color="0.85", linewidth=0.6)
+        ax.set_xlabel("x100", fontsize=7)
+    for ax in axes[len(parts) :]:
+        ax.set_visible(False)
+    axes[0].set_yticks(range(len(table.rows)), [names[i] for i in sorted(y_of, key=y_of.get)], fontsize=7)
+    axes[0].set_ylim(-0.6, len(table.rows) - 0.4)
+    handles = [
+        Line2D([], [], marker="o", mfc="none", mec="0.35", linestyle="none", label="one seed"),
+        Line2D([], [], marker="|", color="black", markersize=12, mew=2.2, linestyle="none", label="mean"),
+        Line2D([], [], color="0.25", linestyle="--", label="head alone (mean)"),
+    ]
+    if any(r.published for r in table.rows):
+        handles.append(
+            Line2D([], [], marker="*", color="black", linestyle="none", markersize=9, label="published")
+        )
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    _save(fig, path)
+
+
+_COUNT = re.compile(r"^\s*([\d.]+)\s*([KMB]?)\s*$")
+
+
+def parse_count(text: str) -> float | None:
+    """A published parameter count ("0.3M", "184M", "512") as a number; None for n/a or a range."""
+    m = _COUNT.match(text.replace(",", ""))
+    if not m:
+        return None
+    return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}[m.group(2)]
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The points no other point beats with no more parameters and a higher score (upper-left envelope)."""
+    best, out = -math.inf, []
+    for x, y, name in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            out.append((x, y, name))
+            best = y
+    return out
+
+
+def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str | None):
+    """(x, y, yerr, label, method) per row of ours with adapter parameters; key None = the row's Avg."""
+    params: dict[tuple[str, str], list[int]] = {}
+    method: dict[tuple[str, str], str | None] = {}
+    for _, rec in records:
+        if rec.adapter_params is not None:
+            params.setdefault((rec.backbone, rec.adapter_tag), []).append(int(rec.adapter_params))
+        method.setdefault((rec.backbone, rec.adapter_tag), rec.adapter)
+    out = []
+    for row in table.rows:
+        if row.published:
+            continue
+        if key is None:
+            y, err = row.summary.get("avg"), None
+        elif key in row.stats:
+            y, err = row.stats[key].mean, row.stats[key].std
+        else:
+            continue
+        counts = params.get((row.backbone, row.label), [])
+        if y is None or not math.isfinite(y) or not counts:
+            continue
+        out.append(
+            (
+                float(np.median(counts)),
+                min(counts),
+                max(counts),
+                y,
+                err,
+                row.label,
+                method[row.backbone, row.label],
+            )
+        )
+    return out
+
+
+def efficiency_figure(
+    table: Table,
+    seeds,
+    records: list[tuple[Path, Record]],
+    title: str,
+    path: Path,
+    envelope: bool = False,
+) -> list[tuple[str, list[str]]]:
+    """Metric against adapter parameters (log x), one panel per task part and one for Avg.
+
+    Each method has its own marker; the head alone (0 parameters) is a dashed floor; published rows are
+    stars at their published count. With `envelope` (frontier presets), the settings of one method are
+    joined in parameter order by its line style, and the Pareto front (most score for the fewest
+    parameters) is drawn and returned per panel as [(panel title, [labels on the front])].
+    """
+    panels: list[tuple[str, str | None]] = [
+        (_panel_title(col, key, metric), key) for col, key, metric in _shown_parts(table, seeds)
+    ]
+    if any(r.summary.get("avg") is not None and not r.published for r in table.rows):
+        panels.append(("Avg over tasks", None))
+    n_rows, n_cols = _grid(len(panels), 4)
+    fig = Figure(figsize=(max(3.3 * n_cols, 7.0), 2.9 * n_rows + 0.6))  # wide enough for the legend
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    fronts = []
+    methods_seen: dict[str | None, None] = {}
+    for ax, (name, key) in zip(axes, panels):
+        points = efficiency_points(table, records, key)
+        floor = [p for p in points if p[0] == 0]
+        points = [p for p in points if p[0] > 0]
+        by_method: dict[str | None, list] = {}
+        for p in points:
+            by_method.setdefault(p[6], []).append(p)
+        for m, pts in by_method.items():
+            marker, line = _style(m)
+            methods_seen[m] = None
+            pts.sort()
+            xs = [p[0] for p in pts]
+            ys = [p[3] for p in pts]
+            if envelope:  # a frontier sweep: one method's settings in parameter order
+                ax.plot(xs, ys, linestyle=line, color="0.55", linewidth=0.9, zorder=1)
+            for x, lo, hi, y, err, label, _ in pts:
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    xerr=[[x - lo], [hi - x]] if hi > lo else None,
+                    fmt=marker,
+                    color="black",
+                    mfc="white",
+                    markersize=5.5,
+                    elinewidth=0.8,
+                    capsize=2,
+                    zorder=3,
+                )
+                ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+        for point in floor:  # 0 adapter parameters: the head alone
+            ax.axhline(point[3], color="0.25", linestyle="--", linewidth=1.0, zorder=0)
+        for row in table.rows:  # published rows with a count and a number for this panel
+            x = parse_count(row.params_text) if row.published else None
+            value = row.printed.get(key) if key is not None else row.printed.get("avg")
+            if row.published and x and value is not None:
+                ax.plot(x, float(value), "*", color="black", markersize=9, zorder=3)
+                ax.annotate(
+                    row.label, (x, float(value)), xytext=(3, -8), textcoords="offset points", fontsize=5.5
+                )
+        if envelope and points:
+            front = pareto([(p[0], p[3], p[5]) for p in points])
+            ax.step(
+                [p[0] for p in front],
+                [p[1] for p in front],
+                where="post",
+                color="0.2",
+                linewidth=2.2,
+                alpha=0.5,
+            )
+            fronts.append((name.replace("\n", " "), [p[2] for p in front]))
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", color="0.88", linewidth=0.6)
+        ax.set_xlabel("adapter parameters", fontsize=7)
+        ax.set_ylabel("x100", fontsize=7)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker=_style(m)[0],
+            linestyle=_style(m)[1] if envelope else "none",  # lines are drawn only on frontier plots
+            color="black",
+            mfc="white",
+            label=m or "?",
+        )
+        for m in methods_seen
+    ]
+    handles.append(Line2D([], [], color="0.25", linestyle="--", label="head alone"))
+    if any(r.published for r in table.rows):
+        handles.append(Line2D([], [], marker="*", color="black", linestyle="none", label="published"))
+    if envelope:
+        handles.append(Line2D([], [], color="0.2", linewidth=2.2, alpha=0.5, label="Pareto front"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    _save(fig, path)
+    return fronts
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+
+def latest_benches(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The latest bench report (by its `- date:` line) of each `# Bench: <backbone> on <device>`, and the rest."""
+    latest: dict[str, tuple[str, Path]] = {}
+    undated = []
+    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
+        text = path.read_text(encoding="utf-8")
+        title = re.search(r"^# Bench: (.+)$", text, flags=re.M)
+        date = re.search(r"^- date: ([^,\s]+)", text, flags=re.M)
+        if not (title and date):
+            undated.append(path)
+            continue
+        if title.group(1) not in latest or date.group(1) > latest[title.group(1)][0]:
+            latest[title.group(1)] = (date.group(1), path)
+    shown = [latest[k][1] for k in sorted(latest)]
+    rest = [p for p in sorted(folder.glob("*.md")) if p not in shown] if folder.is_dir() else []
+    return shown, rest
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _demote(markdown: str, levels: int = 2) -> str:
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", markdown, flags=re.M)
+
+
+def build_report(
+    records_root: str | Path = "results/records",
+    out: str | Path = "results/report.md",
+    figures: str | Path = "results/figures/report",
+    reference: str | Path | None = "results/reference",
+    tables: str | Path = "results/tables",
+    bench: str | Path = "results/bench",
+    param_figure: str | Path = "results/figures/param_scaling.png",
+) -> list[Path]:
+    """Write the report and its figures; returns the files written (the page last)."""
+    records_root, out, figures = Path(records_root), Path(out), Path(figures)
+    if not records_root.is_dir():
+        raise TablesError(f"no such folder: {records_root}")
+    groups = load_groups(records_root)
+    refs = load_references(reference)
+    here = out.parent
+    written: list[Path] = []
+    n_records = sum(len(g.records) for g in groups)
+    lines = [
+        "# Results report",
+        "",
+        f"Built by `python -m qpeft.report` (`make report`) from the {n_records} run records under "
+        f"`{records_root.as_posix()}` and the files it names below; do not edit it by hand.",
+        "Figures: each seed is an open circle, the mean a bar; the dashed line is the head alone "
+        "(`head_only`, the floor every adapter should beat); stars are published numbers.",
+        "",
+    ]
+    lines += [f"- [{g.preset}](#{_anchor(g.preset)})" for g in groups]
+    frontier = [g for g in groups if g.preset.startswith(FRONTIER_PREFIX)]
+    extras = (["Frontier"] if frontier else []) + ["Parameter counts", "Bench"]
+    lines += [f"- [{name}](#{_anchor(name)})" for name in extras]
+    lines.append("")
+    for g in groups:
+        table = build_table(g.preset, g.records, refs.get(g.preset, []))
+        seeds = _seeds_with_metric(g.records, table.columns)
+        heads = {(r.backbone, r.adapter_tag) for _, r in g.records if r.adapter == HEAD_ONLY}
+        stem = file_stem(g.preset)
+        dots = figures / f"{stem}_seeds.png"
+        seed_figure(table, seeds, heads, f"{g.preset}: every method on every task, {_seed_note(table)}", dots)
+        eff = figures / f"{stem}_params.png"
+        efficiency_figure(table, seeds, g.records, f"{g.preset}: score against adapter parameters", eff)
+        written += [dots, eff]
+        lines += [to_markdown(table, heading=f"## {g.preset}").rstrip("\n"), ""]
+        if g.variants:
+            lines += [
+                f"Rows are labelled `<subfolder>/<adapter_tag>`: the subfolders of `{g.preset}` hold runs of "
+                "one identity made with different settings (their records' `config` says which).",
+                "",
+            ]
+        lines += [f"![{g.preset}: every method on every task]({_rel(dots, here)})", ""]
+        lines += [f"![{g.preset}: score against adapter parameters]({_rel(eff, here)})", ""]
+    if frontier:
+        lines += ["## Frontier", ""]
+        for g in frontier:
+            table = build_table(g.preset, g.records, refs.get(g.preset, []))
+            seeds = _seeds_with_metric(g.records, table.columns)
+            path = figures / f"{file_stem(g.preset)}_frontier.png"
+            fronts = efficiency_figure(
+                table, seeds, g.records, f"{g.preset}: Pareto front", path, envelope=True
+            )
+            written.append(path)
+            lines += [f"### {g.preset}", "", f"![{g.preset}: Pareto front]({_rel(path, here)})", ""]
+            rows = [[name, ", ".join(front)] for name, front in fronts]
+            lines += [
+                render.markdown(["panel", "on the front (fewest parameters first)"], rows).rstrip("\n"),
+                "",
+            ]
+    lines += ["## Parameter counts", ""]
+    params_md = Path(tables) / "params.md"
+    if params_md.exists():
+        lines += [
+            f"From `{params_md.as_posix()}` (`make params`):",
+            "",
+            params_md.read_text().rstrip("\n"),
+            "",
+        ]
+    else:
+        lines += [f"`{params_md.as_posix()}` is missing: `make params` writes it.", ""]
+    if Path(param_figure).exists():
+        lines += [f"![Adapter parameters per matrix against its width]({_rel(Path(param_figure), here)})", ""]
+    lines += ["## Bench", ""]
+    shown, rest = latest_benches(Path(bench))
+    if not shown:
+        lines += [f"No bench report under `{Path(bench).as_posix()}` (`make bench` writes one).", ""]
+    else:
+        lines += ["The latest report (by its date line) of each backbone and device:", ""]
+    for path in shown:
+        lines += [
+            f"From `{path.as_posix()}`:",
+            "",
+            _demote(path.read_text(encoding="utf-8")).rstrip("\n"),
+            "",
+        ]
+    if rest:
+        lines += ["Earlier bench reports: " + ", ".join(f"[{p.name}]({_rel(p, here)})" for p in rest), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+    return [*written, out]
+
+
+def _seeds_with_metric(records: list[tuple[Path, Record]], columns: list[Column]):
+    """seed_frame plus the metric name behind each value (a column's metric, or the record's main one)."""
+    seeds = seed_frame(records, columns)
+    main = {rec.task: rec.main_metric for _, rec in records}
+    metric_of = {key: metric for col in columns for key, metric in col.parts}
+    seeds["metric"] = [metric_of[k] or main[t] for k, t in zip(seeds["key"], seeds["task"])]
+    return seeds
+
+
+def _seed_note(table: Table) -> str:
+    counts = sorted({s.n for r in table.rows if not r.published for s in r.stats.values()})
+    if len(counts) > 1:
+        return f"{counts[0]}-{counts[-1]} seeds"
+    return f"{counts[0]} seed{'s' if counts[0] > 1 else ''}"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, spaces to dashes, punctuation other than - and _ dropped."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the report; 1 (and the reason) when the records cannot be read."""
+    p = argparse.ArgumentParser(prog="python -m qpeft.report", description=__doc__.splitlines()[0])
+    p.add_argument("--records", default="results/records", help="folder searched for record.json")
+    p.add_argument("--out", default="results/report.md")
+    p.add_argument("--figures", default="results/figures/report")
+    p.add_argument("--reference", default="results/reference")
+    p.add_argument("--tables", default="results/tables", help="where params.md is")
+    p.add_argument("--bench", default="results/bench")
+    p.add_argument("--param-figure", default="results/figures/param_scaling.png")
+    args = p.parse_args(argv)
+    try:
+        written = build_report(
+            args.records, args.out, args.figures, args.reference, args.tables, args.bench, args.param_figure
+        )
+    except TablesError as e:
+        print(f"qpeft.report: error: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from qpeft.tables.cli import main
+
+sys.exit(main())

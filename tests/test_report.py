@@ -1,0 +1,195 @@
+"""qpeft.report: the page builds from the committed records; its numbers equal numpy's over the seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from qpeft.records import find_records
+from qpeft.report import build_report, pareto
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def build(tmp_path: Path, records: Path, **kw) -> tuple[Path, list[Path]]:
+    out = tmp_path / "results" / "report.md"
+    args = dict(
+        reference=RESULTS / "reference",
+        tables=RESULTS / "tables",
+        bench=RESULTS / "bench",
+        param_figure=RESULTS / "figures" / "param_scaling.png",
+    )
+    args.update(kw)
+    written = build_report(records, out, tmp_path / "results" / "figures" / "report", **args)
+    return out, written
+
+
+def linked_files(report: Path) -> list[Path]:
+    return [report.parent / link for link in re.findall(r"\]\(([^)#]+)\)", report.read_text())]
+
+
+def md_table(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """The Markdown table under `## heading`: {Method: {header: cell}}."""
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[1]] = dict(zip(headers, cells))
+    return rows
+
+
+def test_report_from_committed_records(tmp_path):
+    report, written = build(tmp_path / "one", RESULTS / "records")
+    text = report.read_text()
+    presets = {json.loads(p.read_text())["experiment"] for p in find_records(RESULTS / "records")}
+    assert presets == {"minilm_glue", "diag_sst2"}
+    for preset in presets:
+        assert f"\n## {preset}\n" in text, preset
+    links = linked_files(report)
+    figures = [p for p in links if "figures/report" in p.as_posix()]
+    assert len(figures) == 2 * len(presets)  # a seed plot and an efficiency plot per preset
+    for path in links:
+        assert path.exists(), path
+    for path in figures:
+        assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 10_000, path
+        assert path in written
+    # the report's table of a preset is the committed table's (same cells)
+    committed = (RESULTS / "tables" / "minilm_glue.md").read_text()
+    body = committed.split("\n", 1)[1]  # without its "# minilm_glue" heading
+    assert body in text
+    assert "### Bench: deberta_v3_base on cpu-amd-epyc" in text and "## Parameter counts" in text
+    # diag_sst2 holds one run identity under several settings: each row says which subfolder it is
+    diag = md_table(text, "diag_sst2")
+    assert {"base/lora_r8", "a128/quantum_k8_l1", "lr3/quantum_k8_l1", "base/head_only"} <= set(diag)
+    # deterministic: a second build writes the same bytes (CI regenerates it without noise)
+    report2, written2 = build(tmp_path / "two", RESULTS / "records")
+    assert len(written) == len(written2)
+    for a, b in zip(written, written2):
+        assert a.read_bytes() == b.read_bytes(), a
+
+
+def put(root: Path, experiment: str, task: str, tag: str, adapter: str, seed: int, value: float, params: int):
+    rec = {
+        "experiment": experiment,
+        "task": task,
+        "backbone": "bb",
+        "adapter": adapter,
+        "adapter_tag": tag,
+        "seed": seed,
+        "metrics": {"accuracy": value},
+        "main_metric": "accuracy",
+        "adapter_params": params,
+        "head_params": 10,
+    }
+    folder = root / experiment / task / tag / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(rec))
+
+
+def test_report_numbers_equal_numpy_over_seeds(tmp_path):
+    rng = np.random.default_rng(1)
+    methods = {"head_only": ("head_only", 0), "lora_r4": ("lora", 4000), "quantum_k8_l1": ("quantum", 300)}
+    tasks = ["alpha", "beta"]  # not GLUE: the table's columns are these two, and Avg covers both
+    values = {}
+    for tag, (adapter, params) in methods.items():
+        for task in tasks:
+            for seed in range(3):
+                values[tag, task, seed] = float(rng.uniform(0.5, 0.95))
+                put(tmp_path / "records", "synth", task, tag, adapter, seed, values[tag, task, seed], params)
+    report, _ = build(tmp_path, tmp_path / "records", bench=tmp_path / "none", tables=tmp_path / "none")
+    rows = md_table(report.read_text(), "synth")
+    labels = {"alpha": "alpha", "beta": "beta"}
+    for tag in methods:
+        task_means = []
+        for task in tasks:
+            x = 100 * np.array([values[tag, task, s] for s in range(3)])
+            assert rows[tag][labels[task]] == f"{x.mean():.2f} ± {x.std(ddof=1):.2f}", (tag, task)
+            task_means.append(x.mean())
+        assert rows[tag]["Avg"] == f"{np.mean(task_means):.2f}"
+    assert "No bench report" in report.read_text()
+
+
+def test_frontier_section_lists_the_pareto_front(tmp_path):
+    rng = np.random.default_rng(2)
+    settings = {f"lora_r{r}": ("lora", 1000 * r) for r in (1, 2, 4, 8)}
+    settings |= {f"quantum_l{L}": ("quantum", 100 * L) for L in (1, 2, 3)}
+    score = {tag: float(rng.uniform(0.5, 0.9)) for tag in settings}
+    for tag, (adapter, params) in settings.items():
+        put(tmp_path / "records", "frontier_sst2", "sst2", tag, adapter, 0, score[tag], params)
+    report, written = build(tmp_path, tmp_path / "records")
+    text = report.read_text()
+    assert "\n## Frontier\n" in text and any(p.name == "frontier_sst2_frontier.png" for p in written)
+    # brute force: on the front iff no other setting has no more parameters and a higher score
+    front = [
+        t
+        for t, (_, n) in settings.items()
+        if not any(settings[u][1] <= n and score[u] > score[t] for u in settings if u != t)
+    ]
+    front.sort(key=lambda t: settings[t][1])
+    row = next(ln for ln in text.split("\n## Frontier\n")[1].splitlines() if ln.startswith("| SST-2"))
+    assert row.split("|")[2].strip() == ", ".join(front)
+
+
+def test_pareto_against_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        pts = [(float(x), float(y), str(i)) for i, (x, y) in enumerate(rng.uniform(0, 1, (12, 2)))]
+        brute = {p[2] for p in pts if not any(q[0] <= p[0] and q[1] > p[1] for q in pts if q is not p)}
+        assert {p[2] for p in pareto(pts)} == brute
+
+
+def test_latest_bench_of_each_backbone_is_shown(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    head = "# Bench: bb on dev\n\n- command: `x`\n- date: {}, wall 1.0 min\n\n| method |\n|---|\n| {} |\n"
+    (bench / "a.md").write_text(head.format("2026-01-02T00:00:00", "newer"))
+    (bench / "b.md").write_text(head.format("2026-01-01T00:00:00", "older"))
+    put(tmp_path / "records", "synth", "sst2", "lora_r8", "lora", 0, 0.9, 10)
+    report, _ = build(tmp_path, tmp_path / "records", bench=bench)
+    text = report.read_text()
+    assert "| newer |" in text and "| older |" not in text and "[b.md](" in text
+
+
+def test_committed_report_is_current(tmp_path):
+    """results/report.md is what `make report` builds from the committed results (rebuild it if this fails)."""
+    import shutil
+
+    copy = tmp_path / "results"
+    for name in ("records", "reference", "bench"):
+        shutil.copytree(RESULTS / name, copy / name)
+    (copy / "tables").mkdir()
+    shutil.copy(RESULTS / "tables" / "params.md", copy / "tables" / "params.md")
+    (copy / "figures").mkdir()
+    shutil.copy(RESULTS / "figures" / "param_scaling.png", copy / "figures" / "param_scaling.png")
+    written = build_report(
+        copy / "records",
+        copy / "report.md",
+        copy / "figures" / "report",
+        copy / "reference",
+        copy / "tables",
+        copy / "bench",
+        copy / "figures" / "param_scaling.png",
+    )
+    fresh = (copy / "report.md").read_text().replace(str(copy), "results")
+    assert fresh == (RESULTS / "report.md").read_text(), "results/report.md is stale: run `make report`"
+    for path in written[:-1]:
+        committed = RESULTS / "figures" / "report" / path.name
+        assert committed.exists(), f"{committed} is missing: run `make report`"
+
+
+def test_published_rows_join_their_preset(tmp_path):
+    """A glue_deberta record: the report's table carries AdaLoRA Table 1's rows beside ours."""
+    put(tmp_path / "records", "glue_deberta", "sst2", "lora_r8", "lora", 0, 0.95, 1_327_104)
+    put(tmp_path / "records", "glue_deberta", "sst2", "head_only", "head_only", 0, 0.90, 0)
+    report, written = build(tmp_path, tmp_path / "records")
+    rows = md_table(report.read_text(), "glue_deberta")
+    assert rows["LoRA r=8 (published [1])"]["SST-2"] == "94.95"  # results/reference, AdaLoRA Table 1
+    assert rows["lora_r8"]["SST-2"] == "95.00" and rows["head_only"]["SST-2"] == "90.00"
+    assert all(p.exists() for p in written)

@@ -1,0 +1,73 @@
+"""The committed tables are exactly what the committed records tabulate to, and every record round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qpeft.records import Record, RecordError, find_records, load_record
+from qpeft.tables import build_tables
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "results" / "records"
+TABLES = REPO / "results" / "tables"
+# the committed tables built from records: results/tables/<name> <- results/records/<root>
+COMMITTED = ["minilm_glue.md", "minilm_glue.tex", "minilm_glue.csv", "throughput.md", "throughput.csv"]
+
+
+def test_committed_tables_rebuild_byte_for_byte(tmp_path):
+    written, n_records, _ = build_tables([RECORDS / "minilm_glue"], tmp_path, REPO / "results" / "reference")
+    assert n_records == 165
+    assert sorted(p.name for p in written) == sorted(COMMITTED)
+    for name in COMMITTED:
+        assert (tmp_path / name).read_bytes() == (TABLES / name).read_bytes(), name
+
+
+def test_every_committed_record_round_trips():
+    paths = find_records(RECORDS)
+    assert len(paths) >= 175
+    for path in paths:
+        raw = json.loads(path.read_text())
+        rec = load_record(path)
+        assert rec.to_dict() == raw, path  # same keys, same values: nothing lost, nothing added
+        assert rec.extra == {}, path  # every key of today's records is a field
+
+
+def test_older_record_without_optional_keys_loads(tmp_path):
+    minimal = {"task": "sst2", "backbone": "b", "adapter_tag": "t", "seed": 0, "metrics": {"accuracy": 0.5}}
+    minimal["main_metric"] = "accuracy"
+    rec = Record.from_dict({**minimal, "future_key": [1]})
+    assert rec.adapter_params is None and rec.experiment is None and rec.extra == {"future_key": [1]}
+    assert rec.to_dict()["future_key"] == [1] and "adapter_extra" not in rec.to_dict()
+
+
+@pytest.mark.parametrize("drop", ["task", "metrics", "main_metric", "seed"])
+def test_missing_required_key_names_the_file(tmp_path, drop):
+    data = {"task": "sst2", "backbone": "b", "adapter_tag": "t", "seed": 0, "metrics": {"accuracy": 0.5}}
+    data["main_metric"] = "accuracy"
+    del data[drop]
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=drop) as err:
+        load_record(path)
+    assert str(path) in str(err.value)
+
+
+def _parse_params_md(text: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """The committed params.md back into header, rows and its numbered failure notes."""
+    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = lambda ln: [c.strip() for c in ln.strip().strip("|").split(" | ")]  # noqa: E731
+    notes = [ln.split("] ", 1)[1] for ln in text.splitlines() if ln.startswith("- [")]
+    return split(table[0]), [split(ln) for ln in table[2:]], notes
+
+
+def test_params_table_renders_as_committed():
+    """The parameter table's cells, rendered through the shared renderer, give the committed files."""
+    from qpeft import params
+
+    header, rows, notes = _parse_params_md((TABLES / "params.md").read_text())
+    assert len(rows) == 19 and header[0] == "method" and notes
+    assert params.markdown(header, rows, notes) == (TABLES / "params.md").read_text()
+    assert params.latex(header, rows, notes) == (TABLES / "params.tex").read_text()
