@@ -72,7 +72,11 @@ def precheck(argv: list[str]) -> None:
     from qpeft.config import run_spec
     from qpeft.errors import QpeftError
 
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides, skip = [], False
+    for a in argv:  # Hydra's own flags, and the value of those that take one
+        if not skip and not a.startswith("-"):
+            overrides.append(a)
+        skip = a in VALUE_FLAGS
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         first = []
@@ -97,6 +101,7 @@ def precheck(argv: list[str]) -> None:
         fail(" ".join(text.split("\n")[:2]).strip())
 
 
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir")
 FAILED: list[str] = []  # jobs of a local sweep that stopped with a qpeft error
 
 

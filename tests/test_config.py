@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
-from qpeft import train
+from qpeft.config import run_spec
 
 GLUE = sorted(p.stem for p in (REPO / "configs/task/glue").glob("*.yaml"))
 VTAB = sorted(p.stem for p in (REPO / "configs/task/vtab").glob("*.yaml") if not p.stem.startswith("_"))
@@ -47,11 +47,10 @@ def check(overrides: list[str]) -> None:
     """Compose, resolve every interpolation, and derive the run's hyperparameters and adapter settings."""
     cfg = compose_cfg(overrides)
     OmegaConf.to_container(cfg, resolve=True)
-    hp = train.hyperparameters(cfg)
-    assert hp["lr"] > 0 and hp["batch_size"] > 0 and hp["epochs"] > 0
-    acfg = train.adapter_config(cfg, hp)
-    assert list(acfg.targets) == list(cfg.backbone.targets)
-    assert cfg.run_dir.endswith(f"{cfg.task.name}/{cfg.backbone.name}/{acfg.name}/seed{cfg.seed}")
+    spec = run_spec(cfg)
+    assert spec.trainer.lr > 0 and spec.trainer.batch_size > 0 and spec.trainer.epochs > 0
+    assert spec.adapter["targets"] == list(cfg.backbone.targets)
+    assert cfg.run_dir.endswith(f"{cfg.task.name}/{cfg.backbone.name}/{spec.adapter['name']}/seed{cfg.seed}")
 
 
 # Pairwise coverage (Hydra composes a pair in ~0.1 s; configs of different groups only meet through

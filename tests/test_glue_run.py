@@ -195,19 +195,19 @@ def test_group_by_length_sampling_runs_and_bad_uses_are_refused(glue_dir, tmp_pa
 
 def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, tmp_path):
     """Two launches of one sweep split its jobs: a run folder locked by a live process is left to it."""
-    from qpeft.train import claim_run
+    from qpeft.run_folder import RunFolder
 
     args = [*TINY, "adapter=lora", "trainer.max_steps=3", f"output_root={tmp_path}"]
     run_dir = tmp_path / "adhoc" / "sst2" / "tiny_bert" / "lora_r8" / "seed0"
-    held = claim_run(run_dir)  # stands for the other worker
-    assert held is not None and claim_run(run_dir) is None
+    held = RunFolder(run_dir)  # stands for the other worker
+    assert held.claim() and not RunFolder(run_dir).claim()
     from qpeft import jobs
 
     assert jobs.status(run_dir) == "running"
     busy = run_cli(args)
     assert busy.returncode == 0 and "another process is running" in busy.stdout
     assert not (run_dir / "record.json").exists()
-    held.close()  # the other worker ended (or died: the kernel drops its lock)
+    held.release()  # the other worker ended (or died: the kernel drops its lock)
     free = run_cli(args)
     assert free.returncode == 0 and (run_dir / "record.json").exists(), free.stderr[-2000:]
     assert jobs.status(run_dir) == "done" and jobs.status(tmp_path / "never") == "todo"

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from qpeft.train import peak_memory, reset_peak_memory
+from qpeft.provenance import peak_memory, reset_peak_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run CPU peak needs /proc (Linux)")

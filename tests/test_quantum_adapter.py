@@ -302,7 +302,7 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
     update is lr * sign(grad)), lam by lr; angles carry no weight decay."""
     from transformers import Trainer, TrainingArguments
 
-    from qpeft.train import apply_optimizer_overrides
+    from qpeft.hf_trainer import use_param_overrides
 
     _, model = mlp(cfg(circuit_lr=0.05))
     hub = qa._hub(model)
@@ -313,7 +313,7 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
         output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
     )
     trainer = Trainer(model=model, args=args)
-    apply_optimizer_overrides(trainer, qa.optimizer_overrides(model, cfg(circuit_lr=0.05)))
+    use_param_overrides(trainer, qa.optimizer_overrides(model, cfg(circuit_lr=0.05)))
     angles = list(hub.banks.parameters())
     lams = list(hub.lam.values())
     before = [p.detach().clone() for p in angles + lams]

@@ -17,9 +17,10 @@ import timm
 import torch
 import torch.nn.functional as F
 from conftest import REPO, VTAB_DIR, compose_cfg, run_cli
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qpeft import adapters, train
+from qpeft import adapters, hf_trainer, tasks, train
+from qpeft.config import run_spec
 from qpeft.quantum import pauli_num_params, taylor_num_params
 
 ADAPTERS = sorted(p.stem for p in (REPO / "configs/adapter").glob("*.yaml"))
@@ -103,18 +104,18 @@ def test_run_py_end_to_end_on_the_full_test_set(tmp_path):
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["eval_samples"] == {"test": 1000} and 0 <= rec["metrics"]["top1"] <= 1
     assert len(logged(run_dir, "eval_test_top1")) == 1  # eval_every_epoch defaults to true outside the preset
-    assert rec["hyperparameters"]["drop_path"] == rec["config"]["backbone"]["drop_path"] == 0.1
+    assert rec["hyperparameters"]["drop_path"] == rec["config"]["trainer"]["drop_path"] == 0.1
     assert json.loads(out.stdout.strip().splitlines()[-1])["top1"] == rec["metrics"]["top1"]
 
 
 def test_adalora_loss_on_the_vit_carries_the_orthogonal_regulariser():
     cfg = compose_cfg([*SMALL, "adapter=adalora", "adapter.orth_reg=0.5"])
-    hp = train.hyperparameters(cfg)
-    acfg = train.adapter_config(cfg, hp)
+    spec = run_spec(cfg)
+    acfg = OmegaConf.create(spec.adapter)
     assert (acfg.tinit, acfg.tfinal, acfg.deltaT) == (0.1, 0.3, 10)  # from the vit_vtab protocol
-    model, transform = train.build_model(cfg, hp)
+    model, transform = train.build_model(spec)
     model = adapters.get("adalora").apply(model, acfg, list(cfg.backbone.targets), ["head"], 40)
-    train_ds, _, collate = train.load_data(cfg, hp, transform)
+    train_ds, _, collate = tasks.family(spec.task).load(transform, spec.trainer, spec.seed)
     x = collate([train_ds[i] for i in range(8)])
     model.eval()  # no drop-path: two forwards see the same function
     with torch.no_grad():
@@ -133,8 +134,8 @@ def test_adalora_loss_on_the_vit_carries_the_orthogonal_regulariser():
 @pytest.mark.parametrize("experiment", ["vtab_vit", "cifar10_vit"])
 def test_vtab_schedule_reaches_the_trainer(experiment, tmp_path):
     cfg = compose_cfg([f"experiment={experiment}", *(["task=vtab/dtd"] if experiment == "vtab_vit" else [])])
-    hp = train.hyperparameters(cfg)
-    args = train.training_args(cfg, hp, tmp_path, wandb=False)
+    spec = run_spec(cfg)
+    args = hf_trainer.training_args(spec.trainer, tmp_path, 0, text_task=False, run_name="x", wandb=False)
     assert args.warmup_steps == pytest.approx(0.1)  # 10 of the protocol's 100 epochs, kept for 10 epochs
     assert args.get_warmup_steps(1600) == 160
     assert args.lr_scheduler_type == "cosine"
@@ -154,7 +155,7 @@ def test_drop_path_and_image_size_reach_the_timm_model(monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", offline_meta)
     cfg = compose_cfg(["experiment=vtab_vit", "task=vtab/dtd"])
-    model, transform = train.build_model(cfg, train.hyperparameters(cfg))
+    model, transform = train.build_model(run_spec(cfg))
     assert calls == [
         {
             "name": "vit_base_patch16_224.orig_in21k",
@@ -167,5 +168,5 @@ def test_drop_path_and_image_size_reach_the_timm_model(monkeypatch):
     assert transform.transforms[0].size == (224, 224)
     assert cfg.task.group == "natural"
     tiny = compose_cfg(SMALL)
-    _, tiny_transform = train.build_model(tiny, train.hyperparameters(tiny))
+    _, tiny_transform = train.build_model(run_spec(tiny))
     assert tiny_transform.transforms[0].size == (32, 32)

@@ -57,12 +57,14 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def adapter_settings(cfg: DictConfig) -> DictConfig:
     """The adapter settings a run would use: the task protocol fills alpha and AdaLoRA's ranks and schedule."""
-    from qpeft import train
+    from qpeft.config import resolved
+    from qpeft.errors import QpeftError
 
     try:
-        acfg = train.adapter_config(cfg, train.hyperparameters(cfg))
-    except Exception:  # a task without this protocol: the adapter config as given
-        acfg = OmegaConf.create(OmegaConf.to_container(cfg.adapter, resolve=True))
+        acfg = OmegaConf.create(resolved(cfg.adapter, "adapter"))
+    except QpeftError:  # a task without this protocol: the protocol's values (alpha, schedule) stay open
+        protocols = OmegaConf.create({"task": {"protocols": {cfg.protocol: {}}}})
+        acfg = OmegaConf.create(resolved(OmegaConf.merge(cfg, protocols).adapter, "adapter"))
     if acfg.method == "adalora":  # a schedule the protocol leaves open changes no count
         for key, value in (("tinit", 0), ("tfinal", 0), ("deltaT", 1)):
             if acfg.get(key) is None:
