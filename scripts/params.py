@@ -17,7 +17,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qpeft import adapters, backbones
+from qpeft import adapters, backbones, train
 
 # AdaLoRA's schedule needs a run length (tinit < total - tfinal); no count depends on it.
 TOTAL_STEPS = 1_000_000
@@ -35,8 +35,6 @@ class _Resolved(dict):
 
 def adapter_settings(cfg: DictConfig) -> DictConfig:
     """The adapter settings a run would use: the task protocol fills alpha and AdaLoRA's ranks and schedule."""
-    from qpeft import train
-
     try:
         acfg = train.adapter_config(cfg, train.hyperparameters(cfg))
     except Exception:  # a task without this protocol: the adapter config as given
@@ -62,14 +60,14 @@ def count(cfg: DictConfig) -> dict:
         targets = list(acfg.get("targets") or bb.targets)
         backbone_params = sum(p.numel() for p in model.parameters())
         matrices = len(adapters.target_modules(model, targets, head))
-        method = adapters.get(acfg.method)
-        model = method.apply(model, acfg, targets, head, TOTAL_STEPS)
+        method = adapters.get_method(acfg.method)(train.adapter_settings(acfg))
+        model = method.apply(model, targets, head, TOTAL_STEPS)
     return dict(
         backbone=bb.name,
         adapter=acfg.name,
         targets=",".join(targets),
         matrices=matrices,
-        adapter_params=int(getattr(method, "adapter_params", adapters.adapter_params)(model, head)),
+        adapter_params=int(method.adapter_params(model, head)),
         head_params=int(adapters.head_params(model, head)),
         backbone_params=int(backbone_params),
     )

@@ -6,6 +6,7 @@ The Trainer gives AMP, gradient accumulation, checkpoint/resume and torchrun; qp
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -123,6 +124,16 @@ def adapter_config(cfg: DictConfig, hp: dict) -> DictConfig:
                 if acfg.get(k) is None:
                     acfg[k] = v
     return acfg
+
+
+def adapter_settings(acfg: DictConfig) -> adapters.AdapterSettings:
+    """The checked settings of the adapter config; the protocol's alpha, which adapter_config adds to every
+    method's config (records keep it), is left out for methods without that option."""
+    values = OmegaConf.to_container(acfg, resolve=True)
+    fields = {f.name for f in dataclasses.fields(adapters.get_method(values["method"]).settings_class)}
+    if "alpha" not in fields:
+        values.pop("alpha", None)
+    return adapters.settings_from_config(values)
 
 
 def versions() -> dict:
@@ -368,19 +379,11 @@ def build_model(cfg: DictConfig, hp: dict):
     return backbones.build(bb, num_labels, overrides)
 
 
-def apply_optimizer_overrides(trainer: Trainer, overrides: dict[int, dict]) -> None:
-    """Rebuild the Trainer's optimiser with per-parameter settings (keyed by id) split into their own groups;
-    the scheduler, built later by trainer.train, scales every group's lr alike."""
-    opt = trainer.create_optimizer()
-    groups = []
-    for g in opt.param_groups:
-        split: dict[tuple, list] = {}
-        for p in g["params"]:
-            split.setdefault(tuple(sorted(overrides.get(id(p), {}).items())), []).append(p)
-        groups += [{**g, "params": ps, **dict(key)} for key, ps in split.items()]
-    opt.param_groups = []  # no state yet: regroup in place
-    for g in groups:
-        opt.add_param_group(g)
+def use_optimizer_groups(trainer: Trainer, groups: list[dict]) -> None:
+    """Give the Trainer its optimiser (its class and settings) over the method's parameter groups; the
+    scheduler, built later by trainer.train, scales every group's lr alike."""
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    trainer.optimizer = optimizer_cls(groups, **kwargs)
 
 
 def keep_trained_weights(model: torch.nn.Module, run_dir: Path) -> None:
@@ -455,7 +458,7 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     if cfg.trainer.get("threads"):
         torch.set_num_threads(cfg.trainer.threads)
     reset_peak_memory()
-    method = adapters.get(acfg.method)
+    method = adapters.get_method(acfg.method)(adapter_settings(acfg))
     set_seed(cfg.seed)
 
     bb = cfg.backbone
@@ -466,8 +469,8 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     total_steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else steps_per_epoch * hp["epochs"]
     head = list(bb.head)
     targets = list(acfg.get("targets") or bb.targets)
-    model = method.apply(model, acfg, targets, head, total_steps)
-    n_adapter = getattr(method, "adapter_params", adapters.adapter_params)(model, head)
+    model = method.apply(model, targets, head, total_steps)
+    n_adapter = method.adapter_params(model, head)
     n_head = adapters.head_params(model, head)
     n_total = sum(p.numel() for p in model.parameters())
     print(
@@ -480,8 +483,7 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     throughput = Throughput()
     callbacks = [CsvLogger(run_dir / "metrics.csv"), throughput]
-    if hasattr(method, "on_step"):
-        callbacks.append(StepHook(model, method.on_step))
+    callbacks.append(StepHook(model, method.on_step))
     trainer = Trainer(
         model=model,
         args=training_args(cfg, hp, run_dir, wandb),
@@ -491,8 +493,9 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         compute_metrics=lambda p: metrics.compute(cfg.task, p.predictions, p.label_ids),
         callbacks=callbacks,
     )
-    if hasattr(method, "optimizer_overrides"):
-        apply_optimizer_overrides(trainer, method.optimizer_overrides(model, acfg))
+    groups = method.optimizer_groups(model, hp["lr"], hp.get("weight_decay") or 0.0)
+    if groups is not None:
+        use_optimizer_groups(trainer, groups)
     last = last_complete_checkpoint(run_dir)
     if last:
         print(f"[qpeft] resuming from {last}", flush=True)
@@ -509,9 +512,7 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
 
             wb.finish()
 
-    n_adapter = getattr(method, "adapter_params", adapters.adapter_params)(
-        model, head
-    )  # AdaLoRA: final budget
+    n_adapter = method.adapter_params(model, head)  # AdaLoRA: final budget
     step_time = throughput.step_time()
     samples_per_step = hp["batch_size"] * cfg.trainer.grad_accum * trainer.args.world_size
     cols = getattr(train_ds, "column_names", None) or []
@@ -558,8 +559,7 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         "argv": sys.argv,
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
-    if hasattr(method, "record_extra"):
-        record["adapter_extra"] = method.record_extra(model)
+    record["adapter_extra"] = method.record_facts(model)
     records.write_record(record_path, record)
     if not cfg.trainer.keep_checkpoints:
         keep_trained_weights(model, run_dir)
