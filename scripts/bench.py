@@ -146,7 +146,7 @@ class Bench:
     def __init__(self, name: str, model: torch.nn.Module, module, head: list[str], args, device):
         self.name, self.model, self.module, self.args, self.device = name, model, module, args, device
         params = [p for p in model.parameters() if p.requires_grad]
-        self.adapter_params = int(module.adapter_params(model, head))
+        self.adapter_params = int(module.adapter_params(model, head)) if module is not None else 0
         self.opt = torch.optim.AdamW(params, lr=1e-4) if params else None
         self.step_count = 0
         self.times: dict[str, list[float]] = {"train": [], "infer": [], "merged": []}

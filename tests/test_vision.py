@@ -113,7 +113,8 @@ def test_adalora_loss_on_the_vit_carries_the_orthogonal_regulariser():
     acfg = train.adapter_config(cfg, hp)
     assert (acfg.tinit, acfg.tfinal, acfg.deltaT) == (0.1, 0.3, 10)  # from the vit_vtab protocol
     model, transform = train.build_model(cfg, hp)
-    model = adapters.get("adalora").apply(model, acfg, list(cfg.backbone.targets), ["head"], 40)
+    method = adapters.get_method("adalora")(train.adapter_settings(acfg))
+    model = method.apply(model, list(cfg.backbone.targets), ["head"], 40)
     train_ds, _, collate = train.load_data(cfg, hp, transform)
     x = collate([train_ds[i] for i in range(8)])
     model.eval()  # no drop-path: two forwards see the same function

@@ -88,6 +88,7 @@ class Method(ABC):
 
     def on_step(self, model: nn.Module, global_step: int) -> None:
         """Called after every optimizer step, before the gradients are zeroed (AdaLoRA's budget)."""
+        return None  # most methods have no per-step work
 
     def merge(self, model: nn.Module) -> None:
         """Fold the adapter into the base weights (inference without the adapter's extra cost)."""

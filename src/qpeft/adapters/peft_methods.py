@@ -59,7 +59,6 @@ from qpeft.adapters.base import (
     register,
     require,
     target_modules,
-    trainable_outside_head,
 )
 from qpeft.errors import QpeftError
 
