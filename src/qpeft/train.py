@@ -447,6 +447,7 @@ def train(cfg: DictConfig) -> dict | None:
 def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     hp = hyperparameters(cfg)
     acfg = adapter_config(cfg, hp)
+    method = adapters.get_method(acfg.method)(adapter_settings(acfg))  # settings checked before anything runs
     settings = run_settings(cfg, hp, acfg)
     check_settings(run_dir, settings)
     done = records.read_record(record_path)
@@ -458,7 +459,6 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
     if cfg.trainer.get("threads"):
         torch.set_num_threads(cfg.trainer.threads)
     reset_peak_memory()
-    method = adapters.get_method(acfg.method)(adapter_settings(acfg))
     set_seed(cfg.seed)
 
     bb = cfg.backbone
