@@ -101,7 +101,17 @@ def precheck(argv: list[str]) -> None:
         fail(" ".join(text.split("\n")[:2]).strip())
 
 
-VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir")
+VALUE_FLAGS = (
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+)
 FAILED: list[str] = []  # jobs of a local sweep that stopped with a qpeft error
 
 

@@ -8,13 +8,13 @@ import pytest
 import timm
 import torch
 from conftest import compose_cfg
-from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
+from peft.tuners.boft import layer as boft_layer
 from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from qpeft import params
-from qpeft.adapters import peft_methods as pm
+from qpeft.adapters import get_method, peft_methods, settings_from_config
 from qpeft.backbones import ImageClassifier
+from qpeft.errors import QpeftError
 
 BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 HEAD = ["classifier", "pooler"]
@@ -94,6 +94,19 @@ def test_oft_and_boft_counts():
 # --- the wrapper on tiny models ----------------------------------------------------------------------------
 
 
+def method_for(settings: dict, targets: list[str]):
+    """The Method object of `settings` (plus the name and targets every setting holds), checked."""
+    return get_method(settings["method"])(
+        settings_from_config({"name": "test", "targets": targets, **settings})
+    )
+
+
+def adapt(model, settings: dict, targets: list[str], head: list[str], total_steps: int):
+    """(adapted model, its Method object)."""
+    method = method_for(settings, targets)
+    return method.apply(model, targets, head, total_steps), method
+
+
 def tiny_bert(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(
@@ -152,9 +165,10 @@ def step(model, inputs, lr=1e-2):
 
 
 def test_lora_wrapper_equals_peft_applied_directly():
-    cfg = OmegaConf.create({"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0})
     torch.manual_seed(3)
-    ours = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 10)
+    ours, method = adapt(
+        tiny_bert(), {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, BERT_TARGETS, HEAD, 10
+    )
     torch.manual_seed(3)
     ref = get_peft_model(
         tiny_bert(),
@@ -168,7 +182,7 @@ def test_lora_wrapper_equals_peft_applied_directly():
     torch.testing.assert_close(ours(**x).logits, ref(**x).logits)
     step(ours, x), step(ref, x)
     torch.testing.assert_close(ours(**x).logits, ref(**x).logits)
-    assert pm.adapter_params(ours, HEAD) == 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))
+    assert method.adapter_params(ours, HEAD) == 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))
 
 
 def orth_regulariser(model) -> torch.Tensor:
@@ -183,21 +197,19 @@ def orth_regulariser(model) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
 def test_adalora_loss_carries_the_orthogonal_regulariser(kind):
-    cfg = OmegaConf.create(
-        {
-            "method": "adalora",
-            "target_r": 1,
-            "init_r": 3,
-            "tinit": 0.1,
-            "tfinal": 0.3,
-            "deltaT": 1,
-            "orth_reg": 0.5,
-        }
-    )
+    cfg = {
+        "method": "adalora",
+        "target_r": 1,
+        "init_r": 3,
+        "tinit": 0.1,
+        "tfinal": 0.3,
+        "deltaT": 1,
+        "orth_reg": 0.5,
+    }
     if kind == "bert":
-        model, x = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 30), batch()
+        (model, _), x = adapt(tiny_bert(), cfg, BERT_TARGETS, HEAD, 30), batch()
     else:
-        model, x = pm.apply(tiny_vit(), cfg, ["attn.qkv"], ["head"], 30), images()
+        (model, _), x = adapt(tiny_vit(), cfg, ["attn.qkv"], ["head"], 30), images()
     with torch.no_grad():  # lora_E starts at zero, so the adapted model computes the base function
         total = model(**x).loss
         base = model.base_model.model(**x).loss  # the wrapped model itself: no regulariser
@@ -206,28 +218,26 @@ def test_adalora_loss_carries_the_orthogonal_regulariser(kind):
 
 
 def test_adalora_budget_falls_and_is_recorded():
-    cfg = OmegaConf.create(
-        {
-            "method": "adalora",
-            "target_r": 1,
-            "init_r": 4,
-            "tinit": 0.1,
-            "tfinal": 0.3,
-            "deltaT": 1,
-            "orth_reg": 0.1,
-            "beta1": 0.85,
-            "beta2": 0.85,
-        }
-    )
-    model, x = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 30), batch()
-    assert pm.record_extra(model)["adalora"]["rank_pattern"] is None
+    cfg = {
+        "method": "adalora",
+        "target_r": 1,
+        "init_r": 4,
+        "tinit": 0.1,
+        "tfinal": 0.3,
+        "deltaT": 1,
+        "orth_reg": 0.1,
+        "beta1": 0.85,
+        "beta2": 0.85,
+    }
+    (model, method), x = adapt(tiny_bert(), cfg, BERT_TARGETS, HEAD, 30), batch()
+    assert method.record_facts(model)["adalora"]["rank_pattern"] is None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for global_step in range(30):
         model(**x).loss.backward()
         opt.step()
-        pm.on_step(model, global_step)  # as the Trainer callback: after the step, before zero_grad
+        method.on_step(model, global_step)  # as the Trainer callback: after the step, before zero_grad
         opt.zero_grad()
-    extra = pm.record_extra(model)["adalora"]
+    extra = method.record_facts(model)["adalora"]
     ranks = extra["rank_pattern"]
     assert len(ranks) == extra["n_matrices"] == 12
     assert (
@@ -241,7 +251,9 @@ def test_adalora_budget_falls_and_is_recorded():
         if hasattr(m, "lora_E")
     }
     assert (
-        pm.adapter_params(model, HEAD) == extra["final_params"] == sum(r * sizes[k] for k, r in ranks.items())
+        method.adapter_params(model, HEAD)
+        == extra["final_params"]
+        == sum(r * sizes[k] for k, r in ranks.items())
     )
     assert extra["allocated_params"] == sum(4 * (s - 1) + 4 for s in sizes.values())
 
@@ -251,7 +263,10 @@ def test_adalora_budget_falls_and_is_recorded():
     [{"method": "oft", "block_size": 8}, {"method": "boft", "block_size": 4, "n_butterfly_factor": 2}],
 )
 def test_oft_boft_train_and_merge(settings):
-    model, x = pm.apply(tiny_bert(), OmegaConf.create(settings), BERT_TARGETS, HEAD, 10), batch()
+    (model, method), x = adapt(tiny_bert(), settings, BERT_TARGETS, HEAD, 10), batch()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("oft_" in n or "modules_to_save" in n for n in trainable)
+    assert any("modules_to_save" in n for n in trainable) and any("oft_" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "oft_" in n}
     losses = [step(model, x) for _ in range(8)]
     assert losses[-1] < losses[0]
@@ -259,15 +274,16 @@ def test_oft_boft_train_and_merge(settings):
     model.eval()
     with torch.no_grad():
         out = model(**x).logits
-        pm.merge(model)
+        method.merge(model)
         torch.testing.assert_close(model(**x).logits, out, atol=1e-4, rtol=1e-4)
-        pm.unmerge(model)
+        method.unmerge(model)
         torch.testing.assert_close(model(**x).logits, out, atol=1e-4, rtol=1e-4)
 
 
 def test_boft_keeps_its_butterfly_factor():
-    cfg = OmegaConf.create({"method": "boft", "block_size": 4, "n_butterfly_factor": 2})
-    model = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 10)
+    model, _ = adapt(
+        tiny_bert(), {"method": "boft", "block_size": 4, "n_butterfly_factor": 2}, BERT_TARGETS, HEAD, 10
+    )
     assert all(p.shape[0] == 2 for n, p in model.named_parameters() if "boft_R" in n)
 
 
@@ -276,14 +292,16 @@ def test_lora_on_gpt2_conv1d_and_merge():
     model = GPT2LMHeadModel(
         GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
     )
-    model = pm.apply(model, OmegaConf.create({"method": "lora", "r": 2}), ["c_attn"], [], 10)
-    assert model.peft_config["default"].fan_in_fan_out and pm.adapter_params(model, []) == 2 * 2 * (32 + 96)
+    model, method = adapt(model, {"method": "lora", "r": 2}, ["c_attn"], [], 10)
+    assert model.peft_config["default"].fan_in_fan_out and method.adapter_params(model, []) == 2 * 2 * (
+        32 + 96
+    )
     x = torch.randint(0, 100, (2, 8))
     step(model, {"input_ids": x, "labels": x})
     model.eval()
     with torch.no_grad():
         out = model(input_ids=x).logits
-        pm.merge(model)
+        method.merge(model)
         torch.testing.assert_close(model(input_ids=x).logits, out, atol=1e-4, rtol=1e-4)
 
 
@@ -300,7 +318,7 @@ def test_lora_and_adalora_train_the_timm_classifier():
             "orth_reg": 0.1,
         },
     ):
-        model = pm.apply(tiny_vit(), OmegaConf.create(settings), ["attn.qkv"], ["head"], 10)
+        model, _ = adapt(tiny_vit(), settings, ["attn.qkv"], ["head"], 10)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert any("lora_A" in n for n in trainable) and any("head.modules_to_save" in n for n in trainable)
         assert all("lora_" in n or ".head." in n for n in trainable)
@@ -319,16 +337,16 @@ def test_lora_and_adalora_train_the_timm_classifier():
     ],
 )
 def test_bad_settings_name_the_setting(settings, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        pm.apply(tiny_bert(), OmegaConf.create(settings), BERT_TARGETS, HEAD, 100)
+    with pytest.raises(QpeftError, match=key.replace(".", r"\.")):
+        adapt(tiny_bert(), settings, BERT_TARGETS, HEAD, 100)
 
 
 def test_on_step_is_a_no_op_for_other_methods():
-    model = pm.apply(tiny_bert(), OmegaConf.create({"method": "lora", "r": 2}), BERT_TARGETS, HEAD, 10)
+    model, method = adapt(tiny_bert(), {"method": "lora", "r": 2}, BERT_TARGETS, HEAD, 10)
     state = copy.deepcopy(model.state_dict())
-    pm.on_step(model, 0)
+    method.on_step(model, 0)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
-    assert pm.record_extra(model) == {}
+    assert method.record_facts(model) == {}
 
 
 @pytest.mark.parametrize("model_type", ["deberta-v2", "roberta"])
@@ -370,20 +388,42 @@ def test_lora_and_adalora_on_deberta_and_roberta(model_type):
     ):
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **arch))
-        model = pm.apply(model, OmegaConf.create(settings), targets, head, 10)
+        model, _ = adapt(model, settings, targets, head, 10)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert all(any(f"{h}.modules_to_save" in n for n in trainable) for h in head)  # pooler too
         assert step(model, batch()) > 0
 
 
+class TorchBlockDiag:
+    """A pure-torch stand-in for peft's compiled `fbd_cuda` kernel, so that peft's own dense forward can run
+    with several butterfly factors on a CPU (as the reference of the parity test below)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        n, d, h, _ = x.shape
+        return [
+            torch.block_diag(*x[0]).unsqueeze(0) if n == 1 else torch.stack([torch.block_diag(*b) for b in x])
+        ]
+
+    @staticmethod
+    def backward(grad: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        n, d, h, _ = x.shape
+        return [grad.reshape(n, d, h, d, h).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2).contiguous()]
+
+
 @pytest.mark.parametrize("m", [1, 2, 3])
-def test_fast_boft_forward_matches_peft_dense_forward(m):
+def test_fast_boft_forward_matches_peft_dense_forward(m, monkeypatch):
     """qpeft's BOFT forward (permute, rotate block by block) against peft's own dense N x N forward, gradients
-    included, in float64 with random (non-identity) rotations and a bias."""
-    cfg = OmegaConf.create({"method": "boft", "block_size": 4, "n_butterfly_factor": m})
-    model = pm.apply(tiny_bert(), cfg, BERT_TARGETS, HEAD, 10).double()
-    layers = [mod for mod in model.modules() if isinstance(mod, pm.boft_layer.Linear)]
-    assert layers and all(mod.boft_R["default"].shape[0] == m for mod in layers)
+    included, in float64 with random (non-identity) rotations and a bias. peft's forward runs with its
+    kernel path (`fbd_cuda_available`), the kernel given by a torch stand-in for this test only."""
+    model, _ = adapt(
+        tiny_bert(), {"method": "boft", "block_size": 4, "n_butterfly_factor": m}, BERT_TARGETS, HEAD, 10
+    )
+    model = model.double()
+    layers = [mod for mod in model.modules() if isinstance(mod, boft_layer.Linear)]
+    assert layers and all(isinstance(mod, peft_methods.FastBoftLinear) for mod in layers)
+    assert all(mod.boft_R["default"].shape[0] == m for mod in layers)
+    monkeypatch.setattr(boft_layer, "_FBD_CUDA", TorchBlockDiag())
     torch.manual_seed(1)
     for mod in layers:
         with torch.no_grad():
@@ -391,8 +431,12 @@ def test_fast_boft_forward_matches_peft_dense_forward(m):
             mod.boft_s["default"].uniform_(0.5, 1.5)
         x = torch.randn(3, 5, mod.in_features, dtype=torch.float64, requires_grad=True)
         outs, grads = [], []
-        for forward in (pm._boft_linear_forward, pm._PEFT_BOFT_FORWARD):
-            out = forward(mod, x)
+        for peft_path in (False, True):
+            if peft_path:
+                monkeypatch.setattr(mod, "fbd_cuda_available", True)
+                out = boft_layer.Linear.forward(mod, x)  # peft's own forward
+            else:
+                out = mod(x)
             w = torch.randn_like(out, generator=torch.Generator().manual_seed(2))
             params = [x, mod.boft_R["default"], mod.boft_s["default"]]
             outs.append(out)
@@ -401,3 +445,8 @@ def test_fast_boft_forward_matches_peft_dense_forward(m):
         for g_fast, g_peft in zip(*grads):
             torch.testing.assert_close(g_fast, g_peft, rtol=1e-9, atol=1e-10)
         assert not torch.allclose(outs[1], mod.base_layer(x))  # the rotation is really there
+        # merge (peft's, through FastBoftLinear.get_delta_weight) against peft's own delta weight
+        ours, s_ours = mod.get_delta_weight("default")
+        theirs, s_theirs = boft_layer.Linear.get_delta_weight(mod, "default")
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+        monkeypatch.setattr(mod, "fbd_cuda_available", False)

@@ -302,9 +302,14 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
     update is lr * sign(grad)), lam by lr; angles carry no weight decay."""
     from transformers import Trainer, TrainingArguments
 
-    from qpeft.hf_trainer import use_param_overrides
+    from qpeft.adapters.quantum_method import QuantumMethod, QuantumSettings
+    from qpeft.hf_trainer import use_param_groups
 
-    _, model = mlp(cfg(circuit_lr=0.05))
+    method = QuantumMethod(
+        QuantumSettings(method="quantum", name="q", targets=MLP_TARGETS, rank=4, alpha=8.0, circuit_lr=0.05)
+    )
+    torch.manual_seed(0)
+    model = method.apply(MLP(), MLP_TARGETS, ["cls"], 40)
     hub = qa._hub(model)
     with torch.no_grad():
         for lam in hub.lam.values():
@@ -313,7 +318,7 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
         output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
     )
     trainer = Trainer(model=model, args=args)
-    use_param_overrides(trainer, qa.optimizer_overrides(model, cfg(circuit_lr=0.05)))
+    use_param_groups(trainer, method.optimizer_groups(model, args.learning_rate, args.weight_decay))
     angles = list(hub.banks.parameters())
     lams = list(hub.lam.values())
     before = [p.detach().clone() for p in angles + lams]

@@ -114,7 +114,8 @@ def test_adalora_loss_on_the_vit_carries_the_orthogonal_regulariser():
     acfg = OmegaConf.create(spec.adapter)
     assert (acfg.tinit, acfg.tfinal, acfg.deltaT) == (0.1, 0.3, 10)  # from the vit_vtab protocol
     model, transform = train.build_model(spec)
-    model = adapters.get("adalora").apply(model, acfg, list(cfg.backbone.targets), ["head"], 40)
+    method = adapters.get_method("adalora")(adapters.settings_from_config(spec.adapter))
+    model = method.apply(model, list(cfg.backbone.targets), ["head"], 40)
     train_ds, _, collate = tasks.family(spec.task).load(transform, spec.trainer, spec.seed)
     x = collate([train_ds[i] for i in range(8)])
     model.eval()  # no drop-path: two forwards see the same function

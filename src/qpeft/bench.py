@@ -52,6 +52,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qpeft import adapters, backbones
+from qpeft.errors import QpeftError
 from qpeft.tables import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ class Bench:
     def __init__(self, name: str, model: torch.nn.Module, module, head: list[str], args, device):
         self.name, self.model, self.module, self.args, self.device = name, model, module, args, device
         params = [p for p in model.parameters() if p.requires_grad]
-        self.adapter_params = int(getattr(module, "adapter_params", adapters.adapter_params)(model, head))
+        self.adapter_params = int(module.adapter_params(model, head)) if module is not None else 0
         self.opt = torch.optim.AdamW(params, lr=1e-4) if params else None
         self.step_count = 0
         self.times: dict[str, list[float]] = {"train": [], "infer": [], "merged": []}
@@ -165,8 +166,7 @@ class Bench:
         if self.opt is not None:
             self.opt.step()
         self.step_count += 1
-        if hasattr(self.module, "on_step"):
-            self.module.on_step(self.model, self.step_count)
+        self.module.on_step(self.model, self.step_count)
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
 
@@ -255,13 +255,13 @@ def build(args, device) -> tuple[DictConfig, list[Bench], Bench]:
     benches = []
     for name in args.methods:
         acfg = adapter_config(name, targets)
-        module = adapters.get(acfg.method)
+        module = adapters.get_method(acfg.method)(adapters.settings_from_config(acfg))
         torch.manual_seed(args.seed)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = module.apply(share_frozen(base, targets, head), acfg, targets, head, TOTAL_STEPS)
-        except ValueError as e:  # e.g. OFT / BOFT on GPT-2's Conv1D
+                model = module.apply(share_frozen(base, targets, head), targets, head, TOTAL_STEPS)
+        except QpeftError as e:  # e.g. OFT / BOFT on GPT-2's Conv1D
             print(f"skip {name}: {e}", file=sys.stderr)
             continue
         benches.append(Bench(name, model.to(device).train(), module, head, args, device))
@@ -416,8 +416,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rounds(everyone, "infer", "infer", infer_inputs, 1, device, warm=True)
     rounds(everyone, "infer", "infer", infer_inputs, args.infer_steps, device, warm=False)
     for b in benches:
-        if hasattr(b.module, "merge"):
-            b.module.merge(b.model)
+        b.module.merge(b.model)
     rounds(everyone, "infer", "merged", infer_inputs, args.infer_steps, device, warm=False)
 
     rows = table_rows(benches, bare)

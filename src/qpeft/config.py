@@ -248,7 +248,8 @@ class RunSpec:
     cfg: DictConfig  # the composed config (recorded resolved)
     task: DictConfig
     backbone: DictConfig
-    adapter: dict  # the adapter group, resolved
+    adapter: dict  # the adapter group, resolved (the record's adapter_cfg)
+    adapter_settings: Any  # the same, checked: qpeft.adapters.AdapterSettings of its method
     trainer: TrainerSettings
     hyperparameters: dict
     seed: int
@@ -270,14 +271,14 @@ def run_spec(cfg: DictConfig) -> RunSpec:
     for key in ("seed",):
         if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
             raise QpeftError(f"{key}={cfg.get(key)!r} must be an integer")
-    from qpeft import adapters
+    from qpeft.adapters import settings_from_config
 
-    adapters.check_settings(adapter)
     return RunSpec(
         cfg=cfg,
         task=cfg.task,
         backbone=cfg.backbone,
         adapter=adapter,
+        adapter_settings=settings_from_config(adapter),
         trainer=trainer,
         hyperparameters=hp,
         seed=int(cfg.seed),

@@ -64,19 +64,11 @@ def training_args(
     )
 
 
-def use_param_overrides(trainer: Trainer, overrides: dict[int, dict]) -> None:
-    """Rebuild the Trainer's optimiser (its decay / no-decay groups) with per-parameter settings, keyed by
-    id(parameter), split into their own groups; the scheduler, built later by trainer.train, scales every
-    group's lr alike."""
-    if not overrides:
+def use_param_groups(trainer: Trainer, groups: list[dict] | None) -> None:
+    """Give the Trainer its optimiser (class and settings from its arguments) over a method's own parameter
+    groups (each may carry its lr / weight_decay); the scheduler, built later by trainer.train, scales every
+    group's lr alike. None: the Trainer's default groups."""
+    if groups is None:
         return
-    opt = trainer.create_optimizer()
-    groups = []
-    for g in opt.param_groups:
-        split: dict[tuple, list] = {}
-        for p in g["params"]:
-            split.setdefault(tuple(sorted(overrides.get(id(p), {}).items())), []).append(p)
-        groups += [{**g, "params": ps, **dict(key)} for key, ps in split.items()]
-    opt.param_groups = []  # no state yet: regroup in place
-    for g in groups:
-        opt.add_param_group(g)
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    trainer.optimizer = optimizer_cls(groups, **kwargs)

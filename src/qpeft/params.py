@@ -86,14 +86,14 @@ def count(cfg: DictConfig) -> dict:
         targets = list(acfg.get("targets") or bb.targets)
         backbone_params = sum(p.numel() for p in model.parameters())
         matrices = len(adapters.target_modules(model, targets, head))
-        method = adapters.get(acfg.method)
-        model = method.apply(model, acfg, targets, head, TOTAL_STEPS)
+        method = adapters.get_method(acfg.method)(adapters.settings_from_config(acfg))
+        model = method.apply(model, targets, head, TOTAL_STEPS)
     return dict(
         backbone=bb.name,
         adapter=acfg.name,
         targets=",".join(targets),
         matrices=matrices,
-        adapter_params=int(getattr(method, "adapter_params", adapters.adapter_params)(model, head)),
+        adapter_params=int(method.adapter_params(model, head)),
         head_params=int(adapters.head_params(model, head)),
         backbone_params=int(backbone_params),
     )

@@ -79,7 +79,8 @@ class RunFolder:
 
     def check_settings(self, settings: dict) -> None:
         """Stop before a finished run is returned, or a checkpoint resumed, under settings it was not made with.
-        A key that is null on one side and absent on the other is no difference."""
+        Only the settings asked for now are compared (null = absent): a key the stored settings hold and the
+        current method no longer has (older records kept the protocol's alpha for every method) changes nothing."""
         if not self.record_path.exists() and not self.checkpoints():
             return  # nothing to protect: a fresh folder, or one whose run failed before its first checkpoint
         stored = self.stored_settings()
@@ -88,7 +89,7 @@ class RunFolder:
         diffs = [
             f"{group}.{key}: {stored.get(group, {}).get(key)!r} there, {settings[group].get(key)!r} now"
             for group in settings
-            for key in sorted(set(stored.get(group, {})) | set(settings[group]))
+            for key in sorted(settings[group])
             if stored.get(group, {}).get(key) != settings[group].get(key)
         ]
         if diffs:

@@ -71,7 +71,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     if t.threads:
         torch.set_num_threads(t.threads)
     provenance.reset_peak_memory()
-    method = adapters.get(spec.adapter["method"])
+    method = adapters.get_method(spec.adapter["method"])(spec.adapter_settings)
     family = tasks.family(spec.task)
     set_seed(spec.seed)
 
@@ -81,10 +81,9 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     head = list(spec.backbone.head)
-    acfg = OmegaConf.create(spec.adapter)
-    targets = list(acfg.get("targets") or spec.backbone.targets)
-    model = method.apply(model, acfg, targets, head, total_steps)
-    n_adapter = getattr(method, "adapter_params", adapters.adapter_params)(model, head)
+    targets = list(spec.adapter_settings.targets or spec.backbone.targets)
+    model = method.apply(model, targets, head, total_steps)
+    n_adapter = method.adapter_params(model, head)
     n_head = adapters.head_params(model, head)
     tag = spec.adapter["name"]
     print(
@@ -116,8 +115,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     if log_file:
         callbacks.append(LogLines(total_steps))
         transformers.utils.logging.disable_progress_bar()
-    if hasattr(method, "on_step"):
-        callbacks.append(StepHook(lambda step: method.on_step(model, step)))
+    callbacks.append(StepHook(lambda step: method.on_step(model, step)))
     args = hf_trainer.training_args(t, folder.path, spec.seed, family.text, run_id, wandb_run is not None)
     trainer = Trainer(
         model=model,
@@ -130,8 +128,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     )
     if log_file:
         trainer.remove_callback(PrinterCallback)  # LogLines prints the same logs with the step count
-    if hasattr(method, "optimizer_overrides"):
-        hf_trainer.use_param_overrides(trainer, method.optimizer_overrides(model, acfg))
+    hf_trainer.use_param_groups(trainer, method.optimizer_groups(model, t.lr, t.weight_decay))
 
     # train (resuming from the last complete checkpoint) and evaluate
     folder.write_settings(settings)  # only now: a run refused while building leaves no settings behind
@@ -147,7 +144,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
             raise QpeftError(f"task.main_metric={main} is not among the computed metrics {sorted(final)}")
 
         # the record
-        n_adapter = getattr(method, "adapter_params", adapters.adapter_params)(model, head)  # AdaLoRA: final
+        n_adapter = method.adapter_params(model, head)  # AdaLoRA: the final budget
         step_time = throughput.step_time()
         samples_per_step = t.batch_size * t.grad_accum * trainer.args.world_size
         cols = getattr(train_ds, "column_names", None) or []
@@ -191,8 +188,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
             "argv": sys.argv,
             "finished_at": datetime.now(timezone.utc).isoformat(),
         }
-        if hasattr(method, "record_extra"):
-            record["adapter_extra"] = method.record_extra(model)
+        record["adapter_extra"] = method.record_facts(model)
     except NonFiniteLoss:
         folder.drop_checkpoints()  # diverged weights: a retry must start afresh
         raise

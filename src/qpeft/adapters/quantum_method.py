@@ -1,0 +1,185 @@
+"""Quantum-PEFT (Pauli and Taylor mappings) behind the Method interface; the adapter is adapters/quantum.py.
+
+The settings classes check every option when the config is composed (docs/method.md says what each means);
+what depends on the model (a rank above a layer's width, an int rank_mask above the rank) is checked by
+quantum.apply, which raises QpeftError naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from qpeft.adapters import quantum
+from qpeft.adapters.base import AdapterSettings, Method, check_fraction, option, register, require
+from qpeft.errors import QpeftError
+
+
+@dataclass
+class QuantumCommonSettings(AdapterSettings):
+    """Options both mappings share."""
+
+    rank: int | Literal["full"] = option(8, 'K: an int <= min(d_out, d_in), or "full" = min(d_out, d_in)')
+    alpha: float | None = option(16.0, "s = alpha / K (null: 16)")
+    init: Literal["uniform", "small"] | None = option(
+        None, "start of the circuit parameters: uniform | small (null: the mapping's default)"
+    )
+    rank_mask: int | Literal["adaptive"] | None = option(
+        None, "null | int K' (fixed, lam[:K'] active) | adaptive (AdaLoRA-style importance)"
+    )
+    target_rank: int | None = option(None, "adaptive only: final mean active rank per matrix (null = K // 2)")
+    mask_beta: float = option(0.85, "adaptive only: EMA of |lam * grad|, in [0, 1)")
+    mask_warmup: float = option(0.1, "adaptive only: fraction of steps before pruning starts, in [0, 1]")
+    mask_final: float = option(
+        0.8, "adaptive only: fraction of steps at which the budget reaches target_rank"
+    )
+    mask_interval: int = option(10, "adaptive only: steps between mask updates (>= 1)")
+    quant_bits: int | None = option(None, "null | n bits per angle, 1..16 (Pauli mapping only)")
+    quant_mode: Literal["qat", "ptq"] = option(
+        "qat", "qat (straight-through while training) | ptq (at eval/merge/save)"
+    )
+    dropout: float = option(0.0, "dropout on the adapter input, as LoRA's, in [0, 1)")
+    circuit_lr: float | None = option(
+        None, "learning rate of the circuit parameters (null = lr); no weight decay"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank != "full":
+            require(self.rank >= 1, "rank", self.rank, "set adapter.rank >= 1 or adapter.rank=full")
+        if self.alpha is not None:
+            require(self.alpha > 0, "alpha", self.alpha, "set adapter.alpha > 0")
+        if isinstance(self.rank_mask, int):
+            require(self.rank_mask >= 1, "rank_mask", self.rank_mask, "use null, adaptive or an int >= 1")
+            if isinstance(self.rank, int):
+                require(
+                    self.rank_mask <= self.rank,
+                    "rank_mask",
+                    self.rank_mask,
+                    f"keeps lam[:rank_mask] of K = adapter.rank ({self.rank}): set it <= {self.rank}",
+                )
+        if self.target_rank is not None:
+            require(self.target_rank >= 1, "target_rank", self.target_rank, "set adapter.target_rank >= 1")
+        check_fraction("mask_beta", self.mask_beta)
+        check_fraction("mask_warmup", self.mask_warmup, open_top=False)
+        check_fraction("mask_final", self.mask_final, open_top=False)
+        require(
+            self.mask_warmup <= self.mask_final,
+            "mask_warmup",
+            self.mask_warmup,
+            f"pruning must start before it ends: set it <= adapter.mask_final ({self.mask_final})",
+        )
+        require(
+            self.mask_interval >= 1, "mask_interval", self.mask_interval, "set adapter.mask_interval >= 1"
+        )
+        if self.quant_bits is not None:
+            require(
+                1 <= self.quant_bits <= 16, "quant_bits", self.quant_bits, "use null or 1..16 bits per angle"
+            )
+        check_fraction("dropout", self.dropout)
+        if self.circuit_lr is not None:
+            require(
+                self.circuit_lr > 0, "circuit_lr", self.circuit_lr, "set adapter.circuit_lr > 0 (or null)"
+            )
+
+
+@dataclass
+class QuantumSettings(QuantumCommonSettings):
+    """The Pauli mapping: U, V from RY / CZ circuits."""
+
+    layers: int = option(
+        1, "L entangling layers (0: one RY per wire, no entangler); (2L+1) log2(N) - 2L angles"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.layers >= 0, "layers", self.layers, "set adapter.layers >= 0 (0 = no entangling layer)")
+
+
+@dataclass
+class QuantumTaylorSettings(QuantumCommonSettings):
+    """The Taylor mapping: U = exp(A) E_K by a truncated Taylor series."""
+
+    order: int = option(8, "Taylor order (orthogonality error ~ ||A||^(order+1) / (order+1)!)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.order >= 1, "order", self.order, "set adapter.order >= 1")
+        if self.quant_bits is not None:
+            raise QpeftError(
+                "adapter.quant_bits applies to periodic angles (adapter=quantum): set adapter.quant_bits=null"
+            )
+
+
+@register("quantum")
+class QuantumMethod(Method):
+    """Quantum-PEFT, Pauli mapping: dW = (alpha / K) U diag(lam) V^T with U, V from quantum circuits."""
+
+    settings_class = QuantumSettings
+
+    def _cfg(self) -> dict:
+        """The settings as the mapping adapters/quantum.py reads (`.get`)."""
+        values = dataclasses.asdict(self.settings)
+        return {k: v for k, v in values.items() if v is not None or k in ("rank_mask", "quant_bits")}
+
+    def apply(self, model: nn.Module, targets: list[str], head: list[str], total_steps: int) -> nn.Module:
+        return quantum.apply(model, self._cfg(), targets, head, total_steps)
+
+    def on_step(self, model: nn.Module, global_step: int) -> None:
+        quantum.on_step(model, global_step)
+
+    def merge(self, model: nn.Module) -> None:
+        quantum.merge(model)
+
+    def unmerge(self, model: nn.Module) -> None:
+        quantum.unmerge(model)
+
+    def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
+        """The circuit parameters in their own group (circuit_lr, no weight decay); the rest as the Trainer
+        groups them (weight decay on all but biases and norms)."""
+        return groups_with_overrides(model, quantum.optimizer_overrides(model, self._cfg()), lr, weight_decay)
+
+    def record_facts(self, model: nn.Module) -> dict:
+        return quantum.record_extra(model)
+
+    def adapter_bytes(self, model: nn.Module) -> int | None:
+        return quantum.adapter_state_bytes(model)
+
+
+@register("quantum_taylor")
+class QuantumTaylorMethod(QuantumMethod):
+    """Quantum-PEFT, Taylor mapping: U, V = exp(A) E_K by a truncated Taylor series."""
+
+    settings_class = QuantumTaylorSettings
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """The parameters the transformers Trainer decays: all but those of LayerNorms and those named like a
+    bias or a norm (the rule of `Trainer.get_decay_parameter_names`, transformers 5; tested equal)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    forbidden = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    return set(get_parameter_names(model, [nn.LayerNorm], forbidden))
+
+
+def groups_with_overrides(
+    model: nn.Module, overrides: dict[int, dict], lr: float, weight_decay: float
+) -> list[dict]:
+    """Optimiser groups of the trainable parameters: the Trainer's decay / no-decay split, each parameter
+    with settings in `overrides` (keyed by id) moved to a group of its own settings."""
+    decay = decay_parameter_names(model)
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        settings = {
+            "lr": lr,
+            "weight_decay": weight_decay if name in decay else 0.0,
+            **overrides.get(id(p), {}),
+        }
+        key = tuple(sorted(settings.items()))
+        groups.setdefault(key, {"params": [], **settings})["params"].append(p)
+    return list(groups.values())
