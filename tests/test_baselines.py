@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.boft import layer as boft_layer
 from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
+from qpeft import params
 from qpeft.adapters import get_method, peft_methods, settings_from_config
 from qpeft.backbones import ImageClassifier
 from qpeft.errors import QpeftError
