@@ -722,9 +722,16 @@ def build_tables(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for preset in sorted(by_preset):
-        table = build_table(preset, by_preset[preset], refs.get(preset, []))
         stem = _file_stem(preset)
-        for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table)), (".csv", to_csv(table))):
+        if any(rec.get("task_family") == "e2e" for _, rec in by_preset[preset]):  # five metrics, own units
+            from qpeft import tables_e2e
+
+            ref_rows = [row for ref in refs.get(preset, []) for row in ref.rows]
+            texts = tables_e2e.render(preset, [rec for _, rec in by_preset[preset]], ref_rows).items()
+        else:
+            table = build_table(preset, by_preset[preset], refs.get(preset, []))
+            texts = ((".md", to_markdown(table)), (".tex", to_latex(table)), (".csv", to_csv(table)))
+        for suffix, text in texts:
             path = out / f"{stem}{suffix}"
             path.write_text(text, encoding="utf-8")
             written.append(path)

@@ -279,6 +279,11 @@ def load_data(cfg: DictConfig, hp: dict, preprocessor):
 
         train, evals = vtab.load_task(task, preprocessor, cfg.seed, limit, cfg.trainer.eval_limit)
         return train, evals, vtab.collate
+    if task.family == "e2e":
+        from qpeft.data import e2e
+
+        train, evals = e2e.load(task, preprocessor, hp["max_length"], cfg.seed, limit, cfg.trainer.eval_limit)
+        return train, evals, e2e.CausalCollator(preprocessor.pad_token_id)
     raise QpeftError(f"unknown task.family '{task.family}'")
 
 
@@ -292,7 +297,7 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
     warmup = hp.get("warmup_steps") or ratio  # transformers 5: warmup_steps < 1 is a fraction of the run
     if t.sampling not in ("random", "group_by_length"):
         raise QpeftError(f"trainer.sampling={t.sampling}: choose random or group_by_length")
-    if t.sampling == "group_by_length" and cfg.task.family != "glue":
+    if t.sampling == "group_by_length" and cfg.task.family not in ("glue", "e2e"):
         raise QpeftError("trainer.sampling=group_by_length needs tokenised text: use random for image tasks")
     return TrainingArguments(
         output_dir=str(run_dir),
@@ -319,6 +324,8 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         use_cpu=use_cpu,
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False,
+        label_smoothing_factor=hp.get("label_smoothing") or 0.0,  # causal LMs: the Trainer shifts the labels
+        prediction_loss_only=cfg.task.family == "e2e",  # E2E is scored from decoded text, not logits
         label_names=["labels"],  # both collators (GLUE's, VTAB's) name the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_id(cfg),
@@ -365,6 +372,14 @@ def build_model(cfg: DictConfig, hp: dict):
     if cfg.task.family == "vtab" and hp.get("drop_path") is not None:
         with open_dict(bb):
             bb.drop_path = hp["drop_path"]
+    if cfg.task.family == "e2e":
+        from qpeft.data import e2e
+
+        model, tokenizer = backbones.build(bb, 1, overrides)
+        if tokenizer is None:  # tiny random decoders (tests): a vocabulary from the training text
+            texts = [f"{mr} {ref}" for mr, ref in e2e.read_split(cfg.task, "train")]
+            tokenizer = e2e.word_tokenizer(texts, model.config.vocab_size)
+        return model, tokenizer
     return backbones.build(bb, num_labels, overrides)
 
 
@@ -486,9 +501,11 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         model=model,
         args=training_args(cfg, hp, run_dir, wandb),
         train_dataset=train_ds,
-        eval_dataset=evals,
+        eval_dataset={s: d.pairs for s, d in evals.items()} if cfg.task.family == "e2e" else evals,
         data_collator=collator,
-        compute_metrics=lambda p: metrics.compute(cfg.task, p.predictions, p.label_ids),
+        compute_metrics=None
+        if cfg.task.family == "e2e"
+        else lambda p: metrics.compute(cfg.task, p.predictions, p.label_ids),
         callbacks=callbacks,
     )
     if hasattr(method, "optimizer_overrides"):
@@ -498,7 +515,14 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         print(f"[qpeft] resuming from {last}", flush=True)
     try:
         trainer.train(resume_from_checkpoint=last)
-        final = evaluate(trainer, cfg.task, evals)
+        if cfg.task.family == "e2e":
+            from qpeft import nlg
+
+            final = nlg.evaluate(
+                trainer.model, preprocessor, evals, hp["decoding"], run_dir, cfg.trainer.eval_batch_size
+            )
+        else:
+            final = evaluate(trainer, cfg.task, evals)
     except NonFiniteLoss:
         for d in run_dir.glob("checkpoint-*"):  # diverged weights: a retry must start afresh
             shutil.rmtree(d, ignore_errors=True)
@@ -535,6 +559,10 @@ def _train(cfg: DictConfig, run_dir: Path, record_path: Path) -> dict:
         "protocol": cfg.protocol,
         "hyperparameters": hp,
         "metrics": final,
+        # E2E without Java: METEOR, ROUGE-L and CIDEr are not computed (never estimated)
+        "metrics_unavailable": [m for m in cfg.task.metrics if m not in final]
+        if cfg.task.family == "e2e"
+        else [],
         "main_metric": main,
         "score": final[main],
         "adapter_params": n_adapter,
