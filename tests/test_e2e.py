@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -291,6 +290,7 @@ def e2e_runs(e2e_dir, tmp_path_factory) -> Path:
         "trainer.lr=0.005",
         "trainer.eval_limit=4",
         "trainer.eval_every_epoch=false",
+        "trainer.logging_steps=4",
         "trainer.threads=1",
         "experiment_name=e2e_gpt2",
         f"output_root={out}",
@@ -322,9 +322,11 @@ def test_every_conv1d_method_trains_decodes_scores_and_records(e2e_runs):
     # LoRA r=4 on c_attn (32 -> 96) of 2 layers: 2 * 4 * (32 + 96)
     assert recs["lora"][1]["adapter_params"] == 2 * 4 * (32 + 96)
     assert recs["lora"][1]["adapter_cfg"]["dropout"] == 0.1 and recs["lora"][1]["adapter_cfg"]["alpha"] == 32
-    # full fine-tuning of the tiny model learns enough to write words of the references
-    full_out = (recs["full"][0] / "e2e_test_outputs.txt").read_text()
-    assert re.search(r"[A-Za-z]{3}", full_out) and recs["full"][1]["metrics"]["rouge_l"] > 0
+    # every method learns: the training loss (label-smoothed, reference tokens only) goes down
+    for method, (run_dir, _) in recs.items():
+        with open(run_dir / "metrics.csv") as f:
+            losses = [float(r["value"]) for r in csv.DictReader(f) if r["key"] == "loss"]
+        assert len(losses) >= 6 and sum(losses[-2:]) / 2 < losses[0], (method, losses)
 
 
 def test_e2e_table_in_published_units(e2e_runs, tmp_path):

@@ -324,6 +324,8 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         use_cpu=use_cpu,
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False,
+        max_grad_norm=hp.get("max_grad_norm", 1.0),  # 0 = no clipping (LoRA's E2E recipe)
+        adam_epsilon=hp.get("adam_epsilon", 1e-8),
         label_smoothing_factor=hp.get("label_smoothing") or 0.0,  # causal LMs: the Trainer shifts the labels
         prediction_loss_only=cfg.task.family == "e2e",  # E2E is scored from decoded text, not logits
         label_names=["labels"],  # both collators (GLUE's, VTAB's) name the targets `labels`
