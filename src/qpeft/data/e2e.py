@@ -52,7 +52,7 @@ def read_lora_file(path: Path) -> list[tuple[str, str]]:
     if not path.exists():
         raise QpeftError(
             f"E2E file {path} not found: set task.data_dir to a folder with LoRA's e2e files "
-            "(e.g. ../shared/data/e2e, or LoRA's examples/NLG/data/e2e) or null to read the Hub"
+            "(LoRA's examples/NLG/data/e2e) or null to read the Hub"
         )
     pairs = []
     with open(path, encoding="utf-8") as f:
@@ -86,8 +86,14 @@ def read_split(task, split: str) -> list[tuple[str, str]]:
     data_dir = task.get("data_dir") or os.environ.get("QPEFT_E2E_DIR")
     if data_dir:
         path = Path(data_dir).expanduser() / task.files[split]
-        if path.exists() or not task.get("hub_fallback", False):
+        if path.exists():
             return read_lora_file(path)
+        if not task.get("hub_fallback", False):
+            raise QpeftError(
+                f"E2E {split} file {path} not found: point task.data_dir at LoRA's examples/NLG/data/e2e, set "
+                f"task.hub_fallback=true to read that split from the Hub, or task.files.{split}=<file> "
+                "(../shared/data/e2e has valid.txt and test.txt only)"
+            )
     return read_hub(split)
 
 
