@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SHARED, run_cli
+from conftest import REPO, SHARED, compose_cfg, run_cli
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from transformers.pytorch_utils import Conv1D
 
-from qpeft import nlg, tables, tables_e2e
+from qpeft import nlg, tables, tables_e2e, train
 from qpeft.adapters import peft_methods as pm
 from qpeft.adapters import quantum as qa
 from qpeft.data import e2e
@@ -372,3 +372,26 @@ def test_table_marks_metrics_a_run_could_not_compute():
     row = tables_e2e.rows([rec, {**rec, "seed": 1, "metrics": {"bleu": 0.6, "nist": 8.6}}], [])[0]
     assert row["BLEU"] == "65.0 ± 7.1" and row["NIST"] == "8.70 ± 0.14" and row["params"] == "0.39M"
     assert row["METEOR"] == row["ROUGE-L"] == row["CIDEr"] == "n/a" and row["seeds"] == "2"
+
+
+def test_preset_is_the_lora_recipe():
+    """experiment=e2e_gpt2 composes to LoRA's GPT-2 Medium / E2E recipe (shared/docs/protocols.md)."""
+    cfg = compose_cfg(["experiment=e2e_gpt2", "adapter=lora_e2e"])
+    assert cfg.backbone.name == "gpt2_medium" and list(cfg.backbone.targets) == ["c_attn"]
+    hp = train.hyperparameters(cfg)
+    assert (hp["lr"], hp["batch_size"], hp["epochs"], hp["warmup_steps"]) == (2e-4, 8, 5, 500)
+    assert (hp["weight_decay"], hp["scheduler"], hp["label_smoothing"], hp["max_grad_norm"]) == (
+        0.01,
+        "linear",
+        0.1,
+        0.0,
+    )
+    assert hp["decoding"] == {
+        "num_beams": 10,
+        "length_penalty": 0.8,
+        "no_repeat_ngram_size": 4,
+        "max_new_tokens": 64,
+    }
+    acfg = train.adapter_config(cfg, hp)
+    assert (acfg.method, acfg.r, acfg.alpha, acfg.dropout) == ("lora", 4, 32, 0.1)
+    assert list(acfg.targets) == ["c_attn"]
