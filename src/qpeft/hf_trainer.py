@@ -20,7 +20,13 @@ def use_cpu(trainer: TrainerSettings) -> bool:
 
 
 def training_args(
-    trainer: TrainerSettings, run_dir: Path, seed: int, text_task: bool, run_name: str, wandb: bool
+    trainer: TrainerSettings,
+    run_dir: Path,
+    seed: int,
+    text_task: bool,
+    run_name: str,
+    wandb: bool,
+    keep_logits: bool = True,
 ) -> TrainingArguments:
     cpu = use_cpu(trainer)
     bf16 = trainer.precision == "bf16" or (
@@ -55,6 +61,10 @@ def training_args(
         use_cpu=cpu,
         dataloader_num_workers=trainer.num_workers,
         remove_unused_columns=False,
+        max_grad_norm=trainer.max_grad_norm,  # 0 = no clipping (LoRA's E2E recipe)
+        adam_epsilon=trainer.adam_epsilon,
+        label_smoothing_factor=trainer.label_smoothing,  # causal LMs: the Trainer shifts the labels
+        prediction_loss_only=not keep_logits,  # E2E is scored from decoded text, not logits
         label_names=["labels"],  # every family's collator names the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_name,

@@ -72,11 +72,12 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
         torch.set_num_threads(t.threads)
     provenance.reset_peak_memory()
     method = adapters.get_method(spec.adapter["method"])(spec.adapter_settings)
-    family = tasks.family(spec.task)
+    family = tasks.family(spec.task, spec.hyperparameters)
     set_seed(spec.seed)
 
     # build the model and data, then the adapter
     model, preprocessor = build_model(spec)
+    preprocessor = family.preprocessor(model, preprocessor)
     train_ds, evals, collator = family.load(preprocessor, t, spec.seed)
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
@@ -116,14 +117,16 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
         callbacks.append(LogLines(total_steps))
         transformers.utils.logging.disable_progress_bar()
     callbacks.append(StepHook(lambda step: method.on_step(model, step)))
-    args = hf_trainer.training_args(t, folder.path, spec.seed, family.text, run_id, wandb_run is not None)
+    args = hf_trainer.training_args(
+        t, folder.path, spec.seed, family.text, run_id, wandb_run is not None, family.scored_from_logits
+    )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=evals,
+        eval_dataset=family.trainer_evals(evals),
         data_collator=collator,
-        compute_metrics=family.compute_metrics,
+        compute_metrics=family.compute_metrics if family.scored_from_logits else None,
         callbacks=callbacks,
     )
     if log_file:
@@ -138,7 +141,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)
-        final = family.evaluate(trainer, evals)
+        final = family.evaluate(trainer, evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
             raise QpeftError(f"task.main_metric={main} is not among the computed metrics {sorted(final)}")
@@ -165,6 +168,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
             "protocol": spec.protocol,
             "hyperparameters": spec.hyperparameters,
             "metrics": final,
+            "metrics_unavailable": family.unavailable_metrics(final),  # E2E without Java: never estimated
             "main_metric": main,
             "score": final[main],
             "adapter_params": n_adapter,
