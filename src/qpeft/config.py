@@ -282,8 +282,11 @@ class RunSpec:
 
 def run_spec(cfg: DictConfig) -> RunSpec:
     """Resolve and check every setting of the composed config `cfg` (no model, no data)."""
-    trainer = trainer_settings(cfg)
+    from qpeft.adapters import settings_from_config
+
     adapter = resolved(cfg.adapter, "adapter")
+    adapter_settings = settings_from_config(adapter)  # first: adapter.lr feeds trainer.lr
+    trainer = trainer_settings(cfg)
     protocol = cfg.protocol
     hp = dict(resolved(cfg.task.protocols[protocol], f"task.protocols.{protocol}"))
     for key in PROTOCOL_KEYS:
@@ -293,14 +296,12 @@ def run_spec(cfg: DictConfig) -> RunSpec:
     for key in ("seed",):
         if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
             raise QpeftError(f"{key}={cfg.get(key)!r} must be an integer")
-    from qpeft.adapters import settings_from_config
-
     return RunSpec(
         cfg=cfg,
         task=cfg.task,
         backbone=cfg.backbone,
         adapter=adapter,
-        adapter_settings=settings_from_config(adapter),
+        adapter_settings=adapter_settings,
         trainer=trainer,
         hyperparameters=hp,
         seed=int(cfg.seed),
