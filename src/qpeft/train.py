@@ -153,55 +153,55 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
         cols = getattr(train_ds, "column_names", None) or []
         mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
         peak, peak_kind = provenance.peak_memory()
-        record = {
-            "schema": records.SCHEMA,
-            "run_id": run_id,
-            "experiment": spec.experiment,
-            "task": spec.task.name,
-            "task_family": spec.task.family,
-            "task_group": spec.task.get("group"),
-            "backbone": spec.backbone.name,
-            "adapter": spec.adapter["method"],
-            "adapter_tag": tag,
-            "adapter_cfg": spec.adapter,
-            "seed": spec.seed,
-            "protocol": spec.protocol,
-            "hyperparameters": spec.hyperparameters,
-            "metrics": final,
-            "metrics_unavailable": family.unavailable_metrics(final),  # E2E without Java: never estimated
-            "main_metric": main,
-            "score": final[main],
-            "adapter_params": n_adapter,
-            "head_params": n_head,
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "train_samples": len(train_ds),
-            "eval_samples": {k: len(v) for k, v in evals.items()},
-            "optimizer_steps": trainer.state.global_step,
-            "step_time_s": step_time,
-            "train_samples_per_s": samples_per_step / step_time if step_time else None,
-            "train_tokens_per_s": samples_per_step * mean_tokens / step_time
+        record = records.Record(
+            run_id=run_id,
+            experiment=spec.experiment,
+            task=spec.task.name,
+            task_family=spec.task.family,
+            task_group=spec.task.get("group"),
+            backbone=spec.backbone.name,
+            adapter=spec.adapter["method"],
+            adapter_tag=tag,
+            adapter_cfg=spec.adapter,
+            seed=spec.seed,
+            protocol=spec.protocol,
+            hyperparameters=spec.hyperparameters,
+            metrics=final,
+            metrics_unavailable=family.unavailable_metrics(final) or None,  # E2E without Java
+            main_metric=main,
+            score=final[main],
+            adapter_params=n_adapter,
+            head_params=n_head,
+            total_params=sum(p.numel() for p in model.parameters()),
+            train_samples=len(train_ds),
+            eval_samples={k: len(v) for k, v in evals.items()},
+            optimizer_steps=trainer.state.global_step,
+            step_time_s=step_time,
+            train_samples_per_s=samples_per_step / step_time if step_time else None,
+            train_tokens_per_s=samples_per_step * mean_tokens / step_time
             if step_time and mean_tokens
             else None,
-            "peak_mem_bytes": peak,
-            "peak_mem_kind": peak_kind,
-            "wall_time_s": time.time() - start,
-            "resumed_from": last,
-            "config": OmegaConf.to_container(spec.cfg, resolve=True),
-            "versions": provenance.versions(),
-            "git_commit": provenance.git_commit(),
-            "argv": sys.argv,
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-        }
-        record["adapter_extra"] = method.record_facts(model)
+            peak_mem_bytes=peak,
+            peak_mem_kind=peak_kind,
+            wall_time_s=time.time() - start,
+            resumed_from=last,
+            config=OmegaConf.to_container(spec.cfg, resolve=True),
+            versions=provenance.versions(),
+            git_commit=provenance.git_commit(),
+            argv=sys.argv,
+            finished_at=datetime.now(timezone.utc).isoformat(),
+            adapter_extra=method.record_facts(model),
+        )
     except NonFiniteLoss:
         folder.drop_checkpoints()  # diverged weights: a retry must start afresh
         raise
     finally:
-        wandb_log.finish(wandb_run, record)
+        wandb_log.finish(wandb_run, None if record is None else record.to_dict())
 
     records.write_record(folder.record_path, record)
     if not t.keep_checkpoints:
         folder.keep_trained_weights(model)
+    record = record.to_dict()
     print(summary_line(record, folder.record_path), flush=True)
     print(
         json.dumps({"task": spec.task.name, "adapter": tag, main: final[main], "adapter_params": n_adapter})
