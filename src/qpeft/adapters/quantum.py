@@ -24,6 +24,7 @@ from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, circuit_para
 from qpeft.tuner.layer import HUB, QuantumAdapterState, QuantumHub
 
 ADAPTER = "default"
+PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model
 SAFETENSORS_METADATA = {"format": "pt"}  # what peft's save_pretrained writes into the file's header
 
 
@@ -155,7 +156,7 @@ def on_step(model: nn.Module, global_step: int) -> None:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The adapter file's tensors, as peft's save_pretrained writes them (angles bit-packed with quant_bits).
+    """The adapter file's tensors, as PeftModel.save_pretrained writes them (angles bit-packed with quant_bits).
     On the meta device: zeros of the right shapes and dtypes (what a size needs)."""
     _hub(model)
     sd = {
@@ -164,7 +165,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
         if k.startswith(f"{HUB}.") or f".{HUB}." in k
     }
     sd = get_peft_model_state_dict(model, state_dict=sd, adapter_name=ADAPTER)
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    # the keys PeftModel.save_pretrained writes, so PeftModel.from_pretrained(base, run folder) loads the file
+    return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
 def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -9,8 +10,16 @@ from peft.config import PeftConfig
 
 from qpeft.errors import QpeftError
 
-# peft accepts string peft types for methods defined outside its PeftType enum (peft PR 2635)
-PEFT_TYPE = "QUANTUM"
+
+class QuantumPeftType(str, enum.Enum):
+    """The peft type of Quantum-PEFT. peft accepts string peft types for methods defined outside its PeftType
+    enum (peft PR 2635); a str enum like PeftType also has the `.value` that transformers' load_adapter reads,
+    and equals (and hashes as) the plain string "QUANTUM" written to adapter_config.json."""
+
+    QUANTUM = "QUANTUM"
+
+
+PEFT_TYPE = QuantumPeftType.QUANTUM
 
 
 class QuantumConfigError(QpeftError, ValueError):
