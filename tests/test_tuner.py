@@ -295,6 +295,22 @@ def test_inject_adapter_in_model_and_state_dict():
         torch.testing.assert_close(fresh(x), out, atol=1e-6, rtol=1e-6)
 
 
+def test_deepcopy_and_low_cpu_mem_usage_loading(tmp_path):
+    base, model = make(dict(r=4))
+    x, y = inputs()
+    perturb(model)
+    twin = copy.deepcopy(model)
+    twin.merge_and_unload()  # must not take the original's hook with it
+    train(model, x, y, steps=3)  # several grad-enabled passes: each needs the hook's fresh factors
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, low_cpu_mem_usage=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out, atol=1e-6, rtol=1e-6)
+
+
 def test_one_simulation_per_distinct_shape_per_pass():
     _, model = make(dict(r=4))
     state = hub_of(model).quantum_adapters["default"]

@@ -155,7 +155,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
-        self.hook_handle = None
 
     def _apply(self, *args, **kwargs):
         self._cache = {}  # .to() / .float() replace tensors
@@ -170,9 +169,18 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
         state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
         weight = specs[0][0].get_base_layer().weight
-        self.quantum_adapters[adapter_name] = state.to(weight.device)
+        if not any(p.is_meta for p in state.parameters()):  # meta under low_cpu_mem_usage: loading assigns them
+            state.to(weight.device)
+        self.quantum_adapters[adapter_name] = state
         for row, (layer, *_) in enumerate(specs):
             layer.quantum_row[adapter_name] = row
+
+    def detach_from(self, model: nn.Module) -> None:
+        """Remove this hub's forward-pre-hook from `model`. Found by owner rather than kept as a handle: a
+        handle survives copy.deepcopy pointing at the original model's hooks."""
+        for hook_id, hook in list(model._forward_pre_hooks.items()):
+            if getattr(hook, "__self__", None) is self:
+                del model._forward_pre_hooks[hook_id]
 
     def begin_pass(self, module: nn.Module, args) -> None:
         """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any

@@ -55,7 +55,7 @@ class QuantumModel(BaseTuner):
         if not isinstance(hub, QuantumHub):
             hub = QuantumHub(adapter_name)
             self.model.add_module(HUB, hub)
-            hub.hook_handle = self.model.register_forward_pre_hook(hub.begin_pass)
+            self.model.register_forward_pre_hook(hub.begin_pass)
         return hub
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
@@ -100,8 +100,7 @@ class QuantumModel(BaseTuner):
         model = super()._unload_and_optionally_merge(*args, **kwargs)
         hub = getattr(model, HUB, None)
         if isinstance(hub, QuantumHub):
-            if hub.hook_handle is not None:
-                hub.hook_handle.remove()
+            hub.detach_from(model)
             delattr(model, HUB)
         return model
 
