@@ -128,7 +128,9 @@ def test_state_dict_round_trip_and_bytes(tmp_path):
         torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
     n_float = pauli_count(MLP_SHAPES, 4, 1)
     path = qa.save_adapter(model, tmp_path)
-    assert qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size  # the file written, header included
+    assert (
+        qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size
+    )  # the file written, header included
     assert file_tensor_bytes(path) == 4 * n_float  # float32 angles and lam, nothing else
 
 

@@ -380,7 +380,9 @@ def test_optimizer_groups_and_circuit_lr():
 
 
 def test_adaptive_mask_reaches_target_rank():
-    _, model = make(dict(r=4, rank_mask="adaptive", total_step=40, mask_interval=2, mask_final=0.5, target_rank=1))
+    _, model = make(
+        dict(r=4, rank_mask="adaptive", total_step=40, mask_interval=2, mask_final=0.5, target_rank=1)
+    )
     x, y = inputs()
     train(model, x, y, steps=40)
     state = hub_of(model).quantum_adapters["default"]
@@ -397,8 +399,10 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    (_, (us, lams), _), = hub._cache.values()
-    assert all(u.dtype == torch.float32 for u in us.values()) and all(v.dtype == torch.float32 for v in lams.values())
+    ((_, (us, lams), _),) = hub._cache.values()
+    assert all(u.dtype == torch.float32 for u in us.values()) and all(
+        v.dtype == torch.float32 for v in lams.values()
+    )
     model.to(torch.bfloat16)
     out = model(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
@@ -471,8 +475,9 @@ def saved_bert_adapter(tmp_path, **kw):
     if not (tmp_path / "base").exists():
         tiny_bert().save_pretrained(tmp_path / "base")
     base = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
-    cfg = QuantumConfig(target_modules=BERT_TARGETS, task_type="SEQ_CLS", base_model_name_or_path=str(tmp_path / "base"),
-                        **kw)
+    cfg = QuantumConfig(
+        target_modules=BERT_TARGETS, task_type="SEQ_CLS", base_model_name_or_path=str(tmp_path / "base"), **kw
+    )
     model = get_peft_model(base, cfg)
     perturb(model)
     model.eval()
@@ -502,7 +507,9 @@ def test_transformers_load_adapter(tmp_path):
     ids, _ = bert_batch()
     model, out, folder = saved_bert_adapter(tmp_path, r=4)
     plain = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
-    plain.classifier.load_state_dict(model.get_base_model().classifier.modules_to_save["default"].state_dict())
+    plain.classifier.load_state_dict(
+        model.get_base_model().classifier.modules_to_save["default"].state_dict()
+    )
     plain.load_adapter(str(folder))
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
@@ -518,13 +525,18 @@ def test_minilm_round_trip(tmp_path):
     except QpeftError as e:
         pytest.skip(str(e))
     tok = AutoTokenizer.from_pretrained(folder)
-    batch = tok(["a quantum circuit adapts the model", "the pretrained weights stay frozen"], return_tensors="pt",
-                padding=True)
+    batch = tok(
+        ["a quantum circuit adapts the model", "the pretrained weights stay frozen"],
+        return_tensors="pt",
+        padding=True,
+    )
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2).eval()
     with torch.no_grad():
         ref = base(**batch).logits
-    cfg = QuantumConfig(r=8, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"])
+    cfg = QuantumConfig(
+        r=8, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"]
+    )
     model = get_peft_model(base, cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, ref, atol=0, rtol=0)
@@ -560,7 +572,9 @@ def test_gpt2_conv1d_round_trip(tmp_path):
     ids = torch.randint(0, 50, (3, 10))
     with torch.no_grad():
         ref = base(input_ids=ids).logits
-    model = get_peft_model(copy.deepcopy(base), QuantumConfig(r=2, layers=2, target_modules=["c_attn", "c_proj"]))
+    model = get_peft_model(
+        copy.deepcopy(base), QuantumConfig(r=2, layers=2, target_modules=["c_attn", "c_proj"])
+    )
     assert model.peft_config["default"].fan_in_fan_out  # Conv1D stores (in, out)
     layer = model.get_base_model().transformer.h[0].attn.c_attn
     assert isinstance(layer, QuantumLinear) and isinstance(layer.base_layer, Conv1D)

@@ -174,8 +174,9 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:
     result = set_peft_model_state_dict(model, sd, adapter_name=ADAPTER)
     missing = [k for k in result.missing_keys if f"{HUB}." in k]
     if missing or result.unexpected_keys:
-        raise ValueError(f"adapter state does not fit this model: missing {missing}, unexpected "
-                         f"{result.unexpected_keys}")
+        raise ValueError(
+            f"adapter state does not fit this model: missing {missing}, unexpected {result.unexpected_keys}"
+        )
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
@@ -215,5 +216,7 @@ def record_extra(model: nn.Module) -> dict:
         "quant_bits": c.quant_bits,
         "quant_mode": c.quant_mode if c.quant_bits is not None else None,
         "rank_mask": c.rank_mask,
-        "active_rank_mean": None if masks[0].is_meta else sum(float(m.sum()) for m in masks) / len(state.index),
+        "active_rank_mean": None
+        if masks[0].is_meta
+        else sum(float(m.sum()) for m in masks) / len(state.index),
     }

@@ -38,63 +38,91 @@ class QuantumConfig(PeftConfig):
     """
 
     r: int | str = field(
-        default=8, metadata={"help": "Rank K of every update (<= min(d_out, d_in)), or 'full' for min(d_out, d_in)."}
+        default=8,
+        metadata={"help": "Rank K of every update (<= min(d_out, d_in)), or 'full' for min(d_out, d_in)."},
     )
     mapping: Literal["pauli", "taylor"] = field(
         default="pauli",
-        metadata={"help": "'pauli': RY/CZ circuit of `layers` entangling layers; 'taylor': Lie-algebra map by a "
-        "truncated Taylor series of `order` terms."},
+        metadata={
+            "help": "'pauli': RY/CZ circuit of `layers` entangling layers; 'taylor': Lie-algebra map by a "
+            "truncated Taylor series of `order` terms."
+        },
     )
     layers: int = field(default=1, metadata={"help": "Pauli mapping: entangling layers L (>= 0)."})
     order: int = field(default=8, metadata={"help": "Taylor mapping: series order (>= 1)."})
-    alpha: float = field(default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."})
+    alpha: float = field(
+        default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
+    )
     scaling: Literal["rank", "sqrt_rank", "none"] = field(
         default="rank",
-        metadata={"help": "Step-size rule: s = alpha / K ('rank'), alpha / sqrt(K) ('sqrt_rank') or alpha ('none')."},
+        metadata={
+            "help": "Step-size rule: s = alpha / K ('rank'), alpha / sqrt(K) ('sqrt_rank') or alpha ('none')."
+        },
     )
     init: Literal["uniform", "small"] | None = field(
         default=None,
-        metadata={"help": "Circuit init: 'uniform' angles U[-pi, pi) (Taylor: N(0, 1/n)) or 'small' N(0, 0.01^2); "
-        "None: uniform for pauli, small for taylor."},
+        metadata={
+            "help": "Circuit init: 'uniform' angles U[-pi, pi) (Taylor: N(0, 1/n)) or 'small' N(0, 0.01^2); "
+            "None: uniform for pauli, small for taylor."
+        },
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, as LoRA's."})
     target_modules: list[str] | str | None = field(
         default=None,
-        metadata={"help": "Names (suffix match) or a regex of the nn.Linear / Conv1D modules to adapt; None: peft's "
-        "LoRA defaults for known architectures."},
+        metadata={
+            "help": "Names (suffix match) or a regex of the nn.Linear / Conv1D modules to adapt; None: peft's "
+            "LoRA defaults for known architectures."
+        },
     )
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
     fan_in_fan_out: bool = field(
-        default=False, metadata={"help": "True for weights stored (in, out), like GPT-2's Conv1D (set automatically)."}
+        default=False,
+        metadata={"help": "True for weights stored (in, out), like GPT-2's Conv1D (set automatically)."},
     )
-    bias: Literal["none", "all", "quantum_only"] = field(default="none", metadata={"help": "Biases to train."})
+    bias: Literal["none", "all", "quantum_only"] = field(
+        default="none", metadata={"help": "Biases to train."}
+    )
     modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)."}
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)."},
     )
     layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "As in LoraConfig."})
     layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "As in LoraConfig."})
     rank_mask: int | str | None = field(
         default=None,
-        metadata={"help": "None: all K entries of lam active; an int K': lam[:K'] active; 'adaptive': AdaLoRA-style "
-        "pruning by call to model.base_model.update_rank_mask(global_step) after each optimizer step."},
+        metadata={
+            "help": "None: all K entries of lam active; an int K': lam[:K'] active; 'adaptive': AdaLoRA-style "
+            "pruning by call to model.base_model.update_rank_mask(global_step) after each optimizer step."
+        },
     )
     target_rank: int | None = field(
-        default=None, metadata={"help": "Adaptive mask: mean active entries per matrix at the end (default K // 2)."}
+        default=None,
+        metadata={"help": "Adaptive mask: mean active entries per matrix at the end (default K // 2)."},
     )
     total_step: int | None = field(default=None, metadata={"help": "Adaptive mask: total optimizer steps."})
-    mask_beta: float = field(default=0.85, metadata={"help": "Adaptive mask: EMA factor of |lam * grad lam|."})
-    mask_warmup: float = field(default=0.1, metadata={"help": "Adaptive mask: first pruning at this fraction."})
-    mask_final: float = field(default=0.8, metadata={"help": "Adaptive mask: budget reached at this fraction."})
+    mask_beta: float = field(
+        default=0.85, metadata={"help": "Adaptive mask: EMA factor of |lam * grad lam|."}
+    )
+    mask_warmup: float = field(
+        default=0.1, metadata={"help": "Adaptive mask: first pruning at this fraction."}
+    )
+    mask_final: float = field(
+        default=0.8, metadata={"help": "Adaptive mask: budget reached at this fraction."}
+    )
     mask_interval: int = field(default=10, metadata={"help": "Adaptive mask: steps between re-selections."})
     quant_bits: int | None = field(
         default=None,
-        metadata={"help": "Pauli mapping: angles on a uniform n-bit grid (1..16); saved bit-packed. lam is not "
-        "quantised."},
+        metadata={
+            "help": "Pauli mapping: angles on a uniform n-bit grid (1..16); saved bit-packed. lam is not "
+            "quantised."
+        },
     )
     quant_mode: Literal["qat", "ptq"] = field(
         default="qat",
-        metadata={"help": "'qat': train through the rounding (straight-through); 'ptq': train in full precision. "
-        "Both evaluate, merge and save the quantised angles."},
+        metadata={
+            "help": "'qat': train through the rounding (straight-through); 'ptq': train in full precision. "
+            "Both evaluate, merge and save the quantised angles."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -117,7 +145,9 @@ class QuantumConfig(PeftConfig):
         if self.layers < 0 or self.order < 1:
             raise QuantumConfigError("QuantumConfig.layers must be >= 0 and QuantumConfig.order >= 1")
         if self.scaling not in ("rank", "sqrt_rank", "none"):
-            raise QuantumConfigError(f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank or none")
+            raise QuantumConfigError(
+                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank or none"
+            )
         if self.quant_mode not in ("qat", "ptq"):
             raise QuantumConfigError(f"QuantumConfig.quant_mode={self.quant_mode!r}: choose qat or ptq")
         if self.quant_bits is not None:

@@ -82,7 +82,9 @@ class QuantumAdapterState(nn.Module):
         """Run every bank once, in float32 with autocast off: {bank: (B, n, K)}, {K: (M, K) s * lam * mask}."""
         device = next(iter(self.lam.values())).device
         no_autocast = (
-            torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+            torch.autocast(device.type, enabled=False)
+            if device.type in ("cpu", "cuda")
+            else contextlib.nullcontext()
         )
         us = {}
         with no_autocast:
@@ -169,7 +171,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
         state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
         weight = specs[0][0].get_base_layer().weight
-        if not any(p.is_meta for p in state.parameters()):  # meta under low_cpu_mem_usage: loading assigns them
+        if not any(
+            p.is_meta for p in state.parameters()
+        ):  # meta under low_cpu_mem_usage: loading assigns them
             state.to(weight.device)
         self.quantum_adapters[adapter_name] = state
         for row, (layer, *_) in enumerate(specs):
@@ -191,9 +195,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if self.disable_adapters:
             return
         for name in self.active_adapters:
-            if name in self.quantum_adapters and not self.quantum_adapters[name].lam[
-                next(iter(self.quantum_adapters[name].lam))
-            ].is_meta:
+            if (
+                name in self.quantum_adapters
+                and not self.quantum_adapters[name].lam[next(iter(self.quantum_adapters[name].lam))].is_meta
+            ):
                 self._factors(name, quantise=None)
 
     def _quantise(self, state: QuantumAdapterState) -> bool:
@@ -280,7 +285,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("quantum_dropout",)
     other_param_names = ("quantum_row",)
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, hub: QuantumHub, config: QuantumConfig, k: int):
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, hub: QuantumHub, config: QuantumConfig, k: int
+    ):
         nn.Module.__init__(self)
         self.base_layer = base_layer
         self.quantum_dropout = nn.ModuleDict()
@@ -297,7 +304,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: QuantumConfig, k: int) -> None:
         """Register this layer for `adapter_name`; the hub assigns its rows when the adapter is built."""
-        self.quantum_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.quantum_dropout[adapter_name] = (
+            nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        )
         self.hub.pending.setdefault(adapter_name, []).append((self, self.out_features, self.in_features, k))
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
@@ -315,7 +324,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             with torch.no_grad():
                 new = weight.float() + self.get_delta_weight(name).to(weight.device)
                 if safe_merge and not torch.isfinite(new).all():
-                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                    raise ValueError(
+                        f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
+                    )
                 if self._w0 is None:
                     self._w0 = weight.detach().clone()
                 weight.copy_(new.to(weight.dtype))
@@ -323,7 +334,7 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         with torch.no_grad():
             self.get_base_layer().weight.copy_(self._w0)
@@ -343,10 +354,15 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             if name not in self.quantum_row:
                 continue
             U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
-            h = (self.quantum_dropout[name](x) @ V) * lam  # (..., K): the low-rank path costs what LoRA's does
+            h = (
+                self.quantum_dropout[name](x) @ V
+            ) * lam  # (..., K): the low-rank path costs what LoRA's does
             # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
-            flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]).to(result.dtype),
-                               U.T.to(result.dtype))
+            flat = torch.addmm(
+                result.reshape(-1, result.shape[-1]),
+                h.reshape(-1, h.shape[-1]).to(result.dtype),
+                U.T.to(result.dtype),
+            )
             result = flat.view(result.shape)
         return result
 

@@ -70,8 +70,14 @@ class QuantumModel(BaseTuner):
             hub.quantum_adapters[adapter_name].requires_grad_(False)
 
     def _create_and_replace(
-        self, config: QuantumConfig, adapter_name: str, target: nn.Module, target_name: str, parent: nn.Module,
-        current_key: str, **optional_kwargs,
+        self,
+        config: QuantumConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs,
     ) -> None:
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         conv1d = _conv1d_type()
@@ -80,7 +86,10 @@ class QuantumModel(BaseTuner):
                 config.fan_in_fan_out = True  # as peft's LoRA does, silently: Conv1D stores (in, out)
         elif isinstance(base, nn.Linear):
             if config.fan_in_fan_out:
-                warnings.warn("fan_in_fan_out is set to True but the target module is nn.Linear: setting it False")
+                warnings.warn(
+                    "fan_in_fan_out is set to True but the target module is nn.Linear: setting it False",
+                    stacklevel=2,
+                )
                 config.fan_in_fan_out = False
         else:
             raise QuantumConfigError(
@@ -93,8 +102,12 @@ class QuantumModel(BaseTuner):
             self._ensure_hub(adapter_name)
             target.update_layer(adapter_name, config, k)
         else:
-            self._replace_module(parent, target_name, QuantumLinear(target, adapter_name, self._ensure_hub(adapter_name),
-                                                                   config, k), target)
+            self._replace_module(
+                parent,
+                target_name,
+                QuantumLinear(target, adapter_name, self._ensure_hub(adapter_name), config, k),
+                target,
+            )
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
         model = super()._unload_and_optionally_merge(*args, **kwargs)
@@ -161,8 +174,10 @@ def register() -> None:
     ):
         present = mapping.get(PEFT_TYPE)
         # a reloaded qpeft brings new classes of the same name: replace them; anything else is a clash
-        if present is not None and present != value and getattr(present, "__qualname__", None) != getattr(
-            value, "__qualname__", value
+        if (
+            present is not None
+            and present != value
+            and getattr(present, "__qualname__", None) != getattr(value, "__qualname__", value)
         ):
             raise QuantumConfigError(f"peft type {PEFT_TYPE!r} is already registered to {present!r}")
         mapping[PEFT_TYPE] = value
