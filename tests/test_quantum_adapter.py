@@ -349,3 +349,14 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
             assert g["weight_decay"] == 0.0 and all(any(p is a for a in angles) for p in g["params"])
     n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_param_groups_match_the_trainer_overrides():
+    """The library's groups (what a Method class hands the optimiser) and the Trainer overrides agree."""
+    _, model = mlp(cfg(circuit_lr=0.05))
+    groups = qa.param_groups(model, cfg(circuit_lr=0.05), lr=1e-3, weight_decay=0.1)
+    overrides = qa.optimizer_overrides(model, cfg(circuit_lr=0.05))
+    circuit = [g for g in groups if g["lr"] == 0.05]
+    assert len(circuit) == 1 and circuit[0]["weight_decay"] == 0.0
+    assert {id(p) for p in circuit[0]["params"]} == set(overrides)
+    assert set(overrides) == {id(p) for p in qa._state(model).banks.parameters()}

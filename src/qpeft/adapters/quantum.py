@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
-from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, circuit_parameters
+from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, circuit_parameters, quantum_param_groups
 from qpeft.tuner.layer import HUB, QuantumAdapterState, QuantumHub
 
 ADAPTER = "default"
@@ -134,6 +134,13 @@ def optimizer_overrides(model: nn.Module, cfg) -> dict[int, dict]:
     lr = cfg.get("circuit_lr")
     extra = {"weight_decay": 0.0, **({"lr": float(lr)} if lr is not None else {})}
     return {id(p): extra for p in circuit_parameters(model)}
+
+
+def param_groups(model: nn.Module, cfg, lr: float, weight_decay: float) -> list[dict]:
+    """The optimiser's parameter groups (qpeft.quantum_param_groups): circuit parameters at `adapter.circuit_lr`
+    (null: lr) without decay; lam and the head at lr with `weight_decay` (not on biases and norms)."""
+    circuit_lr = cfg.get("circuit_lr")
+    return quantum_param_groups(model, lr, None if circuit_lr is None else float(circuit_lr), weight_decay)
 
 
 def merge(model: nn.Module) -> None:

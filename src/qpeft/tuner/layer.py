@@ -71,6 +71,10 @@ class QuantumAdapterState(nn.Module):
                 self.register_buffer(f"score_{key}", torch.zeros(m, k), persistent=False)
         self.num_simulations = 0  # bank evaluations, for tests and benchmarks
 
+    @property
+    def is_meta(self) -> bool:
+        return any(p.is_meta for p in self.parameters())
+
     def mask(self, key: str) -> Tensor:
         return getattr(self, f"mask_{key}")
 
@@ -171,9 +175,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
         state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
         weight = specs[0][0].get_base_layer().weight
-        if not any(
-            p.is_meta for p in state.parameters()
-        ):  # meta under low_cpu_mem_usage: loading assigns them
+        if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
             state.to(weight.device)
         self.quantum_adapters[adapter_name] = state
         for row, (layer, *_) in enumerate(specs):
@@ -195,10 +197,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if self.disable_adapters:
             return
         for name in self.active_adapters:
-            if (
-                name in self.quantum_adapters
-                and not self.quantum_adapters[name].lam[next(iter(self.quantum_adapters[name].lam))].is_meta
-            ):
+            if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._factors(name, quantise=None)
 
     def _quantise(self, state: QuantumAdapterState) -> bool:
