@@ -132,6 +132,14 @@ def test_state_dict_round_trip_and_bytes(tmp_path):
         qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size
     )  # the file written, header included
     assert file_tensor_bytes(path) == 4 * n_float  # float32 angles and lam, nothing else
+    # the run folder's adapter is a peft adapter: PeftModel.from_pretrained on the base gives the same outputs
+    from peft import PeftModel
+
+    plain = copy.deepcopy(base)
+    plain.cls.load_state_dict(model.cls.state_dict())
+    loaded = PeftModel.from_pretrained(plain, tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
 def test_quantised_state_dict_and_modes(tmp_path):
@@ -360,3 +368,18 @@ def test_param_groups_match_the_trainer_overrides():
     assert len(circuit) == 1 and circuit[0]["weight_decay"] == 0.0
     assert {id(p) for p in circuit[0]["params"]} == set(overrides)
     assert set(overrides) == {id(p) for p in qa._state(model).banks.parameters()}
+
+
+@pytest.mark.parametrize("extra", [{}, {"quant_bits": 4}, {"rank_mask": 2}], ids=str)
+def test_adapter_file_bytes_on_meta_equal_the_written_file(extra, tmp_path):
+    """scripts/params.py builds backbones on the meta device: the size must come out the same there."""
+    from transformers import BertForSequenceClassification
+
+    c = cfg(**extra)
+    real = qa.apply(tiny_bert(), c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    with torch.device("meta"):
+        meta = BertForSequenceClassification(tiny_bert().config)
+    meta = qa.apply(meta, c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    assert qa._state(meta).is_meta
+    path = qa.save_adapter(real, tmp_path)
+    assert qa.adapter_file_bytes(meta) == qa.adapter_file_bytes(real) == path.stat().st_size
