@@ -601,3 +601,35 @@ def test_gpt2_conv1d_round_trip(tmp_path):
         merged = loaded.merge_and_unload()
         assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)
         torch.testing.assert_close(merged(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_dtype_follows_peft_autocast_rule_and_init_weights_false():
+    """As peft's layers: the adapter is created in the base weight's dtype and get_peft_model upcasts a
+    half-precision one to float32 unless autocast_adapter_dtype=False; init_weights=False is a non-identity
+    start (peft's convention for tests)."""
+    torch.manual_seed(0)
+    base = MLP().to(torch.bfloat16).eval()
+    x, _ = inputs()
+    x = x.bfloat16()
+    default = get_peft_model(copy.deepcopy(base), config(r=2))
+    kept = get_peft_model(copy.deepcopy(base), config(r=2), autocast_adapter_dtype=False)
+    assert {p.dtype for p in hub_of(default).parameters()} == {torch.float32}
+    assert {p.dtype for p in hub_of(kept).parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(default(x), base(x), atol=0, rtol=0)
+    random = get_peft_model(copy.deepcopy(base), config(r=2, init_weights=False))
+    assert not torch.equal(random(x), base(x))
+
+
+def test_single_output_conv1d():
+    """n = 1 (a Conv1D with one output, as in peft's EmbConv1D test model): U = [[1]], no angles."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    base = nn.Sequential(Conv1D(1, 5), nn.Flatten(), nn.Linear(3, 2)).eval()
+    model = get_peft_model(copy.deepcopy(base), QuantumConfig(r=1, target_modules=["0"], init_weights=False))
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, base(x))
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(x), out, atol=1e-6, rtol=1e-6)

@@ -105,7 +105,10 @@ def apply(model: nn.Module, cfg, targets: list[str], head: list[str], total_step
             )
         _check_rank(cfg.get("rank", 8), d_out, d_in, name)
     config = quantum_config(cfg, sorted(found), total_steps)
-    QuantumModel(model, config, ADAPTER)  # injects in place; the model keeps the hub and the wrapped layers
+    tuner = QuantumModel(
+        model, config, ADAPTER
+    )  # injects in place; the model keeps the hub and wrapped layers
+    tuner._cast_adapter_dtype(ADAPTER, autocast_adapter_dtype=True)  # float32 adapter, as get_peft_model does
     for name, p in model.named_parameters():  # peft froze everything but the adapter: the head trains too
         if in_head(name, head):
             p.requires_grad = True

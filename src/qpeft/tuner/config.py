@@ -66,6 +66,13 @@ class QuantumConfig(PeftConfig):
             "None: uniform for pauli, small for taylor."
         },
     )
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "True: lam = 0, the adapted model starts as the pretrained one. False: lam ~ N(0, 0.1^2), a "
+            "non-identity start for tests (peft's convention)."
+        },
+    )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, as LoRA's."})
     target_modules: list[str] | str | None = field(
         default=None,

@@ -58,7 +58,8 @@ class QuantumAdapterState(nn.Module):
         self.scale: dict[str, float] = {}
         for key in sorted({i[4] for i in self.index}, **by_size):
             m, k = rows[key] + 1, int(key[1:])
-            self.lam[key] = nn.Parameter(torch.zeros(m, k))  # dW = 0: exactly the pretrained function
+            lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
+            self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
             self.scale[key] = config.scale(k)
             mask = torch.ones(m, k)
             if isinstance(config.rank_mask, int):
@@ -97,7 +98,10 @@ class QuantumAdapterState(nn.Module):
                     theta = bank.theta.float()
                     if quantise:
                         theta = quantize_angles(theta, self.config.quant_bits, ste=True, period=PERIOD)
-                    us[key] = bank(theta, torch.float32)
+                    # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
+                    us[key] = (
+                        bank(theta, torch.float32) if theta.shape[1] else theta.new_ones(len(theta), 1, 1)
+                    )
                 else:
                     us[key] = bank(torch.float32)
                 self.num_simulations += 1
@@ -161,6 +165,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
+        self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
         self._cache = {}  # .to() / .float() replace tensors
@@ -175,6 +180,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
         state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
         weight = specs[0][0].get_base_layer().weight
+        # the base weight's dtype and device, as peft's layers (get_peft_model then upcasts a half-precision
+        # adapter to float32, autocast_adapter_dtype); the factors are computed in float32 either way
+        if weight.dtype.is_floating_point:
+            state.to(weight.dtype)
         if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
             state.to(weight.device)
         self.quantum_adapters[adapter_name] = state
@@ -252,6 +261,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                     "Quantum-PEFT does not support reentrant gradient checkpointing: use "
                     "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
                 )
+
+    def forward(self, x):
+        """Identity. Nothing calls the hub, except a container that calls every child in turn: an
+        nn.Sequential adapted as a whole gets the hub as its last child."""
+        return x
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Nothing to fold: the layers merge their own weights."""

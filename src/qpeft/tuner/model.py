@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 from qpeft.quantum import pack_angles, unpack_angles
@@ -58,13 +60,21 @@ class QuantumModel(BaseTuner):
             self.model.register_forward_pre_hook(hub.begin_pass)
         return hub
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now)."""
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
         hub = getattr(model, HUB, None)
         if not isinstance(hub, QuantumHub) or adapter_name not in hub.pending:
             return
-        hub.build(adapter_name, self.peft_config[adapter_name])
+        with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():  # as peft's layers
+            hub.build(adapter_name, self.peft_config[adapter_name])
         self.set_adapter(self.active_adapters, inference_mode=self.peft_config[adapter_name].inference_mode)
         if adapter_name not in self.active_adapters:  # an added adapter is not trainable until set active
             hub.quantum_adapters[adapter_name].requires_grad_(False)
@@ -153,9 +163,10 @@ class QuantumModel(BaseTuner):
             base = key[: -len("_packed")]
             shape = tuple(state_dict.pop(base + "_shape").tolist())
             state_dict[base] = unpack_angles(state_dict.pop(key), config.quant_bits, shape, PERIOD)
-        for key in [k for k in state_dict if _HUB_KEYS in k and ".mask_k" in k]:
-            state_dict[key] = state_dict[key].float()
-        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        # unpacked angles and bool masks take the dtype of the model's tensors (loading may assign, not copy)
+        own = {k: v.dtype for k, v in model.state_dict().items() if _HUB_KEYS.rstrip(".") in k}
+        return {k: v.to(own[k]) if k in own and v.dtype != own[k] else v for k, v in remapped.items()}
 
 
 def register() -> None:
