@@ -185,10 +185,11 @@ def register() -> None:
     ):
         present = mapping.get(PEFT_TYPE)
         # a reloaded qpeft brings new classes of the same name: replace them; anything else is a clash
-        if (
-            present is not None
-            and present != value
-            and getattr(present, "__qualname__", None) != getattr(value, "__qualname__", value)
-        ):
-            raise QuantumConfigError(f"peft type {PEFT_TYPE!r} is already registered to {present!r}")
+        if present is not None and _name(present) != _name(value):
+            raise QuantumConfigError(f"peft type {PEFT_TYPE.value!r} is already registered to {present!r}")
         mapping[PEFT_TYPE] = value
+
+
+def _name(entry) -> str:
+    """A registry entry's identity across reloads: a class's qualified name, or the prefix string itself."""
+    return f"{entry.__module__}.{entry.__qualname__}" if isinstance(entry, type) else str(entry)
