@@ -499,13 +499,14 @@ def test_auto_peft_model(kw, tmp_path):
         torch.testing.assert_close(auto(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
 
 
-def test_transformers_load_adapter(tmp_path):
-    """transformers' own loader (PeftAdapterMixin.load_adapter) names keys as peft does; it reads tensors as they
-    are, so it takes unquantised adapters (bit-packed angles need PeftModel.from_pretrained)."""
+@pytest.mark.parametrize("kw", [dict(r=4), dict(r=4, quant_bits=5)], ids=str)
+def test_transformers_load_adapter(kw, tmp_path):
+    """transformers' own loader (PeftAdapterMixin.load_adapter) fills the model's tensors by name: packed angles
+    land in the banks' packed buffers and are taken into the angles at the next forward pass."""
     from transformers import BertForSequenceClassification
 
     ids, _ = bert_batch()
-    model, out, folder = saved_bert_adapter(tmp_path, r=4)
+    model, out, folder = saved_bert_adapter(tmp_path, **kw)
     plain = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
     plain.classifier.load_state_dict(
         model.get_base_model().classifier.modules_to_save["default"].state_dict()
@@ -633,3 +634,24 @@ def test_single_output_conv1d():
         assert not torch.allclose(out, base(x))
         merged = model.merge_and_unload()
         torch.testing.assert_close(merged(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():
+    """A whole-model checkpoint (the Trainer's, to resume) holds the float angles and their packed codes;
+    loading it keeps the float angles (QAT's latent weights), not their grid values."""
+    base, model = make(dict(r=4, quant_bits=3))
+    x, y = inputs()
+    perturb(model)
+    train(model, x, y, steps=3)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    thetas = {k: v for k, v in sd.items() if k.endswith(".theta")}
+    assert thetas and all(k.removesuffix(".theta") + ".theta_packed" in sd for k in thetas)
+    _, fresh = make(dict(r=4, quant_bits=3), seed=5)
+    fresh.load_state_dict(sd)
+    fresh.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    for k, v in fresh.state_dict().items():
+        if k.endswith(".theta"):
+            assert torch.equal(v, thetas[k])  # not moved to the grid

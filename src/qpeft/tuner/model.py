@@ -11,7 +11,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.integrations import init_empty_weights
 from torch import nn
 
-from qpeft.quantum import pack_angles, unpack_angles
+from qpeft.quantum import unpack_angles
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
 from qpeft.tuner.layer import HUB, PERIOD, QuantumHub, QuantumLinear
 
@@ -149,20 +149,21 @@ class QuantumModel(BaseTuner):
         out = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         for key in [k for k in out if _HUB_KEYS in k and ".mask_k" in k]:
             out[key] = out[key].bool()  # 0/1: one byte each
-        if config.quant_bits is not None:
-            for key in [k for k in out if _HUB_KEYS in k and k.endswith(".theta")]:
-                theta = out.pop(key)
-                out[key + "_packed"] = pack_angles(theta.detach(), config.quant_bits, PERIOD)
-                out[key + "_shape"] = torch.tensor(theta.shape, dtype=torch.int32)
+        if (
+            config.quant_bits is not None
+        ):  # the banks' packed angles (refreshed by state_dict()) stand for theta
+            out = {k: v for k, v in out.items() if not (_HUB_KEYS in k and k.endswith(".theta"))}
         return out
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         state_dict = dict(state_dict)
-        for key in [k for k in state_dict if k.endswith(".theta_packed")]:
+        for key in [
+            k for k in state_dict if k.endswith(".theta_packed")
+        ]:  # theta too: nothing reads as missing
             base = key[: -len("_packed")]
-            shape = tuple(state_dict.pop(base + "_shape").tolist())
-            state_dict[base] = unpack_angles(state_dict.pop(key), config.quant_bits, shape, PERIOD)
+            shape = tuple(state_dict[base + "_shape"].tolist())
+            state_dict[base] = unpack_angles(state_dict[key], config.quant_bits, shape, PERIOD)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         # unpacked angles and bool masks take the dtype of the model's tensors (loading may assign, not copy)
         own = {k: v.dtype for k, v in model.state_dict().items() if _HUB_KEYS.rstrip(".") in k}
