@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -89,7 +90,7 @@ def test_mlp_start_train_merge(method):
     else:
         assert adapter_params(model, ["cls"]) == sum((o + i) * 4 - 16 for o, i in MLP_SHAPES)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all(n.startswith("qpeft_adapter.") or n.startswith("cls.") for n in trainable)
+    assert all(n.startswith("qpeft_hub.") or n.startswith("cls.") for n in trainable)
     for p in model.cls.parameters():
         p.requires_grad = False  # the adapter alone must lower the loss
     losses = train(model, x, y)
@@ -97,16 +98,22 @@ def test_mlp_start_train_merge(method):
     model.eval()
     with torch.no_grad():
         out = model(x)
-        w0 = model.fc2.base.weight.clone()
+        w0 = model.fc2.base_layer.weight.clone()
         qa.merge(model)
-        assert not torch.equal(model.fc2.base.weight, w0)
+        assert not torch.equal(model.fc2.base_layer.weight, w0)
         torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
         qa.unmerge(model)
-        assert torch.equal(model.fc2.base.weight, w0)
+        assert torch.equal(model.fc2.base_layer.weight, w0)
         torch.testing.assert_close(model(x), out, atol=0, rtol=0)
 
 
-def test_state_dict_round_trip_and_bytes():
+def file_tensor_bytes(path):
+    from safetensors.torch import load_file
+
+    return sum(t.numel() * t.element_size() for t in load_file(str(path)).values())
+
+
+def test_state_dict_round_trip_and_bytes(tmp_path):
     c = cfg()
     base, model = mlp(c)
     x, y = data()
@@ -120,10 +127,22 @@ def test_state_dict_round_trip_and_bytes():
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
     n_float = pauli_count(MLP_SHAPES, 4, 1)
-    assert qa.record_extra(model)["adapter_state_bytes"] == 4 * n_float
+    path = qa.save_adapter(model, tmp_path)
+    assert (
+        qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size
+    )  # the file written, header included
+    assert file_tensor_bytes(path) == 4 * n_float  # float32 angles and lam, nothing else
+    # the run folder's adapter is a peft adapter: PeftModel.from_pretrained on the base gives the same outputs
+    from peft import PeftModel
+
+    plain = copy.deepcopy(base)
+    plain.cls.load_state_dict(model.cls.state_dict())
+    loaded = PeftModel.from_pretrained(plain, tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
-def test_quantised_state_dict_and_modes():
+def test_quantised_state_dict_and_modes(tmp_path):
     bits = 5
     base, model = mlp(cfg(quant_bits=bits, quant_mode="qat"))
     x, y = data()
@@ -131,12 +150,15 @@ def test_quantised_state_dict_and_modes():
     assert losses[-1] < losses[0]
     model.eval()
     sd = qa.adapter_state_dict(model)
-    hub = model.qpeft_adapter
+    hub = qa._state(model)
     angles = sum(p.numel() for n, p in hub.named_parameters() if n.endswith(".theta"))
     n_lam = sum(p.numel() for p in hub.lam.values())
     packed = sum(math.ceil(p.numel() * bits / 8) for n, p in hub.named_parameters() if n.endswith(".theta"))
-    assert qa.state_bytes(sd) == packed + 4 * n_lam + 4 * 2 * len(hub.banks) + 1  # + int32 shapes, bits
-    assert qa.record_extra(model)["adapter_state_bytes"] == qa.state_bytes(sd) < 4 * (angles + n_lam)
+    path = qa.save_adapter(model, tmp_path)
+    # bits per angle, float32 lam, an int32 (B, P) shape per bank; quant_bits itself is in adapter_config.json
+    assert file_tensor_bytes(path) == packed + 4 * n_lam + 4 * 2 * len(hub.banks) < 4 * (angles + n_lam)
+    assert qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["quant_bits"] == bits
     fresh = qa.apply(copy.deepcopy(base), cfg(quant_bits=bits), MLP_TARGETS, ["cls"], total_steps=40)
     fresh.cls.load_state_dict(model.cls.state_dict())
     fresh.eval()
@@ -163,7 +185,7 @@ def test_rank_errors_and_full():
     with pytest.raises(ValueError, match="adapter.rank"):
         mlp(cfg(rank=0))
     _, model = mlp(cfg(rank="full"))
-    ks = [lam.shape[1] for lam in model.qpeft_adapter.lam.values()]
+    ks = [lam.shape[1] for lam in qa._state(model).lam.values()]
     assert sorted(ks) == [16, 24]
     assert adapter_params(model, ["cls"]) == sum(
         pauli_num_params(o, 1) + pauli_num_params(i, 1) + min(o, i) for o, i in MLP_SHAPES
@@ -180,7 +202,7 @@ def test_one_simulation_per_dimension_not_per_matrix(monkeypatch):
     )
     _, model = mlp(cfg())
     x, y = data()
-    hub = model.qpeft_adapter
+    hub = qa._state(model)
     nn.functional.cross_entropy(model(x), y).backward()
     # 4 matrices, 8 factors, 2 distinct dimensions (16, 24): 2 batched simulations of 2 and 6 circuits
     assert sorted(calls) == [2, 6] and hub.num_simulations == 2 == len(hub.banks)
@@ -220,7 +242,7 @@ def test_tiny_bert():
     ids, labels = torch.randint(0, 100, (8, 12), generator=g), torch.randint(0, 2, (8,), generator=g)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
-    hub = model.qpeft_adapter
+    hub = qa._state(model)
     shapes = [(32, 32)] * 8 + [(64, 32), (32, 64)] * 2
     assert len(hub.index) == 12 and len(hub.banks) == 2
     assert adapter_params(model, ["classifier", "pooler"]) == pauli_count(shapes, 4, 1)
@@ -241,14 +263,14 @@ def test_tiny_bert():
         qa.unmerge(model)
     fresh = qa.apply(copy.deepcopy(base), cfg(), BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
     fresh.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if not k.startswith("qpeft_adapter.")}, strict=False
+        {k: v for k, v in model.state_dict().items() if not k.startswith("qpeft_hub.")}, strict=False
     )
     qa.load_adapter_state_dict(fresh, qa.adapter_state_dict(model))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(input_ids=ids).logits, out, atol=0, rtol=0)
     extra = qa.record_extra(model)
     assert (
-        extra["adapted_matrices"] == 12 and extra["circuit_groups"] == 2 and extra["adapter_state_bytes"] > 0
+        extra["adapted_matrices"] == 12 and extra["circuit_groups"] == 2 and extra["adapter_file_bytes"] > 0
     )
 
 
@@ -272,20 +294,22 @@ def test_gpt2_conv1d():
         torch.testing.assert_close(model(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
 
 
-def test_rank_masks():
+def test_rank_masks(tmp_path):
     _, model = mlp(cfg(rank_mask=2))
     x, y = data()
     train(model, x, y, steps=3)
-    lam = model.qpeft_adapter.lam["k4"]
+    lam = qa._state(model).lam["k4"]
     assert lam.grad is None or lam.grad[:, 2:].abs().max() == 0
     assert torch.all(lam[:, 2:] == 0) and lam[:, :2].abs().min() > 0
     assert qa.record_extra(model)["active_rank_mean"] == 2
 
     _, model = mlp(cfg(rank_mask="adaptive", target_rank=1, mask_warmup=0.1, mask_final=0.5, mask_interval=2))
     train(model, x, y, steps=40, on_step=True)
-    hub = model.qpeft_adapter
+    hub = qa._state(model)
     assert qa.record_extra(model)["active_rank_mean"] == 1  # budget reached target_rank * matrices
-    assert qa.adapter_state_bytes(model) == qa.state_bytes(qa.adapter_state_dict(model))
+    path = qa.save_adapter(model, tmp_path)
+    assert qa.record_extra(model)["adapter_file_bytes"] == path.stat().st_size
+    assert file_tensor_bytes(path) == 4 * pauli_count(MLP_SHAPES, 4, 1) + hub.mask_k4.numel()  # + bool masks
     assert hub.mask_k4.sum() == 4 and hub.score_k4.abs().sum() > 0
 
 
@@ -310,7 +334,7 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
     )
     torch.manual_seed(0)
     model = method.apply(MLP(), MLP_TARGETS, ["cls"], 40)
-    hub = qa._hub(model)
+    hub = qa._state(model)
     with torch.no_grad():
         for lam in hub.lam.values():
             lam.normal_()  # lam = 0 would give the angles no gradient
@@ -338,3 +362,29 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
             assert g["weight_decay"] == 0.0 and all(any(p is a for a in angles) for p in g["params"])
     n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_param_groups_match_the_trainer_overrides():
+    """The library's groups (what a Method class hands the optimiser) and the Trainer overrides agree."""
+    _, model = mlp(cfg(circuit_lr=0.05))
+    groups = qa.param_groups(model, cfg(circuit_lr=0.05), lr=1e-3, weight_decay=0.1)
+    overrides = qa.optimizer_overrides(model, cfg(circuit_lr=0.05))
+    circuit = [g for g in groups if g["lr"] == 0.05]
+    assert len(circuit) == 1 and circuit[0]["weight_decay"] == 0.0
+    assert {id(p) for p in circuit[0]["params"]} == set(overrides)
+    assert set(overrides) == {id(p) for p in qa._state(model).banks.parameters()}
+
+
+@pytest.mark.parametrize("extra", [{}, {"quant_bits": 4}, {"rank_mask": 2}], ids=str)
+def test_adapter_file_bytes_on_meta_equal_the_written_file(extra, tmp_path):
+    """scripts/params.py builds backbones on the meta device: the size must come out the same there."""
+    from transformers import BertForSequenceClassification
+
+    c = cfg(**extra)
+    real = qa.apply(tiny_bert(), c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    with torch.device("meta"):
+        meta = BertForSequenceClassification(tiny_bert().config)
+    meta = qa.apply(meta, c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    assert qa._state(meta).is_meta
+    path = qa.save_adapter(real, tmp_path)
+    assert qa.adapter_file_bytes(meta) == qa.adapter_file_bytes(real) == path.stat().st_size

@@ -13,6 +13,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -109,6 +110,11 @@ class Method(ABC):
 
     def adapter_bytes(self, model: nn.Module) -> int | None:
         """Bytes of the saved adapter file's tensors (head apart), where the method knows them."""
+        return None
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> Path | None:
+        """Write the trained adapter as its library loads it (peft: adapter_config.json + safetensors) into
+        `directory`; the safetensors file's path, or None for a method without a separate adapter file."""
         return None
 
 

@@ -28,6 +28,7 @@ import math
 import warnings
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import peft
@@ -150,6 +151,12 @@ class PeftMethod(Method):
     def unmerge(self, model: nn.Module) -> None:
         """Undo `merge` (peft's unmerge_adapter)."""
         model.base_model.unmerge_adapter()
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> Path | None:
+        """peft's save_pretrained: adapter_config.json + adapter_model.safetensors (the head, peft's
+        modules_to_save, included: the file loads back into a working classifier)."""
+        model.save_pretrained(str(directory))
+        return Path(directory) / "adapter_model.safetensors"
 
     def adapter_bytes(self, model: nn.Module) -> int | None:
         """Bytes of what peft's save_pretrained writes for the adapter (projections included where saved),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from torch import nn
@@ -146,7 +147,10 @@ class QuantumMethod(Method):
         return quantum.record_extra(model)
 
     def adapter_bytes(self, model: nn.Module) -> int | None:
-        return quantum.adapter_state_bytes(model)
+        return quantum.adapter_file_bytes(model)
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> Path | None:
+        return quantum.save_adapter(model, directory)
 
 
 @register("quantum_taylor")

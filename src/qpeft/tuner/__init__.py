@@ -1,0 +1,19 @@
+"""Quantum-PEFT as a peft tuner: QuantumConfig, QuantumModel, and the optimiser helpers."""
+
+from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
+from qpeft.tuner.layer import QuantumHub, QuantumLinear
+from qpeft.tuner.model import QuantumModel, register
+from qpeft.tuner.optim import circuit_parameters, create_quantum_optimizer, quantum_param_groups
+
+__all__ = [
+    "PEFT_TYPE",
+    "QuantumConfig",
+    "QuantumConfigError",
+    "QuantumHub",
+    "QuantumLinear",
+    "QuantumModel",
+    "circuit_parameters",
+    "create_quantum_optimizer",
+    "quantum_param_groups",
+    "register",
+]

@@ -1,0 +1,194 @@
+"""QuantumConfig: the settings of a Quantum-PEFT adapter, a peft `PeftConfig` (saved as adapter_config.json)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from qpeft.errors import QpeftError
+
+
+class QuantumPeftType(str, enum.Enum):
+    """The peft type of Quantum-PEFT. peft accepts string peft types for methods defined outside its PeftType
+    enum (peft PR 2635); a str enum like PeftType also has the `.value` that transformers' load_adapter reads,
+    and equals (and hashes as) the plain string "QUANTUM" written to adapter_config.json."""
+
+    QUANTUM = "QUANTUM"
+
+
+PEFT_TYPE = QuantumPeftType.QUANTUM
+
+
+class QuantumConfigError(QpeftError, ValueError):
+    """A QuantumConfig setting that cannot work; the message names the setting."""
+
+
+@dataclass
+class QuantumConfig(PeftConfig):
+    """Quantum-PEFT (Koike-Akino et al., ICLR 2025): for every target matrix W0 (d_out x d_in),
+
+        W = W0 + s * U diag(lam * mask) V^T,
+
+    U (d_out x K) and V (d_in x K) with orthonormal columns from quantum-circuit mappings of a few angles,
+    lam (K,) trainable and zero at init (the adapted model starts as the pretrained one, exactly).
+    See docs/method.md for what each choice follows ([paper]) or adds ([ours]).
+    """
+
+    r: int | str = field(
+        default=8,
+        metadata={"help": "Rank K of every update (<= min(d_out, d_in)), or 'full' for min(d_out, d_in)."},
+    )
+    mapping: Literal["pauli", "taylor"] = field(
+        default="pauli",
+        metadata={
+            "help": "'pauli': RY/CZ circuit of `layers` entangling layers; 'taylor': Lie-algebra map by a "
+            "truncated Taylor series of `order` terms."
+        },
+    )
+    layers: int = field(default=1, metadata={"help": "Pauli mapping: entangling layers L (>= 0)."})
+    order: int = field(default=8, metadata={"help": "Taylor mapping: series order (>= 1)."})
+    alpha: float = field(
+        default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
+    )
+    scaling: Literal["rank", "sqrt_rank", "none"] = field(
+        default="rank",
+        metadata={
+            "help": "Step-size rule: s = alpha / K ('rank'), alpha / sqrt(K) ('sqrt_rank') or alpha ('none')."
+        },
+    )
+    init: Literal["uniform", "small"] | None = field(
+        default=None,
+        metadata={
+            "help": "Circuit init: 'uniform' angles U[-pi, pi) (Taylor: N(0, 1/n)) or 'small' N(0, 0.01^2); "
+            "None: uniform for pauli, small for taylor."
+        },
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "True: lam = 0, the adapted model starts as the pretrained one. False: lam ~ N(0, 0.1^2), a "
+            "non-identity start for tests (peft's convention)."
+        },
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, as LoRA's."})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Names (suffix match) or a regex of the nn.Linear / Conv1D modules to adapt; None: peft's "
+            "LoRA defaults for known architectures."
+        },
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
+    fan_in_fan_out: bool = field(
+        default=False,
+        metadata={"help": "True for weights stored (in, out), like GPT-2's Conv1D (set automatically)."},
+    )
+    bias: Literal["none", "all", "quantum_only"] = field(
+        default="none", metadata={"help": "Biases to train."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)."},
+    )
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "As in LoraConfig."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "As in LoraConfig."})
+    rank_mask: int | str | None = field(
+        default=None,
+        metadata={
+            "help": "None: all K entries of lam active; an int K': lam[:K'] active; 'adaptive': AdaLoRA-style "
+            "pruning by call to model.base_model.update_rank_mask(global_step) after each optimizer step."
+        },
+    )
+    target_rank: int | None = field(
+        default=None,
+        metadata={"help": "Adaptive mask: mean active entries per matrix at the end (default K // 2)."},
+    )
+    total_step: int | None = field(default=None, metadata={"help": "Adaptive mask: total optimizer steps."})
+    mask_beta: float = field(
+        default=0.85, metadata={"help": "Adaptive mask: EMA factor of |lam * grad lam|."}
+    )
+    mask_warmup: float = field(
+        default=0.1, metadata={"help": "Adaptive mask: first pruning at this fraction."}
+    )
+    mask_final: float = field(
+        default=0.8, metadata={"help": "Adaptive mask: budget reached at this fraction."}
+    )
+    mask_interval: int = field(default=10, metadata={"help": "Adaptive mask: steps between re-selections."})
+    quant_bits: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pauli mapping: angles on a uniform n-bit grid (1..16); saved bit-packed. lam is not "
+            "quantised."
+        },
+    )
+    quant_mode: Literal["qat", "ptq"] = field(
+        default="qat",
+        metadata={
+            "help": "'qat': train through the rounding (straight-through); 'ptq': train in full precision. "
+            "Both evaluate, merge and save the quantised angles."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        if isinstance(self.r, str) and self.r.isdigit():
+            self.r = int(self.r)
+        if not (self.r == "full" or (isinstance(self.r, int) and self.r >= 1)):
+            raise QuantumConfigError(f"QuantumConfig.r={self.r!r}: use a positive integer or 'full'")
+        if self.mapping not in ("pauli", "taylor"):
+            raise QuantumConfigError(f"QuantumConfig.mapping={self.mapping!r}: choose 'pauli' or 'taylor'")
+        if self.init is None:
+            self.init = "uniform" if self.mapping == "pauli" else "small"
+        if self.init not in ("uniform", "small"):
+            raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
+        if self.layers < 0 or self.order < 1:
+            raise QuantumConfigError("QuantumConfig.layers must be >= 0 and QuantumConfig.order >= 1")
+        if self.scaling not in ("rank", "sqrt_rank", "none"):
+            raise QuantumConfigError(
+                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank or none"
+            )
+        if self.quant_mode not in ("qat", "ptq"):
+            raise QuantumConfigError(f"QuantumConfig.quant_mode={self.quant_mode!r}: choose qat or ptq")
+        if self.quant_bits is not None:
+            if self.mapping != "pauli":
+                raise QuantumConfigError(
+                    "QuantumConfig.quant_bits applies to periodic angles: use it with mapping='pauli'"
+                )
+            if not 1 <= int(self.quant_bits) <= 16:
+                raise QuantumConfigError(f"QuantumConfig.quant_bits={self.quant_bits}: use 1..16 or None")
+            self.quant_bits = int(self.quant_bits)
+        if isinstance(self.rank_mask, str) and self.rank_mask.isdigit():
+            self.rank_mask = int(self.rank_mask)
+        if self.rank_mask is not None and self.rank_mask != "adaptive":
+            if not isinstance(self.rank_mask, int) or self.rank_mask < 1:
+                raise QuantumConfigError(
+                    f"QuantumConfig.rank_mask={self.rank_mask!r}: use None, 'adaptive' or a positive int"
+                )
+        if self.rank_mask == "adaptive" and not self.total_step:
+            raise QuantumConfigError("QuantumConfig.rank_mask='adaptive' needs total_step (optimizer steps)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise QuantumConfigError(f"QuantumConfig.dropout={self.dropout}: use a value in [0, 1)")
+
+    def rank_for(self, d_out: int, d_in: int, name: str) -> int:
+        """K of one matrix: `r`, or min(d_out, d_in) for 'full'; an error names the setting when r is too big."""
+        limit = min(d_out, d_in)
+        if self.r == "full":
+            return limit
+        if self.r > limit:
+            raise QuantumConfigError(
+                f"QuantumConfig.r={self.r} exceeds min(d_out, d_in)={limit} of {name} ({d_out}x{d_in}); "
+                f"set r <= {limit} or r='full'"
+            )
+        return self.r
+
+    def scale(self, k: int) -> float:
+        """s of a rank-K update under the step-size rule."""
+        return {"rank": self.alpha / k, "sqrt_rank": self.alpha / k**0.5, "none": self.alpha}[self.scaling]

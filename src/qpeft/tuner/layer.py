@@ -1,0 +1,428 @@
+"""The adapted layer and the per-model hub that computes every layer's factors in a few batched simulations.
+
+peft's tuners keep an adapter's weights in each layer. Quantum-PEFT's factors are cheapest when all factors of
+one dimension n and rank K are simulated together: one circuit bank per distinct (n, K) holds them all as
+rows of one (B, P) angle tensor. So an adapter's trainable state (banks, lam, masks) lives in one
+`QuantumAdapterState` held by a `QuantumHub` (a submodule of the adapted model, `qpeft_hub`), and each
+`QuantumLinear` only knows its rows. The hub computes all factors of the active adapters once per forward
+pass of the model (a forward-pre-hook on it): with grad enabled a fresh graph every pass; under no_grad a
+cache, kept until a parameter or mask changes or train/eval mode changes. Computing in the pre-hook, before
+any layer runs, keeps the factors outside gradient-checkpointed blocks, so non-reentrant checkpointing
+recomputes a block with the very same factor tensors and gives the same gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import Tensor, nn
+
+from qpeft.errors import QpeftError
+from qpeft.quantum import PauliStiefel, TaylorStiefel, pack_angles, quantize_angles, unpack_angles
+from qpeft.tuner.config import QuantumConfig
+
+HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
+PERIOD = 4 * math.pi  # RY(theta) uses theta/2: the rotation angle theta/2 is quantised over [-pi, pi)
+
+
+class QuantumAdapterState(nn.Module):
+    """The trainable state of one adapter: a circuit bank per distinct (n, K), lam (M, K) and a mask per K.
+
+    Matrix i of the adapter reads row `index[i]` = (U bank, U row, V bank, V row, lam key, lam row).
+    """
+
+    def __init__(self, config: QuantumConfig, shapes: list[tuple[int, int, int]]):
+        super().__init__()
+        self.config = config
+        rows: dict[str, int] = {}
+        self.index: list[tuple[str, int, str, int, str, int]] = []
+        for d_out, d_in, k in shapes:
+            ku, kv, kl = f"n{d_out}_k{k}", f"n{d_in}_k{k}", f"k{k}"
+            ru = rows[ku] = rows.get(ku, -1) + 1
+            rv = rows[kv] = rows.get(kv, -1) + 1
+            rl = rows[kl] = rows.get(kl, -1) + 1
+            self.index.append((ku, ru, kv, rv, kl, rl))
+        by_size = {"key": lambda s: (len(s), s)}
+        self.banks = nn.ModuleDict()
+        for key in sorted({i[0] for i in self.index} | {i[2] for i in self.index}, **by_size):
+            n, k = (int(v) for v in key[1:].split("_k"))
+            if config.mapping == "pauli":
+                self.banks[key] = PauliStiefel(n, k, config.layers, init=config.init, batch=rows[key] + 1)
+            else:
+                self.banks[key] = TaylorStiefel(n, k, config.order, init=config.init, batch=rows[key] + 1)
+        self.lam = nn.ParameterDict()
+        self.scale: dict[str, float] = {}
+        for key in sorted({i[4] for i in self.index}, **by_size):
+            m, k = rows[key] + 1, int(key[1:])
+            lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
+            self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
+            self.scale[key] = config.scale(k)
+            mask = torch.ones(m, k)
+            if isinstance(config.rank_mask, int):
+                if config.rank_mask > k:
+                    raise QpeftError(f"QuantumConfig.rank_mask={config.rank_mask} exceeds the rank K={k}")
+                mask[:, config.rank_mask :] = 0
+            # saved with the adapter only when masking is on (otherwise all ones)
+            self.register_buffer(f"mask_{key}", mask, persistent=config.rank_mask is not None)
+            if config.rank_mask == "adaptive":
+                self.register_buffer(f"score_{key}", torch.zeros(m, k), persistent=False)
+        self.num_simulations = 0  # bank evaluations, for tests and benchmarks
+        if config.quant_bits is not None:
+            self._add_packed_angles()
+
+    def _add_packed_angles(self) -> None:
+        """With quant_bits, each Pauli bank also carries its angles bit-packed (`theta_packed`, `theta_shape`):
+        what the adapter file stores in place of `theta`. As buffers of the model they load by any loader that
+        fills the model's state dict by name (transformers' load_adapter too); `sync_packed_angles` then takes
+        newly loaded codes into `theta`. They are refreshed from `theta` whenever a state dict is taken."""
+        for bank in self.banks.values():
+            theta = bank.theta
+            numel_bytes = math.ceil(theta.numel() * self.config.quant_bits / 8)
+            packed = torch.zeros(numel_bytes, dtype=torch.uint8)
+            if not theta.is_meta:
+                packed = pack_angles(theta.detach(), self.config.quant_bits, PERIOD).to(theta.device)
+            bank.register_buffer("theta_packed", packed)
+            bank.register_buffer("theta_shape", torch.tensor(theta.shape, dtype=torch.int32))
+        self._packed_seen = self._packed_marks()
+        self.register_state_dict_pre_hook(self._refresh_packed_angles)
+
+    def _packed_marks(self) -> dict[str, tuple[int, int]]:
+        return {k: (b.theta_packed._version, b.theta_packed.data_ptr()) for k, b in self.banks.items()}
+
+    @torch.no_grad()
+    def _refresh_packed_angles(self, module: nn.Module, prefix: str, keep_vars: bool) -> None:
+        for bank in self.banks.values():
+            if not bank.theta.is_meta and not bank.theta_packed.is_meta:
+                codes = pack_angles(bank.theta.detach(), self.config.quant_bits, PERIOD)
+                bank.theta_packed.copy_(codes.to(bank.theta_packed.device))
+        self._packed_seen = self._packed_marks()
+
+    @torch.no_grad()
+    def sync_packed_angles(self) -> None:
+        """If a loader wrote new packed codes (and not the matching angles), set `theta` to their grid angles."""
+        if self.config.quant_bits is None:
+            return
+        marks = self._packed_marks()
+        for key, bank in self.banks.items():
+            if marks[key] == self._packed_seen.get(key) or bank.theta.is_meta or bank.theta_packed.is_meta:
+                continue
+            bits, packed = self.config.quant_bits, bank.theta_packed.cpu()
+            if not torch.equal(pack_angles(bank.theta.detach(), bits, PERIOD), packed):
+                angles = unpack_angles(packed, bits, tuple(bank.theta.shape), PERIOD)
+                bank.theta.copy_(angles.to(bank.theta.device, bank.theta.dtype))
+        self._packed_seen = self._packed_marks()
+
+    @property
+    def is_meta(self) -> bool:
+        return any(p.is_meta for p in self.parameters())
+
+    def mask(self, key: str) -> Tensor:
+        return getattr(self, f"mask_{key}")
+
+    def watched(self) -> tuple[Tensor, ...]:
+        """Tensors whose change invalidates cached factors."""
+        return (*self.parameters(), *(self.mask(k) for k in self.lam))
+
+    def compute(self, quantise: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Run every bank once, in float32 with autocast off: {bank: (B, n, K)}, {K: (M, K) s * lam * mask}."""
+        device = next(iter(self.lam.values())).device
+        no_autocast = (
+            torch.autocast(device.type, enabled=False)
+            if device.type in ("cpu", "cuda")
+            else contextlib.nullcontext()
+        )
+        us = {}
+        with no_autocast:
+            for key, bank in self.banks.items():
+                if self.config.mapping == "pauli":
+                    theta = bank.theta.float()
+                    if quantise:
+                        theta = quantize_angles(theta, self.config.quant_bits, ste=True, period=PERIOD)
+                    # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
+                    us[key] = (
+                        bank(theta, torch.float32) if theta.shape[1] else theta.new_ones(len(theta), 1, 1)
+                    )
+                else:
+                    us[key] = bank(torch.float32)
+                self.num_simulations += 1
+            lams = {k: lam.float() * self.mask(k) * self.scale[k] for k, lam in self.lam.items()}
+        return us, lams
+
+    def delta_weight(self, i: int, us: dict[str, Tensor], lams: dict[str, Tensor]) -> Tensor:
+        """dW_i = s U diag(lam * mask) V^T (d_out x d_in), float32."""
+        ku, ru, kv, rv, kl, rl = self.index[i]
+        return (us[ku][ru] * lams[kl][rl]) @ us[kv][rv].T
+
+    @torch.no_grad()
+    def update_rank_mask(self, global_step: int) -> None:
+        """Adaptive mask (AdaLoRA-style): EMA of |lam * grad lam|, and on the schedule keep the top entries.
+
+        Call after backward and before zero_grad. The budget falls from K to `target_rank` per matrix on average
+        along AdaLoRA's cubic schedule between `mask_warmup` and `mask_final` (fractions of `total_step`);
+        pruned entries stay pruned (their gradient is zero)."""
+        c = self.config
+        if c.rank_mask != "adaptive":
+            return
+        for key, lam in self.lam.items():
+            if lam.grad is not None:
+                score = getattr(self, f"score_{key}")
+                score.mul_(c.mask_beta).add_((lam * lam.grad).abs(), alpha=1 - c.mask_beta)
+        t0, t1 = c.mask_warmup * c.total_step, c.mask_final * c.total_step
+        if global_step < t0 or global_step > t1 or int(global_step - t0) % int(c.mask_interval):
+            return
+        frac = min(1.0, (global_step - t0) / max(1.0, t1 - t0))
+        total = sum(lam.numel() for lam in self.lam.values())
+        final = sum(lam.shape[0] * self.target_rank(lam.shape[1]) for lam in self.lam.values())
+        budget = round(final + (total - final) * (1 - frac) ** 3)
+        keys = list(self.lam)
+        masks = [self.mask(k) for k in keys]
+        scores = torch.cat(
+            [getattr(self, f"score_{k}").masked_fill(m == 0, -1.0).flatten() for k, m in zip(keys, masks)]
+        )
+        keep = torch.zeros_like(scores)
+        keep[scores.topk(min(budget, int((scores >= 0).sum()))).indices] = 1
+        for m, part in zip(masks, keep.split([m.numel() for m in masks])):
+            m.copy_(part.view_as(m))
+
+    def target_rank(self, k: int) -> int:
+        t = self.config.target_rank
+        return min(k, max(1, int(t) if t is not None else k // 2))
+
+
+class QuantumHub(nn.Module, BaseTunerLayer):
+    """Owns every adapter's state (`quantum_adapters[name]`) and computes the factors once per forward pass."""
+
+    adapter_layer_names = ("quantum_adapters",)
+
+    def __init__(self, adapter_name: str):
+        nn.Module.__init__(self)
+        self.quantum_adapters = nn.ModuleDict()
+        self._active_adapter = adapter_name
+        self.merged_adapters = []
+        self._disable_adapters = False
+        # adapter -> layers in injection order, until its state is built (rows follow this order)
+        self.pending: dict[str, list[tuple[QuantumLinear, int, int, int]]] = {}
+        self._pass = 0  # counts forward passes with grad enabled
+        self._pass_grad = False  # was grad enabled when the current forward pass began?
+        self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
+        self.in_features = self.out_features = None  # a tuner layer that wraps no layer
+
+    def _apply(self, *args, **kwargs):
+        self._cache = {}  # .to() / .float() replace tensors
+        return super()._apply(*args, **kwargs)
+
+    def build(self, adapter_name: str, config: QuantumConfig) -> None:
+        """Create the adapter's banks for the layers registered while injecting; assign each layer its rows."""
+        specs = self.pending.pop(adapter_name, [])
+        if not specs:
+            return
+        if adapter_name in self.quantum_adapters:
+            raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
+        state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
+        weight = specs[0][0].get_base_layer().weight
+        # the base weight's dtype and device, as peft's layers (get_peft_model then upcasts a half-precision
+        # adapter to float32, autocast_adapter_dtype); the factors are computed in float32 either way
+        if weight.dtype.is_floating_point:
+            state.to(weight.dtype)
+        if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
+            state.to(weight.device)
+        self.quantum_adapters[adapter_name] = state
+        for row, (layer, *_) in enumerate(specs):
+            layer.quantum_row[adapter_name] = row
+
+    def detach_from(self, model: nn.Module) -> None:
+        """Remove this hub's forward-pre-hook from `model`. Found by owner rather than kept as a handle: a
+        handle survives copy.deepcopy pointing at the original model's hooks."""
+        for hook_id, hook in list(model._forward_pre_hooks.items()):
+            if getattr(hook, "__self__", None) is self:
+                del model._forward_pre_hooks[hook_id]
+
+    def begin_pass(self, module: nn.Module, args) -> None:
+        """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
+        checkpointed block (a new graph when grad is enabled; the cache under no_grad)."""
+        self._pass_grad = torch.is_grad_enabled()
+        if self._pass_grad:
+            self._pass += 1
+        if self.disable_adapters:
+            return
+        for name in self.active_adapters:
+            if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
+                self._factors(name, quantise=None)
+
+    def _quantise(self, state: QuantumAdapterState) -> bool:
+        bits = state.config.quant_bits
+        return bits is not None and (state.config.quant_mode == "qat" or not self.training)
+
+    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict]:
+        """(stacked U's per bank, lam_eff per K, casts per dtype) of adapter `name`, computed or cached."""
+        state = self.quantum_adapters[name]
+        state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
+        quantise = self._quantise(state) if quantise is None else quantise
+        grad = torch.is_grad_enabled()
+        watched = state.watched()
+        key = (
+            self._pass if grad else -1,
+            grad,
+            quantise,
+            *[t._version for t in watched],
+            *[t.data_ptr() for t in watched],
+        )
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != key:
+            us, lams = state.compute(quantise)
+            cached = self._cache[name] = (key, (us, lams), {})
+        return cached[1][0], cached[1][1], cached[2]
+
+    def factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(U, V, lam_eff) of matrix `row` of adapter `name`, in `dtype` (cast once per pass and dtype)."""
+        us, lams, casts = self._factors(name, quantise=None)
+        if dtype not in casts:
+            cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
+            casts[dtype] = (
+                {k: cast(v).unbind(0) for k, v in us.items()},
+                {k: cast(v).unbind(0) for k, v in lams.items()},
+            )
+        us, lams = casts[dtype]
+        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
+        return us[ku][ru], us[kv][rv], lams[kl][rl]
+
+    @torch.no_grad()
+    def delta_weight(self, name: str, row: int) -> Tensor:
+        """dW of matrix `row` (float32), with the quantised angles when quant_bits is set (what is saved)."""
+        state = self.quantum_adapters[name]
+        us, lams, _ = self._factors(name, quantise=state.config.quant_bits is not None)
+        return state.delta_weight(row, us, lams)
+
+    def check_not_reentrant(self) -> None:
+        """Reentrant checkpointing runs blocks under no_grad and recomputes them in backward, each with its own
+        backward through factors shared by all blocks: that cannot be correct, so say so."""
+        if self.training and self._pass_grad and not torch.is_grad_enabled():
+            if any(p.requires_grad for p in self.parameters()):
+                raise QpeftError(
+                    "Quantum-PEFT does not support reentrant gradient checkpointing: use "
+                    "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+                )
+
+    def forward(self, x):
+        """Identity. Nothing calls the hub, except a container that calls every child in turn: an
+        nn.Sequential adapted as a whole gets the hub as its last child."""
+        return x
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Nothing to fold: the layers merge their own weights."""
+
+    def unmerge(self) -> None:
+        """Nothing to restore: the layers unmerge their own weights."""
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._cache.pop(adapter_name, None)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        """The hub has no base layer; its state follows the model's .to()."""
+
+    @property
+    def weight(self) -> Tensor:
+        raise AttributeError("the Quantum-PEFT hub wraps no layer and has no weight")
+
+    @property
+    def bias(self) -> None:
+        return None
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.quantum_adapters)}"
+
+
+class QuantumLinear(nn.Module, BaseTunerLayer):
+    """A frozen nn.Linear or GPT-2 Conv1D plus s U diag(lam) V^T, its factors read from the hub."""
+
+    adapter_layer_names = ("quantum_dropout",)
+    other_param_names = ("quantum_row",)
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, hub: QuantumHub, config: QuantumConfig, k: int
+    ):
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.quantum_dropout = nn.ModuleDict()
+        self.quantum_row: dict[str, int] = {}  # adapter -> matrix index in the hub's adapter state
+        self.merged_adapters = []
+        self._disable_adapters = False
+        self._active_adapter = adapter_name
+        self.fan_in_fan_out = config.fan_in_fan_out
+        weight = base_layer.weight
+        self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        object.__setattr__(self, "hub", hub)  # a reference, not a submodule: the hub's state lives once
+        self._w0: Tensor | None = None
+        self.update_layer(adapter_name, config, k)
+
+    def update_layer(self, adapter_name: str, config: QuantumConfig, k: int) -> None:
+        """Register this layer for `adapter_name`; the hub assigns its rows when the adapter is built."""
+        self.quantum_dropout[adapter_name] = (
+            nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        )
+        self.hub.pending.setdefault(adapter_name, []).append((self, self.out_features, self.in_features, k))
+
+    def get_delta_weight(self, adapter_name: str) -> Tensor:
+        """dW in the layout of the base weight (transposed for Conv1D), float32."""
+        dw = self.hub.delta_weight(adapter_name, self.quantum_row[adapter_name])
+        return dw.T if self.fan_in_fan_out else dw
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold the active (or given) adapters into the base weight; W0 is kept so unmerge restores it exactly."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        weight = self.get_base_layer().weight
+        for name in adapter_names:
+            if name not in self.quantum_row:
+                continue
+            with torch.no_grad():
+                new = weight.float() + self.get_delta_weight(name).to(weight.device)
+                if safe_merge and not torch.isfinite(new).all():
+                    raise ValueError(
+                        f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
+                    )
+                if self._w0 is None:
+                    self._w0 = weight.detach().clone()
+                weight.copy_(new.to(weight.dtype))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        with torch.no_grad():
+            self.get_base_layer().weight.copy_(self._w0)
+        self._w0 = None
+        self.merged_adapters = []
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        self.hub.check_not_reentrant()
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.active_adapters:
+            if name not in self.quantum_row:
+                continue
+            U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
+            h = (
+                self.quantum_dropout[name](x) @ V
+            ) * lam  # (..., K): the low-rank path costs what LoRA's does
+            # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
+            flat = torch.addmm(
+                result.reshape(-1, result.shape[-1]),
+                h.reshape(-1, h.shape[-1]).to(result.dtype),
+                U.T.to(result.dtype),
+            )
+            result = flat.view(result.shape)
+        return result
+
+    def __repr__(self) -> str:
+        return "quantum." + super().__repr__()

