@@ -19,8 +19,25 @@ def use_cpu(trainer: TrainerSettings) -> bool:
     return trainer.device == "cpu" or not torch.cuda.is_available()
 
 
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """trainer.batch_size is the global batch (the protocol's, whatever the number of processes): each of
+    `world_size` data-parallel processes takes an equal share of it."""
+    if batch_size % world_size:
+        raise QpeftError(
+            f"trainer.batch_size={batch_size} is the global batch and must split evenly over the {world_size} "
+            f"processes: set it to a multiple of {world_size} (or run {world_size} processes that divide it)"
+        )
+    return batch_size // world_size
+
+
 def training_args(
-    trainer: TrainerSettings, run_dir: Path, seed: int, text_task: bool, run_name: str, wandb: bool
+    trainer: TrainerSettings,
+    run_dir: Path,
+    seed: int,
+    text_task: bool,
+    run_name: str,
+    wandb: bool,
+    world_size: int = 1,
 ) -> TrainingArguments:
     cpu = use_cpu(trainer)
     bf16 = trainer.precision == "bf16" or (
@@ -32,7 +49,7 @@ def training_args(
     warmup = trainer.warmup_steps or trainer.warmup_ratio or 0.0
     return TrainingArguments(
         output_dir=str(run_dir),
-        per_device_train_batch_size=trainer.batch_size,
+        per_device_train_batch_size=per_device_batch(trainer.batch_size, world_size),
         per_device_eval_batch_size=trainer.eval_batch_size,
         gradient_accumulation_steps=trainer.grad_accum,
         num_train_epochs=trainer.epochs,
@@ -55,6 +72,10 @@ def training_args(
         use_cpu=cpu,
         dataloader_num_workers=trainer.num_workers,
         remove_unused_columns=False,
+        # qpeft's models return a per-example mean loss (classification) and ignore `num_items_in_batch`, so
+        # DDP's gradient mean over equal per-rank batches is already the global batch's; transformers'
+        # token averaging would multiply loss and gradients by the number of processes
+        average_tokens_across_devices=False,
         label_names=["labels"],  # every family's collator names the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_name,
