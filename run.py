@@ -64,12 +64,12 @@ def check_choices(argv: list[str]) -> None:
 def precheck(argv: list[str]) -> None:
     """Compose the config as Hydra will (a sweep: each swept setting at its first value) and check every
     setting, so a mistyped or out-of-range value stops here, in one line, before anything is loaded."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from qpeft.config import run_spec
+    from qpeft.config import hydra_configs, run_spec
     from qpeft.errors import QpeftError
 
     overrides, skip = [], False
@@ -86,7 +86,7 @@ def precheck(argv: list[str]) -> None:
                 first.append(f"{o.get_key_element()}={value}")
             else:
                 first.append(o.input_line)
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        with hydra_configs():
             cfg = compose("config", overrides=first, return_hydra_config=True)
             multirun = "-m" in argv or "--multirun" in argv
             if not (multirun and cfg.hydra.sweeper.get("params")):  # a preset's sweep: checked per job

@@ -150,15 +150,32 @@ def test_a_local_sweep_goes_on_past_a_failed_job_and_lists_it(glue_dir, tmp_path
     assert [p.parts[-5] for p in (tmp_path / "out").rglob("record.json")] == ["sst2"]
 
 
-def test_wandb_offline_run_keeps_a_stable_id(glue_dir, tmp_path):
-    """logger=wandb logs offline under the run folder with an id derived from the run's identity."""
+def test_wandb_offline_run_reads_back_as_users_expect(glue_dir, tmp_path):
+    """logger=wandb logs offline under the run folder, with an id derived from the run's identity; read back
+    from the .wandb file (tests/wandb_reader.py): name = the run's tag, group = experiment, job type = task,
+    tags, the composed config as the run config, the record as the summary, final metrics under eval/."""
+    from wandb_reader import run_facts
+
     args = [*TINY, "adapter=lora", "logger=wandb", "trainer.train_limit=64", "trainer.epochs=1"]
     out = run_cli([*args, f"output_root={tmp_path}"], env={"WANDB_MODE": "offline"})
     assert out.returncode == 0, out.stderr[-3000:]
     rec = read(next(tmp_path.rglob("record.json")))
     runs = list(tmp_path.rglob(f"offline-run-*-{rec['run_id']}"))
     assert len(runs) == 1, list(tmp_path.rglob("offline-run-*"))
-    assert list(runs[0].glob("*.wandb")), "the offline run holds no log"
+    facts = run_facts(next(runs[0].glob("*.wandb")))
+    assert facts["id"] == rec["run_id"] and facts["name"] == "sst2/tiny_bert/lora_r8/seed0"
+    assert facts["group"] == "adhoc" and facts["job_type"] == "sst2"
+    assert set(facts["tags"]) == {"method:lora", "backbone:tiny_bert", "task:sst2", "seed:0"}
+    config = facts["config"]
+    assert (
+        config["task"]["name"] == "sst2"
+        and config["adapter"]["r"] == 8
+        and config["protocol"] == "minilm_cpu"
+    )
+    assert config["trainer"]["lr"] == rec["hyperparameters"]["lr"] == 0.0008  # resolved, as it ran
+    summary = facts["summary"]
+    assert summary["eval/accuracy"] == rec["metrics"]["accuracy"]
+    assert summary["adapter_params"] == rec["adapter_params"] and summary["run_id"] == rec["run_id"]
 
 
 def test_group_by_length_sampling_runs_and_bad_uses_are_refused(glue_dir, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import warnings
 
 import pytest
@@ -13,13 +12,11 @@ import torch
 from conftest import REPO, compose_cfg
 from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from qpeft import adapters, train
+from qpeft import adapters, params
 from qpeft.adapters import METHODS, AdapterSettings, Method, get_method, register, settings_from_config
 from qpeft.adapters.quantum_method import decay_parameter_names
+from qpeft.config import run_spec
 from qpeft.errors import QpeftError
-
-sys.path.insert(0, str(REPO / "scripts"))
-import params  # noqa: E402
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 HEAD = ["classifier", "pooler"]
@@ -54,7 +51,7 @@ def batch(seed: int = 1) -> dict:
 def composed_settings(*overrides: str) -> AdapterSettings:
     """The adapter settings a run with these overrides builds (protocol values filled in as train does)."""
     cfg = compose_cfg(["backbone=tiny_bert", *overrides])
-    return train.adapter_settings(train.adapter_config(cfg, train.hyperparameters(cfg)))
+    return run_spec(cfg).adapter_settings
 
 
 def adapt(settings: dict, model=None, total_steps: int = 20):

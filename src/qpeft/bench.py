@@ -94,7 +94,10 @@ def adapter_config(method: str, targets: list[str]) -> DictConfig:
     raw = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "adapter" / f"{file}.yaml"))
     raw.pop("defaults", None)
     raw.update(overrides, targets=list(targets))
-    return OmegaConf.create(raw)
+    # no task here: the values a file takes from the task protocol (${protocol:alpha}, ...) are null
+    context = OmegaConf.create({"task": {"name": "bench", "protocols": {"bench": {}}}, "protocol": "bench"})
+    context.adapter = raw
+    return OmegaConf.create(OmegaConf.to_container(context.adapter, resolve=True))
 
 
 def device_name(device: torch.device) -> str:

@@ -13,10 +13,12 @@ the interpolation) always wins.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,6 +59,21 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@contextlib.contextmanager
+def hydra_configs():
+    """Hydra's compose API on qpeft's configs: initialised here unless it already is (tests, a caller's own)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,6 +178,9 @@ class TrainerSettings:
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
     cls_dropout: float | None = field(default=None, metadata={"help": "classifier dropout (protocol)"})
     drop_path: float | None = field(default=None, metadata={"help": "ViT stochastic depth (protocol)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing (E2E: 0.1)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
 
     def __post_init__(self) -> None:
         _need(self.lr is not None and self.lr > 0, f"trainer.lr={self.lr}", "must be a positive number")
@@ -201,7 +221,9 @@ class TrainerSettings:
             f"trainer.scheduler={self.scheduler!r}",
             f"is not a schedule: choose one of {', '.join(SCHEDULERS)}",
         )
-        for name in ("cls_dropout", "drop_path"):
+        _need(self.max_grad_norm >= 0, f"trainer.max_grad_norm={self.max_grad_norm}", "must be >= 0")
+        _need(self.adam_epsilon > 0, f"trainer.adam_epsilon={self.adam_epsilon}", "must be > 0")
+        for name in ("cls_dropout", "drop_path", "label_smoothing"):
             value = getattr(self, name)
             _need(value is None or 0 <= value < 1, f"trainer.{name}={value}", "must lie in [0, 1)")
 
@@ -260,8 +282,11 @@ class RunSpec:
 
 def run_spec(cfg: DictConfig) -> RunSpec:
     """Resolve and check every setting of the composed config `cfg` (no model, no data)."""
-    trainer = trainer_settings(cfg)
+    from qpeft.adapters import settings_from_config
+
     adapter = resolved(cfg.adapter, "adapter")
+    adapter_settings = settings_from_config(adapter)  # first: adapter.lr feeds trainer.lr
+    trainer = trainer_settings(cfg)
     protocol = cfg.protocol
     hp = dict(resolved(cfg.task.protocols[protocol], f"task.protocols.{protocol}"))
     for key in PROTOCOL_KEYS:
@@ -271,14 +296,12 @@ def run_spec(cfg: DictConfig) -> RunSpec:
     for key in ("seed",):
         if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
             raise QpeftError(f"{key}={cfg.get(key)!r} must be an integer")
-    from qpeft.adapters import settings_from_config
-
     return RunSpec(
         cfg=cfg,
         task=cfg.task,
         backbone=cfg.backbone,
         adapter=adapter,
-        adapter_settings=settings_from_config(adapter),
+        adapter_settings=adapter_settings,
         trainer=trainer,
         hyperparameters=hp,
         seed=int(cfg.seed),

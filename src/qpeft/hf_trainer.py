@@ -37,7 +37,9 @@ def training_args(
     text_task: bool,
     run_name: str,
     wandb: bool,
+    keep_logits: bool = True,
     world_size: int = 1,
+    token_loss: bool = False,
 ) -> TrainingArguments:
     cpu = use_cpu(trainer)
     bf16 = trainer.precision == "bf16" or (
@@ -72,10 +74,16 @@ def training_args(
         use_cpu=cpu,
         dataloader_num_workers=trainer.num_workers,
         remove_unused_columns=False,
-        # qpeft's models return a per-example mean loss (classification) and ignore `num_items_in_batch`, so
-        # DDP's gradient mean over equal per-rank batches is already the global batch's; transformers'
-        # token averaging would multiply loss and gradients by the number of processes
-        average_tokens_across_devices=False,
+        max_grad_norm=trainer.max_grad_norm,  # 0 = no clipping (LoRA's E2E recipe)
+        adam_epsilon=trainer.adam_epsilon,
+        label_smoothing_factor=trainer.label_smoothing,  # causal LMs: the Trainer shifts the labels
+        prediction_loss_only=not keep_logits,  # E2E is scored from decoded text, not logits
+        # Several processes: a causal LM's loss is a sum over tokens divided by `num_items_in_batch`, which
+        # the Trainer then counts over all ranks (and scales back by their number): the global token mean.
+        # A classifier's loss is a per-example mean that ignores that count, so the scaling would multiply
+        # its loss and gradients by the number of processes; DDP's mean over equal per-rank batches is
+        # already the global batch mean. (One process: the same either way.)
+        average_tokens_across_devices=token_loss,
         label_names=["labels"],  # every family's collator names the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_name,

@@ -13,8 +13,10 @@ import itertools
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from qpeft.config import hydra_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +26,7 @@ def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with hydra_configs():
         cfg = compose(config_name="config", overrides=plain, return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.get("params") or {})
     fixed = []
@@ -46,7 +48,7 @@ def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
 
 
 def status(run_dir: Path) -> str:
-    """done (a record), running (a live process holds the run's lock, see qpeft.train.claim_run) or todo."""
+    """done (a record), running (a live process holds the run's lock, see qpeft.run_folder.RunFolder.claim) or todo."""
     if (run_dir / "record.json").exists():
         return "done"
     lock = run_dir / ".lock"
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     jobs, fixed = expand(argv)
     counts = {"done": 0, "running": 0, "todo": 0}
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with hydra_configs():
         for job in jobs:
             cfg = compose(config_name="config", overrides=fixed + job)
             state = status(Path(cfg.run_dir))

@@ -1,4 +1,4 @@
-"""Task families: how a task's data is loaded and its final metrics computed (GLUE, VTAB-1k).
+"""Task families: how a task's data is loaded and its final metrics computed (GLUE, VTAB-1k, E2E NLG).
 
 A family is one class with `load` (train set, eval sets, collator) and `evaluate` (final metrics on every
 eval split); `FAMILIES` maps `task.family` to it. Adding a family is one class here and its task files.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig
@@ -23,9 +24,23 @@ class TaskFamily(ABC):
 
     name: ClassVar[str]
     text: ClassVar[bool]  # tokenised text (length-grouped batches possible)
+    scored_from_logits: ClassVar[bool] = True  # False: scored from decoded text (the Trainer keeps no logits)
 
-    def __init__(self, task: DictConfig):
+    def __init__(self, task: DictConfig, hyperparameters: dict):
         self.task = task
+        self.hyperparameters = hyperparameters  # the protocol's values (E2E: its decoding settings)
+
+    def preprocessor(self, model, preprocessor):
+        """The tokenizer / transform to use with `model` (default: the backbone's own)."""
+        return preprocessor
+
+    def trainer_evals(self, evals: dict[str, Any]) -> dict[str, Any]:
+        """The eval sets the Trainer sees after every epoch (default: the final ones)."""
+        return evals
+
+    def unavailable_metrics(self, final: dict[str, float]) -> list[str]:
+        """Metrics of task.metrics that could not be computed on this machine (never estimated)."""
+        return []
 
     @abstractmethod
     def load(
@@ -40,7 +55,7 @@ class TaskFamily(ABC):
     def metric_suffix(self, split: str) -> str:
         return ""
 
-    def evaluate(self, trainer: Trainer, evals: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, trainer: Trainer, evals: dict[str, Any], run_dir: Path) -> dict[str, float]:
         """Final metrics on every eval split (keys suffixed where a task has several, MNLI's _matched ...)."""
         out = {}
         for split, ds in evals.items():
@@ -91,11 +106,51 @@ class Vtab(TaskFamily):
         return train, evals, vtab.collate
 
 
-FAMILIES: dict[str, type[TaskFamily]] = {cls.name: cls for cls in (Glue, Vtab)}
+class E2E(TaskFamily):
+    """E2E NLG on a decoder (docs/e2e.md): causal-LM loss on the reference tokens, then beam search on every
+    distinct meaning representation, scored with the official E2E metrics."""
+
+    name, text, scored_from_logits = "e2e", True, False
+
+    def preprocessor(self, model, preprocessor):
+        from qpeft.data import e2e
+
+        if preprocessor is None:  # tiny random decoders (tests): a vocabulary from the training text
+            texts = [f"{mr} {ref}" for mr, ref in e2e.read_split(self.task, "train")]
+            return e2e.word_tokenizer(texts, model.config.vocab_size)
+        return preprocessor
+
+    def load(self, preprocessor, trainer, seed):
+        from qpeft.data import e2e
+
+        self.tokenizer = preprocessor
+        train, evals = e2e.load(
+            self.task, preprocessor, trainer.max_length, seed, trainer.train_limit, trainer.eval_limit
+        )
+        return train, evals, e2e.CausalCollator(preprocessor.pad_token_id)
+
+    def compute_metrics(self, prediction) -> dict[str, float]:
+        return {}
+
+    def trainer_evals(self, evals):
+        return {split: data.pairs for split, data in evals.items()}  # teacher-forced loss per epoch
+
+    def evaluate(self, trainer, evals, run_dir):
+        from qpeft import nlg
+
+        decoding = self.hyperparameters.get("decoding") or {}
+        batch = trainer.args.per_device_eval_batch_size
+        return nlg.evaluate(trainer.model, self.tokenizer, evals, decoding, run_dir, batch)
+
+    def unavailable_metrics(self, final):
+        return [m for m in self.task.metrics if m not in final]
 
 
-def family(task: DictConfig) -> TaskFamily:
-    """The family object of task config `task`."""
+FAMILIES: dict[str, type[TaskFamily]] = {cls.name: cls for cls in (Glue, Vtab, E2E)}
+
+
+def family(task: DictConfig, hyperparameters: dict) -> TaskFamily:
+    """The family object of task config `task` under the protocol values `hyperparameters`."""
     if task.family not in FAMILIES:
         raise QpeftError(f"task.family={task.family!r}: qpeft knows {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[task.family](task)
+    return FAMILIES[task.family](task, hyperparameters)

@@ -91,11 +91,17 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
         torch.set_num_threads(t.threads)
     provenance.reset_peak_memory()
     method = adapters.get_method(spec.adapter["method"])(spec.adapter_settings)
-    family = tasks.family(spec.task)
+    family = tasks.family(spec.task, spec.hyperparameters)
+    if ranks.distributed and not family.scored_from_logits:
+        raise QpeftError(
+            f"task family {family.name} is scored from decoded text, which qpeft runs in one process only: "
+            "run it without torchrun (hydra.launcher.tasks_per_node=1)"
+        )
     set_seed(spec.seed)
 
     # build the model and data, then the adapter
     model, preprocessor = build_model(spec)
+    preprocessor = family.preprocessor(model, preprocessor)
     train_ds, evals, collator = family.load(preprocessor, t, spec.seed)
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
@@ -139,15 +145,23 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
         transformers.utils.logging.disable_progress_bar()
     callbacks.append(StepHook(lambda step: method.on_step(model, step)))
     args = hf_trainer.training_args(
-        t, folder.path, spec.seed, family.text, run_id, wandb_run is not None, ranks.world_size
+        t,
+        folder.path,
+        spec.seed,
+        family.text,
+        run_id,
+        wandb_run is not None,
+        keep_logits=family.scored_from_logits,
+        world_size=ranks.world_size,
+        token_loss=spec.backbone.get("task_type") == "causal_lm",
     )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=evals,
+        eval_dataset=family.trainer_evals(evals),
         data_collator=collator,
-        compute_metrics=family.compute_metrics,
+        compute_metrics=family.compute_metrics if family.scored_from_logits else None,
         callbacks=callbacks,
     )
     if log_file:
@@ -164,7 +178,7 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
     try:
         trainer.train(resume_from_checkpoint=last)
         distributed.check_same_state(model, method.record_facts(model))
-        final = family.evaluate(trainer, evals)
+        final = family.evaluate(trainer, evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
             raise QpeftError(f"task.main_metric={main} is not among the computed metrics {sorted(final)}")
@@ -176,58 +190,59 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
         cols = getattr(train_ds, "column_names", None) or []
         mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
         peak, peak_kind = provenance.peak_memory()
-        record = {
-            "schema": records.SCHEMA,
-            "run_id": run_id,
-            "experiment": spec.experiment,
-            "task": spec.task.name,
-            "task_family": spec.task.family,
-            "task_group": spec.task.get("group"),
-            "backbone": spec.backbone.name,
-            "adapter": spec.adapter["method"],
-            "adapter_tag": tag,
-            "adapter_cfg": spec.adapter,
-            "seed": spec.seed,
-            "protocol": spec.protocol,
-            "hyperparameters": spec.hyperparameters,
-            "metrics": final,
-            "main_metric": main,
-            "score": final[main],
-            "adapter_params": n_adapter,
-            "head_params": n_head,
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "train_samples": len(train_ds),
-            "eval_samples": {k: len(v) for k, v in evals.items()},
-            "optimizer_steps": trainer.state.global_step,
-            "step_time_s": step_time,
-            "train_samples_per_s": samples_per_step / step_time if step_time else None,
-            "train_tokens_per_s": samples_per_step * mean_tokens / step_time
+        record = records.Record(
+            run_id=run_id,
+            experiment=spec.experiment,
+            task=spec.task.name,
+            task_family=spec.task.family,
+            task_group=spec.task.get("group"),
+            backbone=spec.backbone.name,
+            adapter=spec.adapter["method"],
+            adapter_tag=tag,
+            adapter_cfg=spec.adapter,
+            seed=spec.seed,
+            protocol=spec.protocol,
+            hyperparameters=spec.hyperparameters,
+            metrics=final,
+            metrics_unavailable=family.unavailable_metrics(final) or None,  # E2E without Java
+            main_metric=main,
+            score=final[main],
+            adapter_params=n_adapter,
+            head_params=n_head,
+            total_params=sum(p.numel() for p in model.parameters()),
+            train_samples=len(train_ds),
+            eval_samples={k: len(v) for k, v in evals.items()},
+            optimizer_steps=trainer.state.global_step,
+            step_time_s=step_time,
+            train_samples_per_s=samples_per_step / step_time if step_time else None,
+            train_tokens_per_s=samples_per_step * mean_tokens / step_time
             if step_time and mean_tokens
             else None,
-            "peak_mem_bytes": peak,
-            "peak_mem_kind": peak_kind,
-            "wall_time_s": time.time() - start,
-            "resumed_from": last,
-            "world_size": ranks.world_size,
-            "config": OmegaConf.to_container(spec.cfg, resolve=True),
-            "versions": provenance.versions(),
-            "git_commit": provenance.git_commit(),
-            "argv": sys.argv,
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-        }
-        record["adapter_extra"] = method.record_facts(model)
+            peak_mem_bytes=peak,
+            peak_mem_kind=peak_kind,
+            wall_time_s=time.time() - start,
+            resumed_from=last,
+            world_size=ranks.world_size if ranks.distributed else None,
+            config=OmegaConf.to_container(spec.cfg, resolve=True),
+            versions=provenance.versions(),
+            git_commit=provenance.git_commit(),
+            argv=sys.argv,
+            finished_at=datetime.now(timezone.utc).isoformat(),
+            adapter_extra=method.record_facts(model),
+        )
     except NonFiniteLoss:
         if ranks.main:
             folder.drop_checkpoints()  # diverged weights: a retry must start afresh
         raise
     finally:
-        wandb_log.finish(wandb_run, record)
+        wandb_log.finish(wandb_run, None if record is None else record.to_dict())
 
     if not ranks.main:
-        return record
+        return record.to_dict()
     records.write_record(folder.record_path, record)
     if not t.keep_checkpoints:
         folder.keep_trained_weights(model)
+    record = record.to_dict()
     print(summary_line(record, folder.record_path), flush=True)
     print(
         json.dumps({"task": spec.task.name, "adapter": tag, main: final[main], "adapter_params": n_adapter})

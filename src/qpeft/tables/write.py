@@ -243,9 +243,16 @@ def build_tables(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for preset, recs in by_preset(records).items():
-        table = build_table(preset, recs, refs.get(preset, []))
         stem = file_stem(preset)
-        for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table)), (".csv", to_csv(table))):
+        if any(rec.task_family == "e2e" for _, rec in recs):  # five metrics in their published units
+            from qpeft.tables import e2e
+
+            ref_rows = [row for ref in refs.get(preset, []) for row in ref.rows]
+            texts = e2e.render(preset, [rec.to_dict() for _, rec in recs], ref_rows).items()
+        else:
+            table = build_table(preset, recs, refs.get(preset, []))
+            texts = ((".md", to_markdown(table)), (".tex", to_latex(table)), (".csv", to_csv(table)))
+        for suffix, text in texts:
             path = out / f"{stem}{suffix}"
             path.write_text(text, encoding="utf-8")
             written.append(path)
