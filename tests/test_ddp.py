@@ -186,7 +186,6 @@ def test_two_ranks_train_like_one_process(glue_dir, tmp_path, method):
     assert_same_run(run_dir(tmp_path / "ddp"), run_dir(tmp_path / "one"), method)
 
 
-@pytest.mark.slow
 def test_killed_two_rank_run_resumes(glue_dir, tmp_path):
     """kill -9 of both ranks after a checkpoint; the relaunched two-rank run resumes from it and ends with the
     uninterrupted one-process run's numbers."""
