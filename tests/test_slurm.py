@@ -154,3 +154,29 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     assert rec["resumed_from"] and "/checkpoint-" in rec["resumed_from"], rec["resumed_from"]
     assert rec["optimizer_steps"] == 320  # 256 examples / 16 x 20 epochs, counted once
     assert rec["versions"]["slurm_restart_count"] == "1"
+
+
+def test_two_task_job_trains_one_run_on_two_ranks(slurm, tmp_path):
+    """hydra.launcher.tasks_per_node=2: one SLURM job, two tasks, each a rank (gloo on CPU here; one task per GPU
+    on a GPU cluster); one record, written by rank 0, with the global batch split over the two."""
+    out = tmp_path / "outputs"
+    proc = qpeft_multirun(
+        out,
+        [
+            "adapter=lora",
+            "seed=0",
+            "trainer.max_steps=4",
+            "trainer.logging_steps=1",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.mem_gb=4",  # two processes
+        ],
+    )
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-4000:]
+    recs = list(out.rglob("record.json"))
+    assert len(recs) == 1, log[-4000:]
+    rec = json.loads(recs[0].read_text())
+    # world_size 2: both tasks joined the process group (rank 0 alone would wait there, not finish)
+    assert rec["world_size"] == 2 and rec["optimizer_steps"] == 4 and rec["versions"]["slurm_job_id"]
+    rows = [line.split(",")[:3:2] for line in (recs[0].parent / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(rows) == len({tuple(r) for r in rows}), "metrics.csv written by both ranks"

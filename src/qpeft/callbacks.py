@@ -21,19 +21,22 @@ class NonFiniteLoss(QpeftError):
 
 
 class CsvLogger(TrainerCallback):
-    """Append every Trainer log line (loss, lr, eval metrics) to metrics.csv; stop on a non-finite loss."""
+    """Append every Trainer log line (loss, lr, eval metrics) to metrics.csv (rank 0); stop on a non-finite loss
+    (every rank: the logged loss is already averaged over the ranks, so all stop at the same step)."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if not logs or not state.is_world_process_zero:
+        if not logs:
             return
         loss = logs.get("loss", logs.get("train_loss"))  # train_loss: the run's mean, logged at the end
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"the training loss became {loss} at step {state.global_step}: lower trainer.lr"
             )
+        if not state.is_world_process_zero:
+            return
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)

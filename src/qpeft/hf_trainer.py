@@ -19,6 +19,17 @@ def use_cpu(trainer: TrainerSettings) -> bool:
     return trainer.device == "cpu" or not torch.cuda.is_available()
 
 
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """trainer.batch_size is the global batch (the protocol's, whatever the number of processes): each of
+    `world_size` data-parallel processes takes an equal share of it."""
+    if batch_size % world_size:
+        raise QpeftError(
+            f"trainer.batch_size={batch_size} is the global batch and must split evenly over the {world_size} "
+            f"processes: set it to a multiple of {world_size} (or run {world_size} processes that divide it)"
+        )
+    return batch_size // world_size
+
+
 def training_args(
     trainer: TrainerSettings,
     run_dir: Path,
@@ -27,6 +38,8 @@ def training_args(
     run_name: str,
     wandb: bool,
     keep_logits: bool = True,
+    world_size: int = 1,
+    token_loss: bool = False,
 ) -> TrainingArguments:
     cpu = use_cpu(trainer)
     bf16 = trainer.precision == "bf16" or (
@@ -38,7 +51,7 @@ def training_args(
     warmup = trainer.warmup_steps or trainer.warmup_ratio or 0.0
     return TrainingArguments(
         output_dir=str(run_dir),
-        per_device_train_batch_size=trainer.batch_size,
+        per_device_train_batch_size=per_device_batch(trainer.batch_size, world_size),
         per_device_eval_batch_size=trainer.eval_batch_size,
         gradient_accumulation_steps=trainer.grad_accum,
         num_train_epochs=trainer.epochs,
@@ -65,6 +78,12 @@ def training_args(
         adam_epsilon=trainer.adam_epsilon,
         label_smoothing_factor=trainer.label_smoothing,  # causal LMs: the Trainer shifts the labels
         prediction_loss_only=not keep_logits,  # E2E is scored from decoded text, not logits
+        # Several processes: a causal LM's loss is a sum over tokens divided by `num_items_in_batch`, which
+        # the Trainer then counts over all ranks (and scales back by their number): the global token mean.
+        # A classifier's loss is a per-example mean that ignores that count, so the scaling would multiply
+        # its loss and gradients by the number of processes; DDP's mean over equal per-rank batches is
+        # already the global batch mean. (One process: the same either way.)
+        average_tokens_across_devices=token_loss,
         label_names=["labels"],  # every family's collator names the targets `labels`
         report_to=["wandb"] if wandb else [],
         run_name=run_name,

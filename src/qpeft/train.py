@@ -1,7 +1,8 @@
 """One training run, top to bottom: check the settings, claim the run folder, build, train (resuming), evaluate,
 record. The transformers Trainer gives AMP, gradient accumulation, checkpoint/resume and torchrun; qpeft adds
 callbacks only. The pieces: config (settings), run_folder (lock, guard, checkpoints), tasks (data, metrics),
-hf_trainer (TrainingArguments, optimiser), callbacks, provenance, records, wandb_log."""
+hf_trainer (TrainingArguments, optimiser), callbacks, provenance, records, wandb_log, distributed (several
+processes: every rank runs this file, rank 0 alone writes the run folder and decides for all)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import PrinterCallback, Trainer, set_seed
 
-from qpeft import adapters, backbones, hf_trainer, provenance, records, tasks, wandb_log
+from qpeft import adapters, backbones, distributed, hf_trainer, provenance, records, tasks, wandb_log
 from qpeft.callbacks import CsvLogger, LogLines, NonFiniteLoss, StepHook, Throughput
 from qpeft.config import RunSpec, run_spec
 from qpeft.errors import QpeftError
@@ -47,25 +48,43 @@ def build_model(spec: RunSpec):
 
 def train(cfg) -> dict | None:
     """Run (or resume, or return if finished) the run `cfg` describes; its record, or None when another process
-    is running it."""
+    is running it. In a multi-process run every rank calls this and gets the same answer."""
     spec = run_spec(cfg)
+    distributed.slurm_env()
+    ranks = distributed.start(cpu=hf_trainer.use_cpu(spec.trainer))
     folder = RunFolder(spec.run_dir)
-    if not folder.claim():
-        print(f"[qpeft] another process is running {folder.path}, skipping", flush=True)
-        return None
+    settings = run_settings(spec.hyperparameters, spec.adapter, vars(spec.trainer))
     try:
-        return _train(spec, folder)
+        state, done = distributed.from_main(lambda: open_run(folder, settings))
+        if state == "busy":
+            if ranks.main:
+                print(f"[qpeft] another process is running {folder.path}, skipping", flush=True)
+            return None
+        if state == "done":
+            if ranks.main:
+                print(summary_line(done, folder.record_path, retrained=False), flush=True)
+            return done
+        return _train(spec, folder, settings, ranks)
     finally:
         folder.release()
 
 
-def _train(spec: RunSpec, folder: RunFolder) -> dict:
-    settings = run_settings(spec.hyperparameters, spec.adapter, vars(spec.trainer))
+def open_run(folder: RunFolder, settings: dict) -> tuple[str, dict | None]:
+    """Rank 0's decision: ("busy", None) if another job holds the folder, ("done", record) if it holds a
+    finished run, else ("train", None) with the folder claimed; a QpeftError if it was made with other settings."""
+    if not folder.claim():
+        return "busy", None
     folder.check_settings(settings)
     done = folder.finished_record()
-    if done is not None:
-        print(summary_line(done, folder.record_path, retrained=False), flush=True)
-        return done
+    return ("done", done) if done is not None else ("train", None)
+
+
+def _quiet(*args, **kwargs) -> None:
+    """print() for ranks other than 0: the run's lines appear once."""
+
+
+def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.Ranks) -> dict:
+    say = print if ranks.main else _quiet
     start = time.time()
     t = spec.trainer
     if t.threads:
@@ -73,6 +92,11 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     provenance.reset_peak_memory()
     method = adapters.get_method(spec.adapter["method"])(spec.adapter_settings)
     family = tasks.family(spec.task, spec.hyperparameters)
+    if ranks.distributed and not family.scored_from_logits:
+        raise QpeftError(
+            f"task family {family.name} is scored from decoded text, which qpeft runs in one process only: "
+            "run it without torchrun (hydra.launcher.tasks_per_node=1)"
+        )
     set_seed(spec.seed)
 
     # build the model and data, then the adapter
@@ -87,29 +111,32 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     n_adapter = method.adapter_params(model, head)
     n_head = adapters.head_params(model, head)
     tag = spec.adapter["name"]
-    print(
+    procs = f" on {ranks.world_size} processes" if ranks.distributed else ""
+    say(
         f"[qpeft] {spec.task.name} | {spec.backbone.name} | {tag} | seed {spec.seed}: adapter params "
-        f"{n_adapter:,}, head params {n_head:,}, train {len(train_ds):,} examples, {total_steps:,} steps "
-        f"-> {folder.path}",
+        f"{n_adapter:,}, head params {n_head:,}, train {len(train_ds):,} examples, {total_steps:,} steps"
+        f"{procs} -> {folder.path}",
         flush=True,
     )
 
     # the Trainer, with qpeft's callbacks and the method's optimiser groups
     run_id = provenance.run_id(spec.experiment, spec.task.name, spec.backbone.name, tag, spec.seed)
-    wandb_run = wandb_log.start(
-        spec.cfg.logger,
-        folder.path,
-        run_id,
-        name=f"{spec.task.name}/{spec.backbone.name}/{tag}/seed{spec.seed}",
-        config=OmegaConf.to_container(spec.cfg, resolve=True),
-        tags=[
-            f"method:{spec.adapter['method']}",
-            f"backbone:{spec.backbone.name}",
-            f"task:{spec.task.name}",
-            f"seed:{spec.seed}",
-        ],
-        job_type=spec.task.name,
-    )
+    wandb_run = None
+    if ranks.main:  # one W&B run per run; the Trainer's WandbCallback logs from rank 0 only
+        wandb_run = wandb_log.start(
+            spec.cfg.logger,
+            folder.path,
+            run_id,
+            name=f"{spec.task.name}/{spec.backbone.name}/{tag}/seed{spec.seed}",
+            config=OmegaConf.to_container(spec.cfg, resolve=True),
+            tags=[
+                f"method:{spec.adapter['method']}",
+                f"backbone:{spec.backbone.name}",
+                f"task:{spec.task.name}",
+                f"seed:{spec.seed}",
+            ],
+            job_type=spec.task.name,
+        )
     throughput = Throughput()
     callbacks = [CsvLogger(folder.path / "metrics.csv"), throughput]
     log_file = not sys.stderr.isatty()  # nohup / SLURM: one line per logging step, no progress bars
@@ -118,7 +145,15 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
         transformers.utils.logging.disable_progress_bar()
     callbacks.append(StepHook(lambda step: method.on_step(model, step)))
     args = hf_trainer.training_args(
-        t, folder.path, spec.seed, family.text, run_id, wandb_run is not None, family.scored_from_logits
+        t,
+        folder.path,
+        spec.seed,
+        family.text,
+        run_id,
+        wandb_run is not None,
+        keep_logits=family.scored_from_logits,
+        world_size=ranks.world_size,
+        token_loss=spec.backbone.get("task_type") == "causal_lm",
     )
     trainer = Trainer(
         model=model,
@@ -134,13 +169,15 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
     hf_trainer.use_param_groups(trainer, method.optimizer_groups(model, t.lr, t.weight_decay))
 
     # train (resuming from the last complete checkpoint) and evaluate
-    folder.write_settings(settings)  # only now: a run refused while building leaves no settings behind
-    last = folder.last_complete_checkpoint()
+    if ranks.main:
+        folder.write_settings(settings)  # only now: a run refused while building leaves no settings behind
+    last = distributed.from_main(folder.last_complete_checkpoint)
     if last:
-        print(f"[qpeft] resuming from {last}", flush=True)
+        say(f"[qpeft] resuming from {last}", flush=True)
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)
+        distributed.check_same_state(model, method.record_facts(model))
         final = family.evaluate(trainer, evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
@@ -149,7 +186,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
         # the record
         n_adapter = method.adapter_params(model, head)  # AdaLoRA: the final budget
         step_time = throughput.step_time()
-        samples_per_step = t.batch_size * t.grad_accum * trainer.args.world_size
+        samples_per_step = t.batch_size * t.grad_accum  # batch_size: the global batch, over all ranks
         cols = getattr(train_ds, "column_names", None) or []
         mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
         peak, peak_kind = provenance.peak_memory()
@@ -185,6 +222,7 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
             peak_mem_kind=peak_kind,
             wall_time_s=time.time() - start,
             resumed_from=last,
+            world_size=ranks.world_size if ranks.distributed else None,
             config=OmegaConf.to_container(spec.cfg, resolve=True),
             versions=provenance.versions(),
             git_commit=provenance.git_commit(),
@@ -193,11 +231,14 @@ def _train(spec: RunSpec, folder: RunFolder) -> dict:
             adapter_extra=method.record_facts(model),
         )
     except NonFiniteLoss:
-        folder.drop_checkpoints()  # diverged weights: a retry must start afresh
+        if ranks.main:
+            folder.drop_checkpoints()  # diverged weights: a retry must start afresh
         raise
     finally:
         wandb_log.finish(wandb_run, None if record is None else record.to_dict())
 
+    if not ranks.main:
+        return record.to_dict()
     records.write_record(folder.record_path, record)
     if not t.keep_checkpoints:
         folder.keep_trained_weights(model)
