@@ -70,13 +70,16 @@ class Record:
     finished_at: str | None = None  # ISO 8601, UTC
     adapter_extra: dict | None = None  # the method's record_facts (AdaLoRA's budget); absent when None
     metrics_unavailable: list[str] | None = None  # E2E without Java: metrics not computed; absent when None
+    adapter_file_bytes: int | None = (
+        None  # size of the adapter file written (run folder adapter/); absent: None
+    )
     world_size: int | None = None  # data-parallel processes of a multi-process run; absent when None (one)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to disk: every field by name, the optional facts only when set."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for key in ("adapter_extra", "metrics_unavailable", "world_size"):
+        for key in ("adapter_extra", "metrics_unavailable", "world_size", "adapter_file_bytes"):
             if out[key] is None:
                 del out[key]
         return {**self.extra, **out}

@@ -190,6 +190,8 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
         cols = getattr(train_ds, "column_names", None) or []
         mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
         peak, peak_kind = provenance.peak_memory()
+        # the trained adapter as its library loads it (peft / qpeft.QuantumConfig): folder adapter/
+        adapter_file = method.save_adapter(model, folder.path / "adapter") if ranks.main else None
         record = records.Record(
             run_id=run_id,
             experiment=spec.experiment,
@@ -229,6 +231,7 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
             argv=sys.argv,
             finished_at=datetime.now(timezone.utc).isoformat(),
             adapter_extra=method.record_facts(model),
+            adapter_file_bytes=adapter_file.stat().st_size if adapter_file else None,
         )
     except NonFiniteLoss:
         if ranks.main:
