@@ -116,7 +116,9 @@ def test_adalora_loss_on_the_vit_carries_the_orthogonal_regulariser():
     model, transform = train.build_model(spec)
     method = adapters.get_method("adalora")(adapters.settings_from_config(spec.adapter))
     model = method.apply(model, list(cfg.backbone.targets), ["head"], 40)
-    train_ds, _, collate = tasks.family(spec.task, spec.hyperparameters).load(transform, spec.trainer, spec.seed)
+    train_ds, _, collate = tasks.family(spec.task, spec.hyperparameters).load(
+        transform, spec.trainer, spec.seed
+    )
     x = collate([train_ds[i] for i in range(8)])
     model.eval()  # no drop-path: two forwards see the same function
     with torch.no_grad():

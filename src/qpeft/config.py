@@ -14,9 +14,6 @@ the interpolation) always wins.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qpeft.errors import QpeftError
+from qpeft.settings import build_dataclass
 
 _MISSING = object()
 
@@ -77,56 +75,7 @@ def hydra_configs():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Typed settings: dataclasses built from config mappings, with one error sentence per wrong value.
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
-        return any(_type_ok(value, t) for t in typing.get_args(tp))
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(tp) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, Mapping)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
-        return " or ".join(_type_name(t) for t in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def build_settings(cls: type, values: Mapping, prefix: str) -> Any:
-    """`cls(**values)` with unknown keys and wrong types refused by a QpeftError naming `<prefix>.<key>`;
-    the dataclass's own `__post_init__` checks ranges and choices."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise QpeftError(
-            f"unknown setting {prefix}.{unknown[0]}: valid {prefix} settings are {', '.join(sorted(fields))}"
-        )
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        if not _type_ok(value, hints[name]):
-            raise QpeftError(f"{prefix}.{name}={value!r} must be {_type_name(hints[name])}")
-    return cls(**values)
+# Typed settings (qpeft.settings builds them): one error sentence per wrong value.
 
 
 def _need(ok: bool, setting: str, rule: str) -> None:
@@ -243,7 +192,7 @@ def resolved(node: DictConfig, where: str) -> dict:
 
 def trainer_settings(cfg: DictConfig) -> TrainerSettings:
     """`cfg.trainer`, resolved and checked."""
-    return build_settings(TrainerSettings, resolved(cfg.trainer, "trainer"), "trainer")
+    return build_dataclass(TrainerSettings, resolved(cfg.trainer, "trainer"), "trainer")
 
 
 # hyperparameters a task protocol provides; the record's `hyperparameters` holds the protocol's values with the
