@@ -275,7 +275,7 @@ def test_conv1d_merge_and_unmerge(method):
     module.unmerge(model)
     for i in range(2):
         layer = layer_of(model, i)
-        weight = layer.base_layer.weight if method == "lora" else layer.base.weight
+        weight = layer.base_layer.weight  # both are peft tuner layers now
         torch.testing.assert_close(weight, base.transformer.h[i].attn.c_attn.weight, atol=1e-6, rtol=0)
 
 
