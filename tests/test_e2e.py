@@ -263,7 +263,7 @@ def test_conv1d_merge_and_unmerge(method):
     with torch.no_grad():
         for i in range(2):
             merged = layer_of(model, i)
-            weight = merged.base_layer.weight if method == "lora" else merged.base.weight
+            weight = merged.base_layer.weight
             torch.testing.assert_close(
                 weight - base.transformer.h[i].attn.c_attn.weight, deltas[i], atol=1e-5, rtol=1e-4
             )
