@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from qpeft import compat
 from qpeft.errors import QpeftError
 
 
@@ -86,6 +87,7 @@ def _build_hf(cfg, num_labels: int, overrides: dict):
                 "backbone.source at a local folder, or use backbone=minilm_l6 (offline)"
             ) from None
         tok_src = source
+    compat.apply(model)  # per-instance fixes of transformers bugs (DeBERTa's mask fill under autocast)
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_src)) if tok_src else None
     if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
