@@ -42,6 +42,12 @@ class ImageClassifier(nn.Module):
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **_) -> None:
+        """The Trainer's call (trainer.gradient_checkpointing); timm checkpoints its blocks non-reentrantly."""
+        if (gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise QpeftError("timm backbones checkpoint non-reentrantly only: drop use_reentrant=True")
+        self.net.set_grad_checkpointing(True)
+
 
 def _plain(node) -> dict:
     """An `arch:` mapping as a plain, resolved dict: from an OmegaConf node or a dict (scripts/params.py)."""

@@ -323,6 +323,10 @@ def training_args(cfg: DictConfig, hp: dict, run_dir: Path, wandb: bool) -> Trai
         report_to=["wandb"] if wandb else [],
         run_name=run_id(cfg),
         torch_compile=t.torch_compile,
+        # recompute each layer's activations in the backward (7B models); non-reentrant works with frozen
+        # embeddings and with the quantum hub's factors computed once outside the layers
+        gradient_checkpointing=bool(t.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         disable_tqdm=False,
     )
 
