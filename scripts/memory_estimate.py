@@ -29,7 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # conftest.compose_cfg: the config exactly as run.py composes it
-GB = 2**30
+GIB = 2**30
 
 
 def compose(backbone: str, adapter: str, layers: int | None, meta: bool):
@@ -115,18 +115,25 @@ def main(argv: list[str] | None = None) -> None:
     layer = layer_const + per_token * tokens
     rest = rest_const + rest_per_token * tokens
     plain = weights + trainable + n_layers * layer + rest
-    ckpt = weights + trainable + n_layers * 4 * tokens * hidden + layer + rest
+    # `rest` is negative when the first layer saves less than the others (its input needs no gradient):
+    # exact for the sum over all layers; with checkpointing only one layer is live, so leave it out
+    ckpt = weights + trainable + n_layers * 4 * tokens * hidden + layer + max(rest, 0)
     print(f"{args.backbone} + {args.adapter}: {n_total / 1e9:.3f}B parameters, {n_train:,} trainable")
-    print(f"measured per layer (CPU, bf16 autocast): {layer_const / GB:.3f} GB constant (bf16 weight copies)")
-    print(f"  + {per_token / 2**10:.1f} KiB per token; outside the layers {rest_const / GB:.3f} GB")
-    print(f"batch {args.batch} x {args.seq} = {tokens:,} tokens:")
-    print(f"  weights (float32)                 {weights / GB:7.1f} GB")
-    print(f"  trainable + grads + AdamW         {trainable / GB:7.1f} GB")
     print(
-        f"  activations, no checkpointing     {(n_layers * layer + rest) / GB:7.1f} GB  -> {plain / GB:.1f} GB"
+        f"measured per layer (CPU, bf16 autocast): {layer_const / GIB:.3f} GiB constant (bf16 weight copies)"
     )
-    act = n_layers * 4 * tokens * hidden + layer + rest
-    print(f"  activations, checkpointing        {act / GB:7.1f} GB  -> {ckpt / GB:.1f} GB")
+    print(f"  + {per_token / 2**10:.1f} KiB per token; outside the layers (embedding, head, minus what the")
+    print(
+        f"  first layer saves less) {rest_const / GIB:.3f} GiB + {rest_per_token / 2**10:.1f} KiB per token"
+    )
+    print(f"batch {args.batch} x {args.seq} = {tokens:,} tokens:")
+    print(f"  weights (float32)                 {weights / GIB:7.1f} GiB")
+    print(f"  trainable + grads + AdamW         {trainable / GIB:7.1f} GiB")
+    print(
+        f"  activations, no checkpointing     {(n_layers * layer + rest) / GIB:7.1f} GiB  -> total {plain / GIB:.1f} GiB"
+    )
+    act = n_layers * 4 * tokens * hidden + layer + max(rest, 0)
+    print(f"  activations, checkpointing        {act / GIB:7.1f} GiB  -> total {ckpt / GIB:.1f} GiB")
 
 
 if __name__ == "__main__":
