@@ -3,11 +3,13 @@ method under bf16 / fp16 autocast and in bf16 weights. docs/gpu.md says what thi
 
 from __future__ import annotations
 
+import copy
+import json
 import warnings
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, run_cli
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -127,8 +129,6 @@ def test_fix_changes_nothing_where_there_was_no_crash(amp):
 
 def test_fix_survives_deepcopy():
     """bench copies the built backbone per method: the rebound method must point at the copy."""
-    import copy
-
     bb, _ = method_setup("lora")
     model, _ = backbones.build(OmegaConf.merge(bb, {"tokenizer": None}), num_labels=2)
     clone = copy.deepcopy(model)
@@ -160,8 +160,6 @@ def test_every_method_on_deberta_in_bf16_and_fp16(adapter):
 def test_trainer_bf16_path_on_deberta_with_oft(glue_dir, tmp_path):
     """The paper path's precision (trainer.precision=bf16: the Trainer's autocast) through run.py on CPU,
     with the adapter that produces a float32 query: before the fix this run raised the overflow error."""
-    from conftest import run_cli
-
     out = run_cli(
         [
             "task=glue/sst2",
@@ -179,7 +177,5 @@ def test_trainer_bf16_path_on_deberta_with_oft(glue_dir, tmp_path):
         ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    import json
-
     rec = json.loads(next(tmp_path.rglob("record.json")).read_text())
     assert rec["optimizer_steps"] == 3 and rec["config"]["trainer"]["precision"] == "bf16"
