@@ -161,7 +161,7 @@ def write_data(root: Path, n_text: int, n_images: int) -> tuple[Path, Path]:
 def sweep(shape: str, spec: dict, precision: str, args, out: Path, runs: Path, env: dict) -> dict:
     """One Hydra sweep over the methods; if it stops early, the methods without a record run one by one
     so that each failure shows its own error. Returns {method: result dict}."""
-    methods = [m for m in METHODS if m not in spec.get("skip", {})]
+    methods = [m for m in args.methods if m not in spec.get("skip", {})]
     root = runs / shape / precision  # temporary: checkpoints of `full` runs are GBs
     common = [
         *spec["overrides"],
@@ -200,7 +200,8 @@ def sweep(shape: str, spec: dict, precision: str, args, out: Path, runs: Path, e
         launch([m], one)
         results[m] = collect(root, m) or {"status": "FAIL", "error": last_error(one)}
     for m, reason in spec.get("skip", {}).items():
-        results[m] = {"status": "n/a", "error": reason}
+        if m in args.methods:
+            results[m] = {"status": "n/a", "error": reason}
     return results
 
 
@@ -306,9 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=None, help="sweeps at once (default 5 on a GPU, 1 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
     p.add_argument("--only", default=None, help="comma-separated shapes to run (default: all)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated adapters (default: all)")
     p.add_argument("--no-bench", action="store_true", help="skip the bench")
     p.add_argument("--out", default=None, help="output folder")
     args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    if set(args.methods) - set(METHODS):
+        p.error(f"unknown methods {sorted(set(args.methods) - set(METHODS))}: choose from {METHODS}")
 
     missing = preflight()
     if missing:
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|" + "---|" * len(PRECISIONS),
     ]
     for s in todo:
-        for m in METHODS:
+        for m in args.methods:
             row = [cell(results[s, prec][m]) for prec in PRECISIONS]
             lines.append(f"| {s} | {m} | " + " | ".join(row) + " |")
     if not args.no_bench:
