@@ -18,8 +18,10 @@ Plain nn.Linear, peft LoRA / AdaLoRA and qpeft's quantum layers return autocast'
 
 The fix: the attention's `transpose_for_scores`, through which every query, key and value tensor passes
 before the score products, casts a float32 result to the active autocast dtype. Under autocast those
-tensors only feed `bmm` / `matmul`, which cast them to that dtype anyway, so the only change is that the
-fill value is taken from the dtype the scores actually have. Without autocast nothing changes.
+tensors feed `bmm` / `matmul`, which cast them to that dtype anyway; the fill value now comes from the
+dtype the scores actually have. The only numerical change: the division of the keys by the score scale
+(v1: the query's bias addition) is rounded in that dtype, as it already is whenever `query_proj` returns
+it (LoRA, plain Linear). Without autocast nothing changes (tested bitwise, tests/test_precision.py).
 """
 
 from __future__ import annotations
