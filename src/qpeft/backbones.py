@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from qpeft import compat
 from qpeft.errors import QpeftError
 
 
@@ -40,6 +41,12 @@ class ImageClassifier(nn.Module):
         logits = self.net(pixel_values)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **_) -> None:
+        """The Trainer's call (trainer.gradient_checkpointing); timm checkpoints its blocks non-reentrantly."""
+        if (gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise QpeftError("timm backbones checkpoint non-reentrantly only: drop use_reentrant=True")
+        self.net.set_grad_checkpointing(True)
 
 
 def _plain(node) -> dict:
@@ -86,6 +93,7 @@ def _build_hf(cfg, num_labels: int, overrides: dict):
                 "backbone.source at a local folder, or use backbone=minilm_l6 (offline)"
             ) from None
         tok_src = source
+    compat.apply(model)  # per-instance fixes of transformers bugs (DeBERTa's mask fill under autocast)
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_src)) if tok_src else None
     if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 style tokenizers
         tokenizer.pad_token = tokenizer.eos_token

@@ -123,6 +123,9 @@ class TrainerSettings:
     eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch"})
     num_workers: int = field(default=0, metadata={"help": "data loader workers"})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations (non-reentrant)"}
+    )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
     cls_dropout: float | None = field(default=None, metadata={"help": "classifier dropout (protocol)"})

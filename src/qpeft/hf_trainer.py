@@ -88,6 +88,10 @@ def training_args(
         report_to=["wandb"] if wandb else [],
         run_name=run_name,
         torch_compile=trainer.torch_compile,
+        # recompute each layer's activations in the backward (7B models); non-reentrant works with frozen
+        # embeddings and with Quantum-PEFT's factors, computed once per pass before any layer runs
+        gradient_checkpointing=trainer.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         # a progress bar on a terminal; in a log file (nohup, SLURM) one line per logging step (LogLines)
         disable_tqdm=not sys.stderr.isatty(),
     )

@@ -172,15 +172,23 @@ class PauliCircuit(nn.Module):
         return mats
 
     def forward(self, angles: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """(B, P) angles -> (B, n, k) orthonormal columns; gates in float32 (or float64), state in `dtype`."""
+        """(B, P) angles -> (B, n, k) orthonormal columns, computed in float32 (float64 for float64 angles)
+        with autocast off whatever the angles' dtype, then cast once to `dtype` (default: that precision).
+
+        Under bf16 autocast the products would otherwise run in bfloat16 and the rounding compounds over the
+        slots (U^T U - I reached 1e-2); one final cast keeps the factor as exact as its storage allows."""
         if angles.dim() != 2 or angles.shape[1] != self.num_params:
             raise ValueError(f"angles must be (B, {self.num_params}), got {tuple(angles.shape)}")
-        dtype = dtype or angles.dtype
+        with torch.autocast(angles.device.type, enabled=False):
+            x = self._simulate(angles.double() if angles.dtype == torch.float64 else angles.float())
+        return x if dtype is None else x.to(dtype)
+
+    def _simulate(self, angles: Tensor) -> Tensor:
         B, n, k = angles.shape[0], self.n, self.k
         if not self.dims:
-            return angles.new_ones(B, 1, 1, dtype=dtype)
-        work = angles if angles.dtype == torch.float64 else angles.float()
-        mats = [[m.to(dtype) for m in ms] for ms in self.group_matrices(work)]
+            return angles.new_ones(B, 1, 1)
+        dtype = angles.dtype
+        mats = self.group_matrices(angles)
         g = len(mats)
         # slot 0 on the identity columns: x[:, (i_1..i_g), c] = prod_j M_j[:, i_j, digit_j(c)]
         x = None
@@ -207,7 +215,8 @@ def _plan(n: int, k: int, layers: int, device: str) -> PauliCircuit:
 
 
 def pauli_stiefel(angles: Tensor, n: int, k: int, layers: int, dtype: torch.dtype | None = None) -> Tensor:
-    """Functional core: (B, P) angles -> (B, n, k), B circuits of one (n, k, L) simulated together."""
+    """Functional core: (B, P) angles -> (B, n, k), B circuits of one (n, k, L) simulated together in
+    float32 (float64 for float64 angles), autocast off; `dtype` casts the result once."""
     return _plan(n, k, layers, str(angles.device))(angles, dtype)
 
 
@@ -241,7 +250,8 @@ class PauliStiefel(nn.Module):
         self.theta = nn.Parameter(init_angles(shape, init, generator))
 
     def forward(self, theta: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
-        """The orthonormal columns; `theta` overrides the parameter (e.g. quantised angles)."""
+        """The orthonormal columns (float32, or float64 for float64 angles, unless `dtype` casts them);
+        `theta` overrides the parameter (e.g. quantised angles)."""
         theta = self.theta if theta is None else theta
         u = self.circuit(theta.reshape(-1, self.circuit.num_params), dtype)
         return u[0] if self.batch is None else u

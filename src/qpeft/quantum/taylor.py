@@ -28,13 +28,21 @@ def skew(s: Tensor, k: int) -> Tensor:
 
 
 def taylor_stiefel(B: Tensor, s: Tensor, order: int, dtype: torch.dtype | None = None) -> Tensor:
-    """Functional core: B (b, n-k, k) and s (b, k(k-1)/2) -> U (b, n, k) = sum_{j<=order} A^j E_k / j!."""
-    dtype = dtype or B.dtype
+    """Functional core: B (b, n-k, k) and s (b, k(k-1)/2) -> U (b, n, k) = sum_{j<=order} A^j E_k / j!.
+
+    Computed in float32 (float64 if B or s is float64) with autocast off, whatever the parameters' dtype;
+    `dtype` casts the result once (default: the compute precision)."""
+    work = torch.float64 if torch.float64 in (B.dtype, s.dtype) else torch.float32
+    with torch.autocast(B.device.type, enabled=False):
+        u = _taylor(B.to(work), s.to(work), order)
+    return u if dtype is None else u.to(dtype)
+
+
+def _taylor(B: Tensor, s: Tensor, order: int) -> Tensor:
     b, k = B.shape[0], B.shape[2]
-    B = B.to(dtype)
-    S = skew(s.to(dtype), k)
+    S = skew(s, k)
     Bt = B.transpose(1, 2)
-    t1 = torch.eye(k, dtype=dtype, device=B.device).expand(b, k, k)  # current term, top block
+    t1 = torch.eye(k, dtype=B.dtype, device=B.device).expand(b, k, k)  # current term, top block
     t2 = B.new_zeros(b, B.shape[1], k)  # current term, bottom block
     u1, u2 = t1, t2
     for j in range(1, order + 1):
@@ -77,7 +85,7 @@ class TaylorStiefel(nn.Module):
         self.s = nn.Parameter(s if batch else s[0])
 
     def forward(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The (approximately) orthonormal columns."""
+        """The (approximately) orthonormal columns, float32 (float64 for float64 parameters) unless `dtype`."""
         if self.batch is None:
             return taylor_stiefel(self.B[None], self.s[None], self.order, dtype)[0]
         return taylor_stiefel(self.B, self.s, self.order, dtype)
