@@ -6,7 +6,7 @@ export QPEFT_GLUE_DIR ?= $(abspath $(SHARED)/glue)
 export QPEFT_VTAB_DIR ?= $(abspath $(SHARED)/vtab-1k)
 export WANDB_MODE ?= offline
 
-.PHONY: help install demo test test-slow lint format tables report params bench slurm-up slurm-down clean
+.PHONY: help install demo test test-slow lint format tables report params bench gpu-check slurm-up slurm-down clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 18
@@ -49,6 +49,9 @@ params: install  ## results/tables/params.{md,tex} and results/figures/param_sca
 
 bench: install  ## results/bench/<device>.csv: step time and memory against LoRA
 	$(PY) -m qpeft.bench
+
+gpu-check: install  ## verify an install on one GPU: every method x backbone shape x {fp32, bf16}, then the bench
+	$(PY) scripts/gpu_check.py
 
 slurm-up:  ## a single-node SLURM cluster on this machine (root; Debian slurm-wlm + munge)
 	bash scripts/slurm_cluster.sh start

@@ -6,17 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_cfg, run_cli
+from conftest import compose_cfg, run_cli
 
-from qpeft import train
-
-sys.path.insert(0, str(REPO / "scripts"))
-import jobs  # noqa: E402
-import params  # noqa: E402
+from qpeft import hf_trainer, jobs, params
+from qpeft.config import run_spec
 
 METHODS = ["quantum", "quantum_taylor", "lora", "adalora", "oft", "boft", "full", "head_only", "bitfit"]
 TINY = [
@@ -80,9 +76,9 @@ def test_glue_mistral_preset_composes():
     cfg = compose_cfg(["experiment=glue_mistral", "task=glue/rte", "adapter=lora"])
     assert cfg.backbone.name == "mistral_7b" and cfg.backbone.meta is False
     assert cfg.trainer.precision == "bf16" and cfg.trainer.gradient_checkpointing is True
-    hp = train.hyperparameters(cfg)
-    assert hp["batch_size"] == 32 and hp["max_length"] == 320
-    args = train.training_args(cfg, hp, Path("/tmp/unused"), wandb=False)
+    spec = run_spec(cfg)
+    assert spec.trainer.batch_size == 32 and spec.trainer.max_length == 320
+    args = hf_trainer.training_args(spec.trainer, Path("/tmp/unused"), 0, True, "x", False)
     assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     row = params.count(cfg)
     # 32 layers; q_proj 4096 -> 4096, v_proj 4096 -> 1024 (8 key/value heads of 128)

@@ -13,7 +13,8 @@ from conftest import compose_cfg, run_cli
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from qpeft import adapters, backbones, compat, train
+from qpeft import adapters, backbones, compat
+from qpeft.config import run_spec
 
 METHODS = ["quantum", "quantum_taylor", "lora", "adalora", "oft", "boft", "full", "head_only", "bitfit"]
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,15 +23,14 @@ AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def method_setup(adapter: str, backbone: str = "tiny_deberta"):
     """(backbone cfg, resolved adapter cfg) exactly as run.py composes them (protocol defaults filled in)."""
     cfg = compose_cfg([f"backbone={backbone}", f"adapter={adapter}", "protocol=minilm_cpu"])
-    acfg = train.adapter_config(cfg, train.hyperparameters(cfg))
-    return cfg.backbone, OmegaConf.create(OmegaConf.to_container(acfg, resolve=True))
+    return cfg.backbone, run_spec(cfg).adapter_settings
 
 
 def adapted(model: torch.nn.Module, bb, acfg) -> torch.nn.Module:
     torch.manual_seed(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return adapters.get(acfg.method).apply(model, acfg, list(bb.targets), list(bb.head), 100)
+        return adapters.get_method(acfg.method)(acfg).apply(model, list(bb.targets), list(bb.head), 100)
 
 
 def bare_deberta(bb) -> torch.nn.Module:
