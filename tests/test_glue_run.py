@@ -200,7 +200,7 @@ def test_group_by_length_sampling_runs_and_bad_uses_are_refused(glue_dir, tmp_pa
             ],
             "image tasks",
         ),
-        ([*TINY, "trainer.sampling=sorted"], "'random' | 'group_by_length'"),
+        ([*TINY, "trainer.sampling=sorted"], "'random' or 'group_by_length'"),
     ]:
         out = run_cli([*bad, "adapter=lora", "trainer.max_steps=2", f"output_root={tmp_path / 'bad'}"])
         assert out.returncode == 2 and "trainer.sampling" in out.stderr and words in out.stderr, out.stderr[

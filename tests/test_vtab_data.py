@@ -180,11 +180,13 @@ def test_task_config_composes_with_hydra():
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()  # conftest.compose_cfg keeps its own Hydra initialised across tests
-    # a task file as the primary config lands under its group's package, task.vtab
+    # through the main config: a VTAB task file also chooses the family's backbone (ViT-B/16)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        over = ["task.vtab.mode=tune", "task.vtab.protocols.vit_vtab.lr=0.01"]
-        cfg = compose(config_name="task/vtab/kitti", overrides=over).task.vtab
-        full = compose(config_name="task/vtab/cifar10_full", overrides=["task.vtab.download=true"]).task.vtab
+        over = ["task=vtab/kitti", "task.mode=tune", "task.protocols.vit_vtab.lr=0.01"]
+        composed = compose(config_name="config", overrides=over)
+        cfg = composed.task
+        full = compose(config_name="config", overrides=["task=vtab/cifar10_full", "task.download=true"]).task
+    assert composed.backbone.name == "vit_b16_in21k" and composed.protocol == "vit_vtab"
     assert (cfg.name, cfg.num_classes, cfg.group, cfg.mode) == ("kitti", 4, "structured", "tune")
     assert cfg.protocols.vit_vtab.lr == 0.01 and cfg.protocols.vit_vtab.drop_path == 0.1
     assert full.source == "torchvision" and full.download is True and full.num_labels == 10
