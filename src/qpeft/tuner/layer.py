@@ -154,8 +154,14 @@ class QuantumAdapterState(nn.Module):
                 else:
                     us[key] = bank(torch.float32)
                 self.num_simulations += 1
-            lams = {k: lam.float() * self.mask(k) * self.scale[k].to(device) for k, lam in self.lam.items()}
+            lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
         return us, lams
+
+    def _scale_on(self, key: str, device: torch.device) -> Tensor:
+        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
+        if self.scale[key].device != device:
+            self.scale[key] = self.scale[key].to(device)
+        return self.scale[key]
 
     def delta_weight(self, i: int, us: dict[str, Tensor], lams: dict[str, Tensor]) -> Tensor:
         """dW_i = s U diag(lam * mask) V^T (d_out x d_in), float32."""
