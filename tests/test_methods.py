@@ -14,9 +14,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer
 
 from qpeft import adapters, params
 from qpeft.adapters import METHODS, AdapterSettings, Method, get_method, register, settings_from_config
-from qpeft.adapters.quantum_method import decay_parameter_names
 from qpeft.config import run_spec
 from qpeft.errors import QpeftError
+from qpeft.tuner.optim import decay_parameter_names
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 HEAD = ["classifier", "pooler"]
@@ -140,6 +140,8 @@ def test_new_method_files_and_defaults():
         (["adapter=quantum", "adapter.dropout=1.0"], "adapter.dropout"),
         (["adapter=quantum", "adapter.alpha=0"], "adapter.alpha"),
         (["adapter=quantum", "adapter.circuit_lr=-0.1"], "adapter.circuit_lr"),
+        (["adapter=quantum_width", "adapter.circuit_lr=wide"], "adapter.circuit_lr"),
+        (["adapter=quantum_width", "adapter.scaling=depth"], "adapter.scaling"),
         (["adapter=quantum", "adapter.mask_warmup=0.9"], "adapter.mask_warmup"),  # after mask_final
         (["adapter=quantum_taylor", "adapter.order=0"], "adapter.order"),
         (["adapter=quantum_taylor", "adapter.quant_bits=4"], "adapter.quant_bits"),

@@ -368,7 +368,7 @@ def test_param_groups_match_the_trainer_overrides():
     """The library's groups (what a Method class hands the optimiser) and the Trainer overrides agree."""
     _, model = mlp(cfg(circuit_lr=0.05))
     groups = qa.param_groups(model, cfg(circuit_lr=0.05), lr=1e-3, weight_decay=0.1)
-    overrides = qa.optimizer_overrides(model, cfg(circuit_lr=0.05))
+    overrides = qa.optimizer_overrides(model, cfg(circuit_lr=0.05), lr=1e-3)
     circuit = [g for g in groups if g["lr"] == 0.05]
     assert len(circuit) == 1 and circuit[0]["weight_decay"] == 0.0
     assert {id(p) for p in circuit[0]["params"]} == set(overrides)

@@ -53,6 +53,7 @@ CASES = [
     ("pauli_full", dict(r="full")),
     ("pauli_small_init", dict(r=3, init="small")),
     ("pauli_sqrt_scaling", dict(r=4, scaling="sqrt_rank", alpha=4.0)),
+    ("pauli_width_scaling", dict(r=4, scaling="width")),
     ("pauli_dropout", dict(r=4, dropout=0.1)),
     ("pauli_mask_2", dict(r=4, rank_mask=2)),
     ("pauli_adaptive", dict(r=4, rank_mask="adaptive", total_step=20, mask_interval=2, target_rank=1)),

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
-from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, circuit_parameters, quantum_param_groups
+from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, quantum_param_groups
 from qpeft.tuner.layer import HUB, QuantumAdapterState, QuantumHub
+from qpeft.tuner.optim import circuit_lrs
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model
@@ -73,6 +74,7 @@ def quantum_config(cfg, target_names: list[str], total_steps: int) -> QuantumCon
             layers=int(cfg.get("layers", 1)),
             order=int(cfg.get("order", 8)),
             alpha=float(16.0 if alpha is None else alpha),
+            scaling=cfg.get("scaling") or "rank",
             init=cfg.get("init"),
             dropout=float(cfg.get("dropout", 0.0) or 0.0),
             target_modules=list(target_names),
@@ -131,19 +133,24 @@ def _layers(model: nn.Module) -> list[QuantumLinear]:
     return [m for m in model.modules() if isinstance(m, QuantumLinear)]
 
 
-def optimizer_overrides(model: nn.Module, cfg) -> dict[int, dict]:
-    """Per-parameter optimiser settings, keyed by id: the circuit parameters (qpeft.tuner.circuit_parameters,
-    the groups of qpeft.quantum_param_groups) get `circuit_lr` and no weight decay."""
-    lr = cfg.get("circuit_lr")
-    extra = {"weight_decay": 0.0, **({"lr": float(lr)} if lr is not None else {})}
-    return {id(p): extra for p in circuit_parameters(model)}
+def optimizer_overrides(model: nn.Module, cfg, lr: float) -> dict[int, dict]:
+    """Per-parameter optimiser settings, keyed by id: the circuit parameters get `adapter.circuit_lr` (null: lr;
+    "width": the per-bank rule, qpeft.tuner.width_circuit_lr) and no weight decay, as in the groups of
+    qpeft.quantum_param_groups."""
+    lrs = circuit_lrs(model, lr, _circuit_lr_setting(cfg))
+    return {pid: {"weight_decay": 0.0, "lr": value} for pid, value in lrs.items()}
+
+
+def _circuit_lr_setting(cfg) -> float | str | None:
+    value = cfg.get("circuit_lr")
+    return value if value is None or value == "width" else float(value)
 
 
 def param_groups(model: nn.Module, cfg, lr: float, weight_decay: float) -> list[dict]:
     """The optimiser's parameter groups (qpeft.quantum_param_groups): circuit parameters at `adapter.circuit_lr`
-    (null: lr) without decay; lam and the head at lr with `weight_decay` (not on biases and norms)."""
-    circuit_lr = cfg.get("circuit_lr")
-    return quantum_param_groups(model, lr, None if circuit_lr is None else float(circuit_lr), weight_decay)
+    (null: lr; "width": per bank) without decay; lam and the head at lr with `weight_decay` (not on biases and
+    norms)."""
+    return quantum_param_groups(model, lr, _circuit_lr_setting(cfg), weight_decay)
 
 
 def merge(model: nn.Module) -> None:
@@ -220,6 +227,7 @@ def record_extra(model: nn.Module) -> dict:
         "order": c.order if c.mapping == "taylor" else None,
         "rank": ks[0] if len(ks) == 1 else ks,
         "alpha": c.alpha,
+        "scaling": c.scaling,
         "adapted_matrices": len(state.index),
         "circuit_groups": len(state.banks),
         "adapter_file_bytes": adapter_file_bytes(model),

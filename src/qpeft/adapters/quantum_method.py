@@ -24,7 +24,12 @@ class QuantumCommonSettings(AdapterSettings):
     """Options both mappings share."""
 
     rank: int | Literal["full"] = option(8, 'K: an int <= min(d_out, d_in), or "full" = min(d_out, d_in)')
-    alpha: float | None = option(16.0, "s = alpha / K (null: 16)")
+    alpha: float | None = option(16.0, "s = alpha / K under scaling=rank (null: 16)")
+    scaling: Literal["rank", "sqrt_rank", "none", "width"] = option(
+        "rank",
+        "s = alpha / K (rank, the paper's) | alpha / sqrt(K) | alpha (none) | (alpha / K) sqrt(d_out / 3) per "
+        "matrix (width: lam's Adam step moves dW as LoRA r=K's does; docs/method.md 'Step sizes under AdamW')",
+    )
     init: Literal["uniform", "small"] | None = option(
         None, "start of the circuit parameters: uniform | small (null: the mapping's default)"
     )
@@ -43,8 +48,10 @@ class QuantumCommonSettings(AdapterSettings):
         "qat", "qat (straight-through while training) | ptq (at eval/merge/save)"
     )
     dropout: float = option(0.0, "dropout on the adapter input, as LoRA's, in [0, 1)")
-    circuit_lr: float | None = option(
-        None, "learning rate of the circuit parameters (null = lr); no weight decay"
+    circuit_lr: float | Literal["width"] | None = option(
+        None,
+        "learning rate of the circuit parameters (null = lr; width = lr sqrt(3 n) / gain per bank of factor "
+        "dimension n, docs/method.md 'Step sizes under AdamW'); no weight decay",
     )
 
     def __post_init__(self) -> None:
@@ -81,7 +88,7 @@ class QuantumCommonSettings(AdapterSettings):
                 1 <= self.quant_bits <= 16, "quant_bits", self.quant_bits, "use null or 1..16 bits per angle"
             )
         check_fraction("dropout", self.dropout)
-        if self.circuit_lr is not None:
+        if self.circuit_lr is not None and self.circuit_lr != "width":
             require(
                 self.circuit_lr > 0, "circuit_lr", self.circuit_lr, "set adapter.circuit_lr > 0 (or null)"
             )
@@ -141,7 +148,9 @@ class QuantumMethod(Method):
     def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
         """The circuit parameters in their own group (circuit_lr, no weight decay); the rest as the Trainer
         groups them (weight decay on all but biases and norms)."""
-        return groups_with_overrides(model, quantum.optimizer_overrides(model, self._cfg()), lr, weight_decay)
+        return quantum.param_groups(
+            model, self._cfg(), lr, weight_decay
+        )  # the library's qpeft.quantum_param_groups
 
     def record_facts(self, model: nn.Module) -> dict:
         return quantum.record_extra(model)
@@ -158,32 +167,3 @@ class QuantumTaylorMethod(QuantumMethod):
     """Quantum-PEFT, Taylor mapping: U, V = exp(A) E_K by a truncated Taylor series."""
 
     settings_class = QuantumTaylorSettings
-
-
-def decay_parameter_names(model: nn.Module) -> set[str]:
-    """The parameters the transformers Trainer decays: all but those of LayerNorms and those named like a
-    bias or a norm (the rule of `Trainer.get_decay_parameter_names`, transformers 5; tested equal)."""
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    forbidden = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
-    return set(get_parameter_names(model, [nn.LayerNorm], forbidden))
-
-
-def groups_with_overrides(
-    model: nn.Module, overrides: dict[int, dict], lr: float, weight_decay: float
-) -> list[dict]:
-    """Optimiser groups of the trainable parameters: the Trainer's decay / no-decay split, each parameter
-    with settings in `overrides` (keyed by id) moved to a group of its own settings."""
-    decay = decay_parameter_names(model)
-    groups: dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        settings = {
-            "lr": lr,
-            "weight_decay": weight_decay if name in decay else 0.0,
-            **overrides.get(id(p), {}),
-        }
-        key = tuple(sorted(settings.items()))
-        groups.setdefault(key, {"params": [], **settings})["params"].append(p)
-    return list(groups.values())

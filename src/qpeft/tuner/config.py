@@ -53,10 +53,12 @@ class QuantumConfig(PeftConfig):
     alpha: float = field(
         default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
     )
-    scaling: Literal["rank", "sqrt_rank", "none"] = field(
+    scaling: Literal["rank", "sqrt_rank", "none", "width"] = field(
         default="rank",
         metadata={
-            "help": "Step-size rule: s = alpha / K ('rank'), alpha / sqrt(K) ('sqrt_rank') or alpha ('none')."
+            "help": "Step-size rule: s = alpha / K ('rank', the paper's), alpha / sqrt(K) ('sqrt_rank'), alpha "
+            "('none') or (alpha / K) sqrt(d_out / 3) per matrix ('width': a step of lr on lam moves dW as far "
+            "as LoRA r=K's first steps do under Adam; docs/method.md 'Step sizes under AdamW')."
         },
     )
     init: Literal["uniform", "small"] | None = field(
@@ -151,9 +153,9 @@ class QuantumConfig(PeftConfig):
             raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
         if self.layers < 0 or self.order < 1:
             raise QuantumConfigError("QuantumConfig.layers must be >= 0 and QuantumConfig.order >= 1")
-        if self.scaling not in ("rank", "sqrt_rank", "none"):
+        if self.scaling not in ("rank", "sqrt_rank", "none", "width"):
             raise QuantumConfigError(
-                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank or none"
+                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank, none or width"
             )
         if self.quant_mode not in ("qat", "ptq"):
             raise QuantumConfigError(f"QuantumConfig.quant_mode={self.quant_mode!r}: choose qat or ptq")
@@ -189,6 +191,12 @@ class QuantumConfig(PeftConfig):
             )
         return self.r
 
-    def scale(self, k: int) -> float:
-        """s of a rank-K update under the step-size rule."""
+    def scale(self, k: int, d_out: int) -> float:
+        """s of a rank-K update of a d_out x d_in matrix under the step-size rule `scaling`.
+
+        'width': LoRA's B (zero at init) moves about lr per entry per Adam step, so ||d(dW)||_F is about
+        (alpha / r) lr sqrt(d_out r / 3) (A's entries are U(-1/sqrt(d_in), 1/sqrt(d_in))); a step of lr on lam
+        moves s U diag(lam) V^T by s lr sqrt(K). Equal at r = K: s = (alpha / K) sqrt(d_out / 3)."""
+        if self.scaling == "width":
+            return self.alpha / k * (d_out / 3) ** 0.5
         return {"rank": self.alpha / k, "sqrt_rank": self.alpha / k**0.5, "none": self.alpha}[self.scaling]

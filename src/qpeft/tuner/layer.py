@@ -55,12 +55,17 @@ class QuantumAdapterState(nn.Module):
             else:
                 self.banks[key] = TaylorStiefel(n, k, config.order, init=config.init, batch=rows[key] + 1)
         self.lam = nn.ParameterDict()
-        self.scale: dict[str, float] = {}
+        # s of each lam row, (M, 1) float32, from the shapes alone (not saved: the config rebuilds it); kept
+        # off the module's buffers so that casting the adapter to half precision leaves s exact
+        row_scales: dict[str, list[float]] = {}
+        for (d_out, _, k), (*_, kl, _) in zip(shapes, self.index):
+            row_scales.setdefault(kl, []).append(config.scale(k, d_out))
+        self.scale: dict[str, Tensor] = {}
         for key in sorted({i[4] for i in self.index}, **by_size):
             m, k = rows[key] + 1, int(key[1:])
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
             self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
-            self.scale[key] = config.scale(k)
+            self.scale[key] = torch.tensor(row_scales[key], dtype=torch.float32).view(m, 1)
             mask = torch.ones(m, k)
             if isinstance(config.rank_mask, int):
                 if config.rank_mask > k:
@@ -149,8 +154,14 @@ class QuantumAdapterState(nn.Module):
                 else:
                     us[key] = bank(torch.float32)
                 self.num_simulations += 1
-            lams = {k: lam.float() * self.mask(k) * self.scale[k] for k, lam in self.lam.items()}
+            lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
         return us, lams
+
+    def _scale_on(self, key: str, device: torch.device) -> Tensor:
+        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
+        if self.scale[key].device != device:
+            self.scale[key] = self.scale[key].to(device)
+        return self.scale[key]
 
     def delta_weight(self, i: int, us: dict[str, Tensor], lams: dict[str, Tensor]) -> Tensor:
         """dW_i = s U diag(lam * mask) V^T (d_out x d_in), float32."""
