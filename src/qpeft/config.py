@@ -245,9 +245,8 @@ def run_spec(cfg: DictConfig) -> RunSpec:
         value = getattr(trainer, key)
         if value is not None and (key in hp or value != TrainerSettings.__dataclass_fields__[key].default):
             hp[key] = value
-    for key in ("seed",):
-        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
-            raise QpeftError(f"{key}={cfg.get(key)!r} must be an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise QpeftError(f"seed={cfg.seed!r} must be an integer")
     return RunSpec(
         cfg=cfg,
         task=cfg.task,

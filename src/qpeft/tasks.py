@@ -129,9 +129,6 @@ class E2E(TaskFamily):
         )
         return train, evals, e2e.CausalCollator(preprocessor.pad_token_id)
 
-    def compute_metrics(self, prediction) -> dict[str, float]:
-        return {}
-
     def trainer_evals(self, evals):
         return {split: data.pairs for split, data in evals.items()}  # teacher-forced loss per epoch
 
