@@ -6,7 +6,7 @@ export QPEFT_GLUE_DIR ?= $(abspath $(SHARED)/glue)
 export QPEFT_VTAB_DIR ?= $(abspath $(SHARED)/vtab-1k)
 export WANDB_MODE ?= offline
 
-.PHONY: help install demo test test-slow lint format tables report params bench gpu-check slurm-up slurm-down clean
+.PHONY: help install demo test test-slow lint format tables report frontier params bench gpu-check slurm-up slurm-down clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 18
@@ -42,6 +42,9 @@ tables: install  ## results/tables/<preset>.{md,tex,csv} from every record under
 
 report: install  ## results/report.md and results/figures/report/: every preset from results/records, params, bench
 	$(PY) -m qpeft.report
+
+frontier: install  ## the accuracy-per-parameter study (experiment=frontier_minilm, ~5 h on 2 cores, resumable) + figures
+	PY=$(PY) bash scripts/frontier_workers.sh
 
 params: install  ## results/tables/params.{md,tex} and results/figures/param_scaling.png (meta, no weights)
 	$(PY) -m qpeft.params table

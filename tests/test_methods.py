@@ -140,8 +140,8 @@ def test_new_method_files_and_defaults():
         (["adapter=quantum", "adapter.dropout=1.0"], "adapter.dropout"),
         (["adapter=quantum", "adapter.alpha=0"], "adapter.alpha"),
         (["adapter=quantum", "adapter.circuit_lr=-0.1"], "adapter.circuit_lr"),
-        (["adapter=quantum_width", "adapter.circuit_lr=wide"], "adapter.circuit_lr"),
-        (["adapter=quantum_width", "adapter.scaling=depth"], "adapter.scaling"),
+        (["adapter=quantum", "adapter.circuit_lr=wide"], "adapter.circuit_lr"),
+        (["adapter=quantum", "adapter.scaling=depth"], "adapter.scaling"),
         (["adapter=quantum", "adapter.mask_warmup=0.9"], "adapter.mask_warmup"),  # after mask_final
         (["adapter=quantum_taylor", "adapter.order=0"], "adapter.order"),
         (["adapter=quantum_taylor", "adapter.quant_bits=4"], "adapter.quant_bits"),

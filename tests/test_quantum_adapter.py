@@ -272,6 +272,18 @@ def test_tiny_bert():
     assert (
         extra["adapted_matrices"] == 12 and extra["circuit_groups"] == 2 and extra["adapter_file_bytes"] > 0
     )
+    assert extra["lora_r8_params"] == peft_lora_r8_count(base, BERT_TARGETS)
+
+
+def peft_lora_r8_count(base: nn.Module, targets: list[str]) -> int:
+    """Trainable LoRA parameters peft itself adds for r=8 on `targets` (the demo prints this count)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad = False
+    lora = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+    return sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
 
 
 def test_gpt2_conv1d():
@@ -285,6 +297,7 @@ def test_gpt2_conv1d():
         torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
     shapes = [(96, 32), (32, 32), (32, 128)]  # c_attn, attn.c_proj, mlp.c_proj (d_out, d_in)
     assert adapter_params(model, []) == pauli_count(shapes, 2, 1)
+    assert qa.record_extra(model)["lora_r8_params"] == peft_lora_r8_count(base, ["c_attn", "c_proj"])
     losses = train(model, ids, None, steps=8, loss_fn=lambda: model(input_ids=ids, labels=ids).loss)
     assert losses[-1] < losses[0]
     model.eval()

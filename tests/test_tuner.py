@@ -409,6 +409,40 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_full_rank_update_folded_into_the_weight(conv1d, monkeypatch):
+    """A full-rank adapter on a large batch runs x (W + dW)^T (fewer flops than its two N x N GEMMs): the same
+    outputs and gradients as the low-rank path, and as x W^T + b + x dW^T with dW from the merged weight."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = Conv1D(24, 16) if conv1d else nn.Linear(16, 24)
+    base = nn.Sequential(layer, nn.Tanh(), nn.Linear(24, 2))
+    model = get_peft_model(copy.deepcopy(base), QuantumConfig(r="full", target_modules=["0"]))
+    perturb(model)
+    x = torch.randn(2, 256, 16)
+    adapted = model.base_model.model[0]
+    assert adapted._update_weight_pays(x, "default")  # large batch, full rank: the folded path is taken
+    assert not adapted._update_weight_pays(x[:, :1], "default")  # one row: the low-rank path
+
+    def run():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    folded, folded_grads = run()
+    monkeypatch.setattr(QuantumLinear, "_update_weight_pays", lambda self, x, name: False)
+    low_rank, low_rank_grads = run()
+    torch.testing.assert_close(folded, low_rank, rtol=1e-5, atol=1e-5)
+    assert folded_grads.keys() == low_rank_grads.keys() and len(folded_grads) >= 3
+    for name in folded_grads:
+        torch.testing.assert_close(folded_grads[name], low_rank_grads[name], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        merged = model.merge_and_unload()  # the plain model with W + dW in its weight
+        torch.testing.assert_close(merged(x), folded, rtol=1e-5, atol=1e-5)
+
+
 # real architectures
 
 

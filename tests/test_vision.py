@@ -100,7 +100,7 @@ def test_run_py_end_to_end_on_the_full_test_set(tmp_path):
     args = [a for a in SMALL if a != "experiment=vtab_vit"] + ["adapter=quantum", "protocol=vit_vtab"]
     out = run_cli([*args, f"output_root={tmp_path}"], timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "adhoc" / "cifar10" / "tiny_vit" / "quantum_k8_l1" / "seed0"
+    run_dir = tmp_path / "adhoc" / "cifar10" / "tiny_vit" / "quantum_k8_l1_width" / "seed0"
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["eval_samples"] == {"test": 1000} and 0 <= rec["metrics"]["top1"] <= 1
     assert len(logged(run_dir, "eval_test_top1")) == 1  # eval_every_epoch defaults to true outside the preset

@@ -90,6 +90,9 @@ def backbone_config(name: str) -> DictConfig:
 
 def adapter_config(method: str, targets: list[str]) -> DictConfig:
     """The adapter config file of `method` with the bench overrides and the backbone's targets."""
+    from qpeft.config import register_resolvers  # ${protocol:...}: a bench process composes no Hydra config
+
+    register_resolvers()
     file, overrides = METHODS[method]
     raw = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "adapter" / f"{file}.yaml"))
     raw.pop("defaults", None)

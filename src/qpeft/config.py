@@ -115,6 +115,13 @@ class TrainerSettings:
     max_steps: int = field(default=-1, metadata={"help": "> 0 stops after this many optimizer steps"})
     train_limit: int | None = field(default=None, metadata={"help": "first N training examples (shuffled)"})
     eval_limit: int | None = field(default=None, metadata={"help": "first N evaluation examples"})
+    heldout: int | None = field(
+        default=None,
+        metadata={
+            "help": "GLUE: hold out N training examples (disjoint from the trained ones, same seeded "
+            "shuffle) and score them at the end as metrics `<name>_heldout`: the split to choose values on"
+        },
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "AMP"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
     save_total_limit: int | None = field(default=1, metadata={"help": "checkpoints kept"})
@@ -148,7 +155,7 @@ class TrainerSettings:
         )
         for name in ("eval_batch_size", "grad_accum", "save_steps", "logging_steps"):
             _need(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)}", "must be >= 1")
-        for name in ("max_length", "train_limit", "eval_limit", "threads", "save_total_limit"):
+        for name in ("max_length", "train_limit", "eval_limit", "heldout", "threads", "save_total_limit"):
             value = getattr(self, name)
             _need(value is None or value >= 1, f"trainer.{name}={value}", "must be null or >= 1")
         _need(
@@ -209,6 +216,7 @@ PROTOCOL_KEYS = (
     "warmup_ratio",
     "weight_decay",
     "train_limit",
+    "heldout",
     "scheduler",
     "cls_dropout",
     "drop_path",

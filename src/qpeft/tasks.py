@@ -48,6 +48,12 @@ class TaskFamily(ABC):
     ) -> tuple[Any, dict[str, Any], Callable]:
         """(train set, {eval split: eval set}, collator)."""
 
+    def check_heldout(self, trainer: TrainerSettings) -> None:
+        if trainer.heldout:
+            raise QpeftError(
+                f"trainer.heldout is implemented for GLUE tasks only, not {self.name}: set trainer.heldout=null"
+            )
+
     def compute_metrics(self, prediction) -> dict[str, float]:
         """Metrics of one Trainer prediction (the per-epoch evaluation)."""
         return metrics.compute(self.task, prediction.predictions, prediction.label_ids)
@@ -82,6 +88,7 @@ class Glue(TaskFamily):
             seed,
             trainer.train_limit,
             trainer.eval_limit,
+            trainer.heldout,
         )
         return train, evals, DataCollatorWithPadding(preprocessor)
 
@@ -97,6 +104,7 @@ class Vtab(TaskFamily):
     def load(self, preprocessor, trainer, seed):
         from qpeft.data import vtab
 
+        self.check_heldout(trainer)
         try:
             train, evals = vtab.load_task(
                 self.task, preprocessor, seed, trainer.train_limit, trainer.eval_limit
@@ -123,6 +131,7 @@ class E2E(TaskFamily):
     def load(self, preprocessor, trainer, seed):
         from qpeft.data import e2e
 
+        self.check_heldout(trainer)
         self.tokenizer = preprocessor
         train, evals = e2e.load(
             self.task, preprocessor, trainer.max_length, seed, trainer.train_limit, trainer.eval_limit

@@ -29,9 +29,12 @@ def summary_line(record: dict, path, retrained: bool = True) -> str:
     """The line a finished run prints (again when it is asked for and returned without retraining)."""
     shown = ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
     head = "done" if retrained else "finished already, not retrained"
+    n = record["adapter_params"]
+    lora = (record.get("adapter_extra") or {}).get("lora_r8_params")
+    beside = f" (LoRA r=8 on the same matrices: {lora:,}, {lora / n:,.0f}x more)" if lora and n else ""
     return (
         f"[qpeft] {head}: {record['task']} | {record['backbone']} | {record['adapter_tag']} | seed {record['seed']}: "
-        f"{shown} | adapter params {record['adapter_params']:,} | record {path}"
+        f"{shown} | adapter params {n:,}{beside} | record {path}"
     )
 
 

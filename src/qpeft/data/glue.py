@@ -94,14 +94,18 @@ def load(
     seed: int,
     train_limit: int | None = None,
     eval_limit: int | None = None,
+    heldout: int | None = None,
 ) -> tuple[Dataset, dict[str, Dataset]]:
-    """Tokenized (train, {eval split: dataset}); train_limit keeps a seeded random subset."""
+    """Tokenized (train, {eval split: dataset}); train_limit keeps a seeded random subset.
+
+    With `heldout`, the training set is shuffled with the seed, its last `heldout` examples become the eval
+    split "heldout" and the first `train_limit` of the rest are trained on: disjoint whatever the limit."""
     data_dir = data_dir or os.environ.get("QPEFT_GLUE_DIR")
     train, evals = _local(task, data_dir) if data_dir else _hub(task)
     is_regression = task.num_labels == 1
 
-    def encode(cols: dict, limit: int | None, shuffle: bool) -> Dataset:
-        ds = Dataset.from_dict(cols)
+    def encode(cols: dict | Dataset, limit: int | None, shuffle: bool) -> Dataset:
+        ds = cols if isinstance(cols, Dataset) else Dataset.from_dict(cols)
         if shuffle and limit:
             ds = ds.shuffle(seed=seed)
         if limit:
@@ -121,4 +125,12 @@ def load(
         return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
     evals = {s: by_length(encode(c, eval_limit, False)) for s, c in evals.items()}
+    if heldout:
+        n = len(train["label"])
+        if heldout >= n:
+            raise QpeftError(f"trainer.heldout={heldout} leaves no training data ({n} examples): lower it")
+        pool = Dataset.from_dict(train).shuffle(seed=seed)
+        evals["heldout"] = by_length(encode(pool.select(range(n - heldout, n)), None, False))
+        rest = pool.select(range(n - heldout))
+        return encode(rest, train_limit, False), evals
     return encode(train, train_limit, True), evals

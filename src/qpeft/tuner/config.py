@@ -53,12 +53,13 @@ class QuantumConfig(PeftConfig):
     alpha: float = field(
         default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
     )
-    scaling: Literal["rank", "sqrt_rank", "none", "width"] = field(
+    scaling: Literal["rank", "sqrt_rank", "none", "width", "width_sqrt"] = field(
         default="rank",
         metadata={
             "help": "Step-size rule: s = alpha / K ('rank', the paper's), alpha / sqrt(K) ('sqrt_rank'), alpha "
-            "('none') or (alpha / K) sqrt(d_out / 3) per matrix ('width': a step of lr on lam moves dW as far "
-            "as LoRA r=K's first steps do under Adam; docs/method.md 'Step sizes under AdamW')."
+            "('none'), (alpha / K) sqrt(d_out / 3) per matrix ('width': a step of lr on lam moves dW as far "
+            "as LoRA r=K's first steps do under Adam; docs/method.md 'Step sizes under AdamW') or "
+            "(alpha / sqrt(K)) sqrt(d_out / 3) ('width_sqrt': as far as rank-stabilised LoRA's, alpha / sqrt(r))."
         },
     )
     init: Literal["uniform", "small"] | None = field(
@@ -153,9 +154,9 @@ class QuantumConfig(PeftConfig):
             raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
         if self.layers < 0 or self.order < 1:
             raise QuantumConfigError("QuantumConfig.layers must be >= 0 and QuantumConfig.order >= 1")
-        if self.scaling not in ("rank", "sqrt_rank", "none", "width"):
+        if self.scaling not in ("rank", "sqrt_rank", "none", "width", "width_sqrt"):
             raise QuantumConfigError(
-                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank, none or width"
+                f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank, none, width or width_sqrt"
             )
         if self.quant_mode not in ("qat", "ptq"):
             raise QuantumConfigError(f"QuantumConfig.quant_mode={self.quant_mode!r}: choose qat or ptq")
@@ -196,7 +197,11 @@ class QuantumConfig(PeftConfig):
 
         'width': LoRA's B (zero at init) moves about lr per entry per Adam step, so ||d(dW)||_F is about
         (alpha / r) lr sqrt(d_out r / 3) (A's entries are U(-1/sqrt(d_in), 1/sqrt(d_in))); a step of lr on lam
-        moves s U diag(lam) V^T by s lr sqrt(K). Equal at r = K: s = (alpha / K) sqrt(d_out / 3)."""
+        moves s U diag(lam) V^T by s lr sqrt(K). Equal at r = K: s = (alpha / K) sqrt(d_out / 3).
+        'width_sqrt': the same against rank-stabilised LoRA (scale alpha / sqrt(r), Kalajdzievski 2023), whose
+        step does not shrink as r grows: s = (alpha / sqrt(K)) sqrt(d_out / 3)."""
         if self.scaling == "width":
             return self.alpha / k * (d_out / 3) ** 0.5
+        if self.scaling == "width_sqrt":
+            return self.alpha / k**0.5 * (d_out / 3) ** 0.5
         return {"rank": self.alpha / k, "sqrt_rank": self.alpha / k**0.5, "none": self.alpha}[self.scaling]

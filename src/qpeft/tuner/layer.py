@@ -301,6 +301,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         return us[ku][ru], us[kv][rv], lams[kl][rl]
 
+    def rank(self, name: str, row: int) -> int:
+        """K of matrix `row` of adapter `name`."""
+        return int(self.quantum_adapters[name].index[row][4][1:])
+
     @torch.no_grad()
     def delta_weight(self, name: str, row: int) -> Tensor:
         """dW of matrix `row` (float32), with the quantised angles when quant_bits is set (what is saved)."""
@@ -418,10 +422,11 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         self.hub.check_not_reentrant()
+        active = [name for name in self.active_adapters if name in self.quantum_row]
+        if len(active) == 1 and self._update_weight_pays(x, active[0]):
+            return self._forward_updated_weight(x, active[0])
         result = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.quantum_row:
-                continue
+        for name in active:
             U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
             h = (
                 self.quantum_dropout[name](x) @ V
@@ -434,6 +439,38 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             )
             result = flat.view(result.shape)
         return result
+
+    def _update_weight_pays(self, x: Tensor, name: str) -> bool:
+        """Whether x (W + dW)^T costs fewer flops than x W^T + ((x V) lam) U^T, forward and backward.
+
+        The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
+        size); forming dW costs 3 d_out d_in K (dW and its two factor gradients) and its gradient g^T x
+        T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into the weight;
+        for LoRA-like K never. Only in float32 without autocast (rounding W + dW to bf16 would wipe out a
+        small dW), only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
+        weight = self.base_layer.weight
+        if weight.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype:
+            return False
+        if torch.is_autocast_enabled(x.device.type) or not isinstance(
+            self.quantum_dropout[name], nn.Identity
+        ):
+            return False
+        if weight.dim() != 2 or not (isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out):
+            return False
+        k = self.hub.rank(name, self.quantum_row[name])
+        rows, d_in, d_out = x.numel() // self.in_features, self.in_features, self.out_features
+        return 3 * rows * k * (d_in + d_out) > 3 * d_out * d_in * k + rows * d_out * d_in
+
+    def _forward_updated_weight(self, x: Tensor, name: str) -> Tensor:
+        """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding."""
+        U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
+        dw = (U * lam) @ V.T  # (d_out, d_in)
+        base = self.base_layer
+        if self.fan_in_fan_out:  # GPT-2 Conv1D: weight (d_in, d_out), y = x W + b
+            y = x.reshape(-1, self.in_features) @ (base.weight + dw.T)
+            y = y if base.bias is None else y + base.bias
+            return y.view(*x.shape[:-1], self.out_features)
+        return nn.functional.linear(x, base.weight + dw, base.bias)
 
     def __repr__(self) -> str:
         return "quantum." + super().__repr__()
