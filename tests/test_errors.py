@@ -42,6 +42,7 @@ SETTINGS = [
     (["adapter=lora", "adapter.r=100"], ["adapter.r"]),  # larger than tiny_bert's layers
     (["adapter=lora", "trainer.scheduler=sometimes"], ["trainer.scheduler"]),
     (["adapter=lora", "trainer.warmup_ratio=1.5"], ["trainer.warmup_ratio"]),
+    (["adapter=lora", "trainer.heldout=0"], ["trainer.heldout"]),
     (["adapter=lora", "protocol=vit_vtab"], ["protocol="]),
     (["adapter=lora", "task=glue/sts"], ["task", "glue/stsb"]),
 ]

@@ -12,6 +12,7 @@ from conftest import compose_cfg
 
 from qpeft import frontier, jobs
 from qpeft.config import run_spec
+from qpeft.errors import QpeftError
 
 
 def preset_jobs() -> list[list[str]]:
@@ -70,6 +71,8 @@ def test_heldout_slice_is_disjoint_from_the_training_examples(glue_dir):
     key = lambda ds: {(tuple(i), lab) for i, lab in zip(ds["input_ids"], ds["labels"])}  # noqa: E731
     assert not key(rest) & key(held) and key(train) <= key(rest)
     assert key(evals2["heldout"]) == key(held)  # the slice depends on the seed only
+    with pytest.raises(QpeftError, match="trainer.heldout"):
+        glue.load(task, tok, 64, str(glue_dir), seed=3, heldout=n_rows)
 
 
 def record(
@@ -125,3 +128,15 @@ def test_records_without_a_heldout_metric_are_refused(tmp_path):
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(Exception, match="accuracy_heldout"):
         frontier.build(tmp_path, "frontier_minilm", tmp_path / "t", tmp_path / "f")
+
+
+@pytest.mark.parametrize("task", ["vtab/cifar10", "e2e/nlg"])
+def test_heldout_is_refused_outside_glue(task):
+    from types import SimpleNamespace
+
+    from qpeft import tasks
+
+    fam = tasks.family(compose_cfg([f"task={task}"]).task, {})
+    fam.check_heldout(SimpleNamespace(heldout=None))
+    with pytest.raises(QpeftError, match="trainer.heldout=null"):
+        fam.check_heldout(SimpleNamespace(heldout=10))
