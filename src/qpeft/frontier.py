@@ -251,7 +251,10 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
     out_csv.write_text(csv_text(csv_headers, raw), encoding="utf-8")
     written = [out_md, out_csv]
     for task in tasks:
-        path = figures / f"frontier_{task}.png"
+        stem = (
+            "frontier" if preset == "frontier_minilm" else preset
+        )  # frontier_<task>.png for the study itself
+        path = figures / f"{stem}_{task}.png"
         label = TASK_LABELS.get(task, task)
         figure(
             points, task, path, f"{label}, all-MiniLM-L6 ({preset}): dev metric against adapter parameters"
