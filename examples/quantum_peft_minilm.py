@@ -32,10 +32,11 @@ tokenizer = AutoTokenizer.from_pretrained(model_id)
 base = AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=2)
 
 config = QuantumConfig(
-    r=8,  # rank K of each update; "full" for min(d_out, d_in)
+    r="full",  # rank K of each update: min(d_out, d_in) here (the frontier study's choice), or an int
     mapping="pauli",  # RY/CZ circuits; "taylor" for the Lie-algebra series
     layers=1,  # entangling layers L of each circuit
-    alpha=16.0,  # update scale s = alpha / K
+    alpha=16.0,
+    scaling="width_sqrt",  # s = (alpha / sqrt(K)) sqrt(d_out / 3); "rank" is the paper's s = alpha / K
     target_modules=["query", "key", "value", "dense"],
     modules_to_save=["classifier"],  # the new head trains in full and is saved with the adapter
     quant_bits=None,  # e.g. 4: angles on a 4-bit grid, saved bit-packed
@@ -52,8 +53,8 @@ texts = [
 labels = torch.tensor([1, 0, 1, 0])
 batch = tokenizer(texts, padding=True, return_tensors="pt")
 
-# circuit angles get their own learning rate: under Adam an angle moves about lr radians per step
-optimizer = create_quantum_optimizer(model, torch.optim.AdamW, lr=1e-3, circuit_lr=0.03, weight_decay=0.01)
+# circuit angles get their own learning rate ("width": one per circuit bank, from its shape; a number also works)
+optimizer = create_quantum_optimizer(model, torch.optim.AdamW, lr=1e-3, circuit_lr="width", weight_decay=0.01)
 model.train()
 for step in range(5):
     loss = model(**batch, labels=labels).loss

@@ -21,11 +21,11 @@ def preset_jobs() -> list[list[str]]:
 
 
 def test_every_point_of_the_preset_is_a_valid_distinct_run():
-    """29 settings x 2 tasks x 3 seeds, each checked as run.py checks it, each with its own run folder; the
+    """30 settings x 2 tasks x 3 seeds, each checked as run.py checks it, each with its own run folder; the
     points the issue names are there (Pauli K x L, masks, Taylor K, LoRA r, two or three budgets of each
     ultra-low method, the head)."""
     specs = [run_spec(compose_cfg(overrides)) for overrides in preset_jobs()]
-    assert len(specs) == 29 * 2 * 3
+    assert len(specs) == 30 * 2 * 3
     folders = {(s.task.name, s.adapter["name"], s.seed) for s in specs}
     assert len(folders) == len(specs)
     tags = {s.adapter["name"] for s in specs}
@@ -49,7 +49,7 @@ def test_every_point_of_the_preset_is_a_valid_distinct_run():
 
 def test_jobs_lists_the_preset(capsys):
     jobs.main(["experiment=frontier_minilm", "output_root=/nonexistent"])
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("174 jobs (0 finished")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("180 jobs (0 finished")
 
 
 def test_heldout_slice_is_disjoint_from_the_training_examples(glue_dir):

@@ -135,7 +135,7 @@ def test_new_method_files_and_defaults():
         (["adapter=quantum", "adapter.rank=0"], "adapter.rank"),
         (["adapter=quantum", "adapter.rank=half"], "adapter.rank"),
         (["adapter=quantum", "adapter.rank_mask=0"], "adapter.rank_mask"),
-        (["adapter=quantum", "adapter.rank_mask=9"], "adapter.rank_mask"),  # above rank 8
+        (["adapter=quantum_k8", "adapter.rank_mask=9"], "adapter.rank_mask"),  # above rank 8
         (["adapter=quantum", "adapter.quant_mode=int8"], "adapter.quant_mode"),
         (["adapter=quantum", "adapter.dropout=1.0"], "adapter.dropout"),
         (["adapter=quantum", "adapter.alpha=0"], "adapter.alpha"),

@@ -62,10 +62,14 @@ def logged(run_dir: Path, key: str) -> list[float]:
         return [float(r["value"]) for r in csv.DictReader(f) if r["key"] == key]
 
 
-def expected_quantum_params(method: str, k: int) -> int:
+def expected_quantum_params(method: str, rank: int | str) -> int:
     """Per matrix: U (d_out x K) and V (d_in x K) from their circuits, plus K singular values."""
-    count = (lambda n: pauli_num_params(n, 1)) if method == "quantum" else (lambda n: taylor_num_params(n, k))
-    return sum(count(d_out) + count(d_in) + k for d_out, d_in in TINY_VIT_QKV)
+    total = 0
+    for d_out, d_in in TINY_VIT_QKV:
+        k = min(d_out, d_in) if rank == "full" else rank
+        count = (lambda n: pauli_num_params(n, 1)) if method == "quantum" else (lambda n: taylor_num_params(n, k))
+        total += count(d_out) + count(d_in) + k
+    return total
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -100,7 +104,7 @@ def test_run_py_end_to_end_on_the_full_test_set(tmp_path):
     args = [a for a in SMALL if a != "experiment=vtab_vit"] + ["adapter=quantum", "protocol=vit_vtab"]
     out = run_cli([*args, f"output_root={tmp_path}"], timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "adhoc" / "cifar10" / "tiny_vit" / "quantum_k8_l1_width" / "seed0"
+    run_dir = tmp_path / "adhoc" / "cifar10" / "tiny_vit" / "quantum_kfull_l1_ws" / "seed0"
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["eval_samples"] == {"test": 1000} and 0 <= rec["metrics"]["top1"] <= 1
     assert len(logged(run_dir, "eval_test_top1")) == 1  # eval_every_epoch defaults to true outside the preset
