@@ -67,8 +67,10 @@ def expected_quantum_params(method: str, rank: int | str) -> int:
     total = 0
     for d_out, d_in in TINY_VIT_QKV:
         k = min(d_out, d_in) if rank == "full" else rank
-        count = (lambda n: pauli_num_params(n, 1)) if method == "quantum" else (lambda n: taylor_num_params(n, k))
-        total += count(d_out) + count(d_in) + k
+        if method == "quantum":
+            total += pauli_num_params(d_out, 1) + pauli_num_params(d_in, 1) + k
+        else:
+            total += taylor_num_params(d_out, k) + taylor_num_params(d_in, k) + k
     return total
 
 
