@@ -37,7 +37,7 @@ STYLES = {  # marker, line style, colour
     "Pauli L=1": ("D", "-", "tab:red"),
     "Pauli L=2": ("D", "--", "tab:orange"),
     "Pauli L=4": ("D", ":", "tab:brown"),
-    "Pauli L=1, rank-stable": ("D", "-.", "tab:gray"),
+    "Pauli L=1, rank-stable": ("D", "-", "black"),  # adapter=quantum's rule
     "Pauli, rank mask": ("d", "none", "tab:pink"),
     "Pauli, paper rule": ("x", "none", "black"),
     "Taylor": ("s", "-", "tab:purple"),
@@ -167,18 +167,18 @@ def figure(points: list[Point], task: str, path: Path, title: str) -> None:
     from matplotlib.lines import Line2D
 
     pts = [p for p in points if p.task == task]
-    fig = Figure(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 5.6))
     ax = fig.subplots()
     ref = next((p.params for p in pts if p.tag == REFERENCE_TAG), None)
     if ref:
         ax.axvspan(ref / BAND[1], ref / BAND[0], color="0.92", zorder=0)
         ax.annotate(
             f"{BAND[0]}-{BAND[1]}x fewer than LoRA r=8",
-            (ref / BAND[1], 0.97),
+            (ref / BAND[1], 0.02),
             xycoords=("data", "axes fraction"),
             fontsize=7,
             color="0.35",
-            va="top",
+            va="bottom",
         )
     handles = []
     for fam in FAMILY_ORDER:
@@ -206,8 +206,8 @@ def figure(points: list[Point], task: str, path: Path, title: str) -> None:
     ax.set_ylabel(f"dev {metric_name} x100 (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", color="0.88", linewidth=0.6)
-    ax.legend(handles=handles, fontsize=7, loc="lower right", frameon=False, ncol=2)
-    fig.tight_layout()
+    fig.legend(handles=handles, fontsize=7, loc="lower center", frameon=False, ncol=5)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, metadata={"Software": None})
 
