@@ -239,8 +239,9 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
     ]
     if choice:
         lines += [
-            f"Chosen on the held-out training slice, never on dev: the Quantum-PEFT (Pauli, width rule) setting "
-            f"with the best held-out score averaged over {', '.join(tasks)} is `{choice[0]}` ({choice[1]:.2f}).",
+            "Chosen on the held-out training slice, never on dev: the Quantum-PEFT setting (Pauli under a width "
+            f"rule, plain or rank-stable, any K and L) with the best held-out score averaged over {', '.join(tasks)} "
+            f"is `{choice[0]}` ({choice[1]:.2f}).",
             "",
         ]
     out_md, out_csv = tables / f"{preset}.md", tables / f"{preset}.csv"
