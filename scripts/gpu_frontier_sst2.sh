@@ -4,7 +4,7 @@
 # (about 65,000), 2 epochs (about 4,100 steps at batch 32), lr 8e-4, bf16 autocast where the GPU has it; the
 # full dev set reported. Budget: under 8 minutes on one H200 (MiniLM trained at 18-29 steps/s there with five
 # runs sharing the GPU). Records under $OUT/frontier_gpu_sst2/, then the table and figure
-# ($RESULTS/tables/frontier_gpu_sst2.md, $RESULTS/figures/frontier_gpu_sst2_sst2.png).
+# ($RESULTS/tables/frontier_gpu_sst2_points.md, $RESULTS/figures/frontier_gpu_sst2_sst2.png).
 #   QPEFT_GLUE_DIR=/path/to/glue bash scripts/gpu_frontier_sst2.sh          # the measurement
 #   OUT=/tmp/g RESULTS=/tmp/g POINTS=quantum QPEFT_GLUE_DIR=... bash scripts/gpu_frontier_sst2.sh \
 #       trainer.max_steps=2 trainer.eval_limit=50 trainer.device=cpu      # a smoke test on a CPU

@@ -112,8 +112,13 @@ def test_table_and_figures_choose_on_the_heldout_slice(tmp_path):
             )
     written = frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     names = {p.name for p in written}
-    assert {"frontier_minilm.md", "frontier_minilm.csv", "frontier_sst2.png", "frontier_stsb.png"} <= names
-    md = (tmp_path / "tables" / "frontier_minilm.md").read_text()
+    assert {
+        "frontier_minilm_points.md",
+        "frontier_minilm_points.csv",
+        "frontier_sst2.png",
+        "frontier_stsb.png",
+    } <= names
+    md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     # the paper-rule row is not a candidate (another rule), the dev-best width point loses on held-out
     assert "is `quantum_kfull_l1_width` (80.00)" in md
     assert "| SST-2 | LoRA | `lora_r8` | 8,000 | 1.0 | 85.00 ± 0.00 | 85.00 ± 0.00 | 2 |" in md

@@ -244,7 +244,8 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
             f"is `{choice[0]}` ({choice[1]:.2f}).",
             "",
         ]
-    out_md, out_csv = tables / f"{preset}.md", tables / f"{preset}.csv"
+    # <preset>_points: `make tables` writes <preset>.md in its own layout
+    out_md, out_csv = tables / f"{preset}_points.md", tables / f"{preset}_points.csv"
     tables.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines), encoding="utf-8")
     csv_headers = ["task", "family", "setting", "adapter_params", "x_fewer_than_lora_r8"]
