@@ -2,7 +2,7 @@
 
     python -m qpeft.frontier [--records outputs/frontier_minilm] [--preset frontier_minilm]
 
-Reads the preset's run records and writes `results/tables/<preset>.{md,csv}` and
+Reads the preset's run records and writes `results/tables/<preset>_points.{md,csv}` and
 `results/figures/frontier_<task>.png`: the task's main metric on the dev set (mean and sample std over seeds)
 against adapter parameters (log axis), one line per method family (a Pauli line per L across K, LoRA across r,
 Taylor across K, each ultra-low method across its budgets), the head alone as the floor and the band of 5x to
