@@ -49,12 +49,13 @@ def test_report_from_committed_records(tmp_path):
     report, written = build(tmp_path / "one", RESULTS / "records")
     text = report.read_text()
     presets = {json.loads(p.read_text())["experiment"] for p in find_records(RESULTS / "records")}
-    assert presets == {"minilm_glue", "diag_sst2"}
+    assert presets == {"minilm_glue", "diag_sst2", "frontier_minilm"}
     for preset in presets:
         assert f"\n## {preset}\n" in text, preset
     links = linked_files(report)
     figures = [p for p in links if "figures/report" in p.as_posix()]
-    assert len(figures) == 2 * len(presets)  # a seed plot and an efficiency plot per preset
+    # a seed plot and an efficiency plot per preset, and a Pareto-front plot per frontier preset
+    assert len(figures) == 2 * len(presets) + 1 and "\n## Frontier\n" in text
     for path in links:
         assert path.exists(), path
     for path in figures:

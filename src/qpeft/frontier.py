@@ -73,7 +73,7 @@ def family(record: Record) -> str:
     cfg = record.adapter_cfg or {}
     method = record.adapter
     if method == "quantum":
-        if cfg.get("scaling", "rank") == "rank" and cfg.get("circuit_lr") is None:
+        if (cfg.get("scaling") or "rank") == "rank" and cfg.get("circuit_lr") is None:
             return "Pauli, paper rule"
         if cfg.get("rank_mask") is not None:
             return "Pauli, rank mask"

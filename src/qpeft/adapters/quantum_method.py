@@ -25,9 +25,9 @@ class QuantumCommonSettings(AdapterSettings):
 
     rank: int | Literal["full"] = option(8, 'K: an int <= min(d_out, d_in), or "full" = min(d_out, d_in)')
     alpha: float | None = option(16.0, "s = alpha / K under scaling=rank (null: 16)")
-    scaling: Literal["rank", "sqrt_rank", "none", "width", "width_sqrt"] = option(
+    scaling: Literal["rank", "sqrt_rank", "none", "width", "width_sqrt"] | None = option(
         "rank",
-        "s = alpha / K (rank, the paper's) | alpha / sqrt(K) | alpha (none) | (alpha / K) sqrt(d_out / 3) per "
+        "null = rank | s = alpha / K (rank, the paper's) | alpha / sqrt(K) | alpha (none) | (alpha / K) sqrt(d_out / 3) per "
         "matrix (width: lam's Adam step moves dW as LoRA r=K's does; docs/method.md 'Step sizes under AdamW') | "
         "(alpha / sqrt(K)) sqrt(d_out / 3) (width_sqrt: as rank-stabilised LoRA's does)",
     )
