@@ -8,11 +8,10 @@ PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-$(getconf _NPROCESSORS_ONLN)}  # not nproc: it honours OMP_NUM_THREADS
 CLAIMS=head_only,lora_r1,lora,quantum,quantum_paper,quantum_taylor,frontier/pauli_k8_l1,frontier/pauli_k8_l1_ws,frontier/pauli_kfull_l1
 SLOW=frontier/paper_kfull_l1,frontier/pauli_kfull_l1_mask8,frontier/pauli_kfull_l1_mask64,frontier/pauli_kfull_l2,frontier/pauli_kfull_l4
-FAST=$($PY - <<'PY'
-import yaml
+FAST=$(SLOW=$SLOW $PY - <<'PY'
+import os, yaml
 adapters = yaml.safe_load(open("configs/experiment/frontier_minilm.yaml"))["hydra"]["sweeper"]["params"]["adapter"]
-slow = set("frontier/paper_kfull_l1 frontier/pauli_kfull_l1_mask8 frontier/pauli_kfull_l1_mask64".split())
-slow |= {"frontier/pauli_kfull_l2", "frontier/pauli_kfull_l4"}
+slow = set(os.environ["SLOW"].split(","))
 print(",".join(a.strip() for a in adapters.split(",") if a.strip() not in slow))
 PY
 )
