@@ -6,7 +6,7 @@
 set -u
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-$(getconf _NPROCESSORS_ONLN)}  # not nproc: it honours OMP_NUM_THREADS
-CLAIMS=head_only,lora_r1,lora,quantum,quantum_paper,quantum_taylor,frontier/pauli_k8_l1,frontier/pauli_k8_l1_ws,frontier/pauli_kfull_l1
+CLAIMS=head_only,lora_r1,lora,quantum,frontier/paper_k8_l1,quantum_taylor,frontier/pauli_k8_l1,frontier/pauli_k8_l1_ws,frontier/pauli_kfull_l1
 SLOW=frontier/paper_kfull_l1,frontier/pauli_kfull_l1_mask8,frontier/pauli_kfull_l1_mask64,frontier/pauli_kfull_l2,frontier/pauli_kfull_l4
 FAST=$(SLOW=$SLOW $PY - <<'PY'
 import os, yaml

@@ -12,7 +12,7 @@ set -u
 PY=${PY:-python}
 OUT=${OUT:-outputs}
 RESULTS=${RESULTS:-results}
-POINTS=${POINTS:-"head_only lora_r1 lora quantum quantum_paper quantum_taylor frontier/pauli_kfull_l1 frontier/pauli_k8_l1_ws"}
+POINTS=${POINTS:-"head_only lora_r1 lora quantum frontier/paper_k8_l1 quantum_taylor frontier/pauli_kfull_l1 frontier/pauli_k8_l1_ws"}
 mkdir -p "$OUT"
 for adapter in $POINTS; do
   $PY run.py experiment=frontier_minilm task=glue/sst2 seed=0 adapter="$adapter" output_root="$OUT" \
