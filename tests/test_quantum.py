@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from qpeft.quantum import (
+    PauliCircuit,
     PauliStiefel,
     TaylorStiefel,
     pack_angles,
@@ -126,12 +127,28 @@ def test_orthonormal_columns_float32(n, k):
 
 @pytest.mark.parametrize("n", [2, 3, 4, 8, 16, 6, 12, 18, 30, 20, 45])
 @pytest.mark.parametrize("layers", [0, 1, 2])
-def test_fast_circuit_equals_dense_reference(n, layers):
+@pytest.mark.parametrize("block", [64, 3])
+def test_fast_circuit_equals_dense_reference(n, layers, block):
+    """Both fast forms (slot by slot, and the sum of Kronecker products: its columns and its product with a
+    matrix) give the dense reference's first k columns; block=3 splits the wires into 3-5 groups (2^(L (g-1))
+    terms), as n > 4096 does with the default block."""
     theta = rand_angles(2, n, layers, seed=n * 10 + layers, dtype=torch.float64)
     for k in sorted({1, max(1, n // 3), n}):
         U = pauli_stiefel(theta, n, k, layers)
+        circuit = PauliCircuit(n, k, layers, block=block).double()
+        by_slots, kron = circuit.simulate(theta), circuit.kron_sum(theta)
+        m = torch.randn(2, k, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+        applied = kron.apply(m)
         for b in range(2):
-            torch.testing.assert_close(U[b], dense_pauli(theta[b], n, layers)[:, :k], atol=1e-12, rtol=0)
+            ref = dense_pauli(theta[b], n, layers)[:, :k]
+            for fast in (U[b], by_slots[b], kron.dense()[b], kron.row(b).dense()[0]):
+                torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
+            scale = m[b, :, 0]
+            torch.testing.assert_close(
+                kron.row(b).dense(scale, transposed=True)[0], (ref * scale).T, atol=1e-12, rtol=0
+            )
+            torch.testing.assert_close(applied[b], ref @ m[b], atol=1e-12, rtol=0)
+            torch.testing.assert_close(kron.row(b).apply(m[b : b + 1])[0], ref @ m[b], atol=1e-12, rtol=0)
 
 
 def test_angle_count():

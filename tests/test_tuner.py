@@ -400,29 +400,40 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    ((_, (us, lams), _),) = hub._cache.values()
+    ((_, (us, lams, sums), _),) = hub._cache.values()
     assert all(u.dtype == torch.float32 for u in us.values()) and all(
         v.dtype == torch.float32 for v in lams.values()
     )
+    assert sums and all(x.dtype == torch.float32 for s in sums.values() for x in s.xs)
     model.to(torch.bfloat16)
     out = model(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("conv1d", [False, True])
-def test_full_rank_update_folded_into_the_weight(conv1d, monkeypatch):
-    """A full-rank adapter on a large batch runs x (W + dW)^T (fewer flops than its two N x N GEMMs): the same
-    outputs and gradients as the low-rank path, and as x W^T + b + x dW^T with dW from the merged weight."""
+@pytest.mark.parametrize(
+    "mapping,d_in,d_out,plan", [("pauli", 48, 192, "u"), ("pauli", 192, 48, "v"), ("taylor", 16, 24, "dense")]
+)
+def test_full_rank_update_folded_into_the_weight(conv1d, mapping, d_in, d_out, plan, monkeypatch):
+    """A full-rank adapter on a large batch runs x (W + dW)^T (fewer flops than its two N x N GEMMs), dW formed
+    by applying one Pauli factor as its sum of Kronecker products: the same outputs and gradients as the
+    low-rank path, and as x W^T + b + x dW^T with dW from the merged weight."""
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(0)
-    layer = Conv1D(24, 16) if conv1d else nn.Linear(16, 24)
-    base = nn.Sequential(layer, nn.Tanh(), nn.Linear(24, 2))
-    model = get_peft_model(copy.deepcopy(base), QuantumConfig(r="full", target_modules=["0"]))
+    layer = Conv1D(d_out, d_in) if conv1d else nn.Linear(d_in, d_out)
+    base = nn.Sequential(layer, nn.Tanh(), nn.Linear(d_out, 2))
+    model = get_peft_model(
+        copy.deepcopy(base), QuantumConfig(r="full", mapping=mapping, target_modules=["0"])
+    )
     perturb(model)
-    x = torch.randn(2, 256, 16)
+    x = torch.randn(2, 256, d_in)
     adapted = model.base_model.model[0]
     assert adapted._update_weight_pays(x, "default")  # large batch, full rank: the folded path is taken
+    hub = adapted.hub
+    assert (
+        hub.product_plan("default", 0)[1] == plan
+    )  # dW = U applied to lam V^T (or V to lam U^T) without forming the n x K x n product
     assert not adapted._update_weight_pays(x[:, :1], "default")  # one row: the low-rank path
 
     def run():
@@ -484,10 +495,12 @@ def bert_grads(model, ids, labels):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("mapping", ["pauli", "taylor"])
-def test_gradient_checkpointing(mapping):
+@pytest.mark.parametrize("mapping,rank", [("pauli", 4), ("taylor", 4), ("pauli", "full")])
+def test_gradient_checkpointing(mapping, rank):
+    """Non-reentrant checkpointing gives the gradients of the run without it; at full rank the factors are built
+    per matrix inside the checkpointed blocks (and rebuilt when they are recomputed)."""
     ids, labels = bert_batch()
-    model = get_peft_model(tiny_bert(), QuantumConfig(r=4, mapping=mapping, target_modules=BERT_TARGETS))
+    model = get_peft_model(tiny_bert(), QuantumConfig(r=rank, mapping=mapping, target_modules=BERT_TARGETS))
     perturb(model)
     reference = bert_grads(model, ids, labels)
     inner = model.get_base_model()

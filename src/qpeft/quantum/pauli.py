@@ -21,6 +21,14 @@ few broadcast multiplies. The state (B, n, k) is updated by one bmm per group pe
 the axes (the transposes ride on the bmm's operand strides, so no copies); a CZ brick is one multiply by
 a +-1 buffer; slot 0 applied to the identity columns is an outer product of matrix columns. Kernels per
 forward: about 3 + 3 per prime + (w - g) krons + (g + 1) per slot, independent of the batch B.
+
+Sum of Kronecker products (`kron_sum`, the default when it has few terms): a CZ pair inside a group is a
+diagonal of that group, and the one pair of a brick that crosses a group boundary is I - 2 P (x) Q with P, Q
+diagonal 0/1 projectors of the two groups. Expanding every crossing gives U = sum_t (x)_j X_{t,j} with
+2^(L (g - 1)) terms, each X_{t,j} an (m_j x m_j) product of the group's slot matrices and diagonals. The first
+k columns are then one outer product of group columns per term (O(n k) per term, not O(n k sum m_j) per
+slot), and U[:, :k] @ M is applied group by group without ever forming U (`KronSum.apply`: what a full-rank
+dW = U diag(lam) V^T costs in place of an n x K x n product).
 """
 
 from __future__ import annotations
@@ -144,6 +152,30 @@ class PauliCircuit(nn.Module):
         self.register_buffer("cz_a", _cz_signs(dims, 0).float() if w else torch.ones(1), persistent=False)
         self.register_buffer("cz_b", _cz_signs(dims, 1).float() if w else torch.ones(1), persistent=False)
         self.num_slots = len(slots)
+        # per brick (A, B): every combination of its boundary-crossing pairs taken as I or -2 P (x) Q, as
+        # (combinations, m_j) diagonals per group, the -2 factors folded into group 0's
+        self.num_terms = 1
+        for brick in (0, 1):
+            diags = self._brick_diagonals(brick)
+            for j, diag in enumerate(diags):
+                self.register_buffer(f"diag{brick}_{j}", diag, persistent=False)
+            self.num_terms *= diags[0].shape[0] ** layers if diags else 1
+        self.kron_pays = bool(dims) and self._kron_cost() < self._simulate_cost()
+
+    def _simulate_cost(self) -> int:
+        """Multiply-adds of simulate(): g GEMMs on the (n, k) state per slot after the first."""
+        return (self.num_slots - 1) * self.n * self.k * sum(self.m)
+
+    def _kron_cost(self) -> int:
+        """Multiply-adds of kron_sum().dense(): the (m_j x m_j) products of every term, and one outer product per
+        term over the (n, k) output counted 10-fold (a memory-bound pass against a cache-blocked GEMM, measured
+        on CPU: docs/method.md)."""
+        terms, chain = 1, 0
+        for _ in range(self.layers):
+            for brick in (0, 1):
+                terms *= getattr(self, f"diag{brick}_0").shape[0]
+                chain += terms * sum(m**3 for m in self.m)
+        return chain + 10 * terms * len(self.m) * self.n * self.k
 
     def group_matrices(self, angles: Tensor) -> list[tuple[Tensor, ...]]:
         """Per group and slot, the (B, m, m) Kronecker product of the group's wires' generalized RY gates."""
@@ -171,6 +203,57 @@ class PauliCircuit(nn.Module):
             mats.append(m.unbind(1))  # per slot (B, m, m)
         return mats
 
+    def _brick_diagonals(self, first: int) -> list[Tensor]:
+        """Brick `first` (0 = A, 1 = B) as sum_c (x)_j diag(D[c, j]): per group j a (C, m_j) tensor, C = 2^crossings."""
+        dims, w = self.dims, len(self.dims)
+        where = [
+            (j, i) for j, g in enumerate(self.group_dims) for i in range(len(g))
+        ]  # wire -> (group, index)
+        inside = [torch.ones(g, dtype=torch.float64) for g in self.group_dims]
+        crossings = []
+        for a in range(first, w - 1, 2):
+            (ja, ia), (jb, ib) = where[a], where[a + 1]
+            if ja == jb:  # both wires in one group: -1 where both are at their top level
+                idx = [slice(None)] * len(self.group_dims[ja])
+                idx[ia], idx[ib] = dims[a] - 1, dims[a + 1] - 1
+                inside[ja][tuple(idx)] *= -1
+            else:  # I - 2 P (x) Q: P = group ja's last wire at its top level, Q = group jb's first wire at its top
+                crossings.append((ja, self._top(ja, ia, dims[a] - 1), jb, self._top(jb, ib, dims[a + 1] - 1)))
+        diags = []
+        for choice in itertools.product((False, True), repeat=len(crossings)):
+            d = [v.clone() for v in inside]
+            for on, (ja, p, jb, q) in zip(choice, crossings):
+                if on:
+                    d[ja], d[jb] = d[ja] * p, d[jb] * q
+                    d[0] = d[0] * -2
+            diags.append([v.reshape(-1) for v in d])
+        return [torch.stack([d[j] for d in diags]).float() for j in range(len(self.group_dims))]
+
+    def _top(self, group: int, index: int, level: int) -> Tensor:
+        """0/1 over group `group`'s basis: 1 where its wire `index` is at `level`."""
+        mask = torch.zeros(self.group_dims[group], dtype=torch.float64)
+        idx = [slice(None)] * len(self.group_dims[group])
+        idx[index] = level
+        mask[tuple(idx)] = 1
+        return mask
+
+    def kron_sum(self, angles: Tensor) -> KronSum:
+        """(B, P) angles -> U = sum_t (x)_j X_{t,j}, in the precision and autocast state of the caller."""
+        mats = self.group_matrices(angles)
+        g, B = len(mats), angles.shape[0]
+        xs = [m[0][:, None] for m in mats]  # (B, terms, m_j, m_j), one term so far: slot 0
+        for layer in range(self.layers):
+            for brick in (0, 1):
+                s = 1 + 2 * layer + brick
+                diags = [getattr(self, f"diag{brick}_{j}").to(angles.dtype) for j in range(g)]
+                # every term times every combination of the brick's crossings: D_c X_t, then the slot's matrices
+                for j in range(g):
+                    y = (diags[j][:, None, :, None] * xs[j][:, None]).flatten(1, 2)  # (B, terms, m, m)
+                    # M_s @ Y_t for every term t as one bmm: M_s @ [Y_1 | Y_2 | ...]
+                    y = torch.bmm(mats[j][s], y.transpose(1, 2).reshape(B, self.m[j], -1))
+                    xs[j] = y.view(B, self.m[j], -1, self.m[j]).transpose(1, 2)
+        return KronSum(self, [x.transpose(0, 1) for x in xs], B)
+
     def forward(self, angles: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """(B, P) angles -> (B, n, k) orthonormal columns, computed in float32 (float64 for float64 angles)
         with autocast off whatever the angles' dtype, then cast once to `dtype` (default: that precision).
@@ -180,10 +263,12 @@ class PauliCircuit(nn.Module):
         if angles.dim() != 2 or angles.shape[1] != self.num_params:
             raise ValueError(f"angles must be (B, {self.num_params}), got {tuple(angles.shape)}")
         with torch.autocast(angles.device.type, enabled=False):
-            x = self._simulate(angles.double() if angles.dtype == torch.float64 else angles.float())
+            angles = angles.double() if angles.dtype == torch.float64 else angles.float()
+            x = self.kron_sum(angles).dense() if self.kron_pays else self.simulate(angles)
         return x if dtype is None else x.to(dtype)
 
-    def _simulate(self, angles: Tensor) -> Tensor:
+    def simulate(self, angles: Tensor) -> Tensor:
+        """U[:, :k] slot by slot (the state is (B, n, k)); linear in L, where the sum's terms grow as 2^L."""
         B, n, k = angles.shape[0], self.n, self.k
         if not self.dims:
             return angles.new_ones(B, 1, 1)
@@ -207,6 +292,76 @@ class PauliCircuit(nn.Module):
                 x = torch.bmm(mats[j][s + 1], x.view(B, -1, self.m[j]).transpose(1, 2))
             x = x.view(B, n, k)
         return x
+
+
+class KronSum:
+    """U = sum_t (x)_j X_{t,j} for a batch of B circuits of one plan: `xs[j]` is (terms, B, m_j, m_j)."""
+
+    def __init__(self, circuit: PauliCircuit, xs: list[Tensor], batch: int):
+        self.circuit, self.xs, self.batch = circuit, xs, batch
+
+    def row(self, i: int) -> KronSum:
+        """Circuit i of the batch alone (a view)."""
+        return KronSum(self.circuit, [x[:, i : i + 1] for x in self.xs], 1)
+
+    def dense(self, scale: Tensor | None = None, transposed: bool = False) -> Tensor:
+        """(B, n, k): U[(i_1..i_g), c] = sum_t prod_j X_{t,j}[i_j, digit_j(c)], one outer product per term.
+
+        `scale` ((k,) or (B, k)) multiplies column c, applied to the small group-0 columns rather than to U;
+        `transposed` lays the result out as (B, k, n), contiguous (what `apply` takes as its operand)."""
+        c, g, B = self.circuit, len(self.xs), self.batch
+        out = None
+        for t in range(self.xs[0].shape[0]):
+            u = None
+            for j, x in enumerate(self.xs):
+                col = x[t][:, :, c.digits[j]]  # (B, m_j, k)
+                if j == 0 and scale is not None:
+                    col = col * scale.reshape(-1, 1, c.k)
+                ones = [1] * j, [1] * (g - 1 - j)
+                col = (
+                    col.transpose(1, 2).reshape(B, c.k, *ones[0], c.m[j], *ones[1])
+                    if transposed
+                    else col.view(B, *ones[0], c.m[j], *ones[1], c.k)
+                )
+                u = col if u is None else u * col
+            out = u if out is None else out + u
+        return out.reshape(B, c.k, c.n) if transposed else out.reshape(B, c.n, c.k)
+
+    def apply(self, m: Tensor) -> Tensor:
+        """U[:, :k] @ m for m (B, k, c), group by group, without forming U: (B, n, c).
+
+        Rows of m are padded to q * (m_2 ... m_g) so that the first k columns of U are X_1[:, :q] (x) rest. With
+        two groups it is two GEMMs, the terms stacked: [X_{1,2}; X_{2,2}; ...] on the second group's axis, then
+        [X_{1,1}[:, :q] | X_{2,1}[:, :q] | ...] on the first, whose contraction also sums the terms."""
+        circuit, B, c = self.circuit, m.shape[0], m.shape[2]
+        rest = math.prod(circuit.m[1:])
+        q = -(-circuit.k // rest)
+        if q * rest != circuit.k:
+            m = torch.cat([m, m.new_zeros(B, q * rest - circuit.k, c)], 1)
+        terms = self.xs[0].shape[0]
+        if len(circuit.m) == 2:
+            (m1, m2), (x1, x2) = circuit.m, self.xs
+            z = torch.matmul(x2.transpose(0, 1).reshape(B, 1, terms * m2, m2), m.view(B, q, m2, c))
+            first = x1[..., :q].permute(1, 2, 3, 0).reshape(B, m1, q * terms)  # columns (p, t)
+            return torch.bmm(first, z.view(B, q * terms, m2 * c)).view(B, circuit.n, c)
+        sizes = [q, *circuit.m[1:]]
+        z = m[None]  # (1, B, ...) broadcast against the terms
+        for j in reversed(range(len(sizes))):
+            x = self.xs[j] if j else self.xs[0][..., :q]
+            pre, post = math.prod(sizes[:j]), math.prod(sizes[j + 1 :]) * c
+            z = torch.matmul(x[:, :, None], z.reshape(z.shape[0], B, pre, sizes[j], post))
+            sizes[j] = circuit.m[j]
+        return z.sum(0).reshape(B, circuit.n, c)
+
+    def apply_cost(self, c: int) -> int:
+        """Multiply-adds of apply() on a (k, c) operand, per circuit."""
+        circuit = self.circuit
+        rest = math.prod(circuit.m[1:])
+        sizes, total = [-(-circuit.k // rest), *circuit.m[1:]], 0
+        for j in reversed(range(len(sizes))):
+            total += math.prod(sizes[:j]) * circuit.m[j] * sizes[j] * math.prod(sizes[j + 1 :]) * c
+            sizes[j] = circuit.m[j]
+        return total * self.xs[0].shape[0]
 
 
 @lru_cache(maxsize=64)

@@ -23,10 +23,26 @@ from torch import Tensor, nn
 
 from qpeft.errors import QpeftError
 from qpeft.quantum import PauliStiefel, TaylorStiefel, pack_angles, quantize_angles, unpack_angles
+from qpeft.quantum.pauli import KronSum
 from qpeft.tuner.config import QuantumConfig
 
 HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
 PERIOD = 4 * math.pi  # RY(theta) uses theta/2: the rotation angle theta/2 is quantised over [-pi, pi)
+
+
+def _product_plan(
+    d_out: int, d_in: int, k: int, kron_u: KronSum | None, kron_v: KronSum | None
+) -> tuple[str, int]:
+    """How to form U diag(lam) V^T with the fewest multiply-adds, and that count: the dense d_out x K x d_in
+    product, or a Pauli factor's sum of Kronecker products applied to the other factor's (lam-scaled) transpose
+    ("u": U applied to lam V^T; "v": V applied to lam U^T, transposed)."""
+    costs = {"dense": d_out * k * d_in}
+    if kron_u is not None:
+        costs["u"] = kron_u.apply_cost(d_in)
+    if kron_v is not None:
+        costs["v"] = kron_v.apply_cost(d_out)
+    how = min(costs, key=costs.get)
+    return how, costs[how]
 
 
 class QuantumAdapterState(nn.Module):
@@ -38,6 +54,7 @@ class QuantumAdapterState(nn.Module):
     def __init__(self, config: QuantumConfig, shapes: list[tuple[int, int, int]]):
         super().__init__()
         self.config = config
+        self.shapes = shapes  # (d_out, d_in, K) per matrix
         rows: dict[str, int] = {}
         self.index: list[tuple[str, int, str, int, str, int]] = []
         for d_out, d_in, k in shapes:
@@ -46,6 +63,12 @@ class QuantumAdapterState(nn.Module):
             rv = rows[kv] = rows.get(kv, -1) + 1
             rl = rows[kl] = rows.get(kl, -1) + 1
             self.index.append((ku, ru, kv, rv, kl, rl))
+        # banks whose every matrix is full rank: with grad enabled their factors are built per matrix, and only
+        # the side a folded update needs (QuantumHub.delta_weight); the others are built batched, once per pass
+        partial = {
+            key for (d_out, d_in, k), i in zip(shapes, self.index) if k < min(d_out, d_in) for key in i[:3:2]
+        }
+        self.full_rank_banks = {key for i in self.index for key in i[:3:2]} - partial
         by_size = {"key": lambda s: (len(s), s)}
         self.banks = nn.ModuleDict()
         for key in sorted({i[0] for i in self.index} | {i[2] for i in self.index}, **by_size):
@@ -132,41 +155,42 @@ class QuantumAdapterState(nn.Module):
         """Tensors whose change invalidates cached factors."""
         return (*self.parameters(), *(self.mask(k) for k in self.lam))
 
-    def compute(self, quantise: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Run every bank once, in float32 with autocast off: {bank: (B, n, K)}, {K: (M, K) s * lam * mask}."""
+    def compute(
+        self, quantise: bool, every_bank: bool
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, KronSum]]:
+        """Run the banks once, in float32 with autocast off: {bank: (B, n, K)} (the full-rank Pauli banks only if
+        `every_bank`), {K: (M, K) s * lam * mask}, and {bank: its circuits as a sum of Kronecker products} (Pauli)."""
         device = next(iter(self.lam.values())).device
         no_autocast = (
             torch.autocast(device.type, enabled=False)
             if device.type in ("cpu", "cuda")
             else contextlib.nullcontext()
         )
-        us = {}
+        us, sums = {}, {}
         with no_autocast:
             for key, bank in self.banks.items():
                 if self.config.mapping == "pauli":
                     theta = bank.theta.float()
                     if quantise:
                         theta = quantize_angles(theta, self.config.quant_bits, ste=True, period=PERIOD)
-                    # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
-                    us[key] = (
-                        bank(theta, torch.float32) if theta.shape[1] else theta.new_ones(len(theta), 1, 1)
-                    )
+                    circuit = bank.circuit
+                    if not circuit.dims:  # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
+                        us[key] = theta.new_ones(len(theta), 1, 1)
+                    else:  # the sum also serves the folded full-rank path (QuantumHub.delta_weight)
+                        sums[key] = circuit.kron_sum(theta)
+                        if every_bank or key not in self.full_rank_banks:
+                            us[key] = sums[key].dense() if circuit.kron_pays else circuit.simulate(theta)
                 else:
                     us[key] = bank(torch.float32)
                 self.num_simulations += 1
             lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
-        return us, lams
+        return us, lams, sums
 
     def _scale_on(self, key: str, device: torch.device) -> Tensor:
         """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
         if self.scale[key].device != device:
             self.scale[key] = self.scale[key].to(device)
         return self.scale[key]
-
-    def delta_weight(self, i: int, us: dict[str, Tensor], lams: dict[str, Tensor]) -> Tensor:
-        """dW_i = s U diag(lam * mask) V^T (d_out x d_in), float32."""
-        ku, ru, kv, rv, kl, rl = self.index[i]
-        return (us[ku][ru] * lams[kl][rl]) @ us[kv][rv].T
 
     @torch.no_grad()
     def update_rank_mask(self, global_step: int) -> None:
@@ -268,8 +292,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         bits = state.config.quant_bits
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
-    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict]:
-        """(stacked U's per bank, lam_eff per K, casts per dtype) of adapter `name`, computed or cached."""
+    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
+        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, casts per dtype) of adapter
+        `name`, computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -284,33 +309,66 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         )
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
-            us, lams = state.compute(quantise)
-            cached = self._cache[name] = (key, (us, lams), {})
-        return cached[1][0], cached[1][1], cached[2]
+            # under no_grad every bank at once: the cache serves every batch until a parameter changes
+            cached = self._cache[name] = (key, state.compute(quantise, every_bank=not grad), {})
+        return (*cached[1], cached[2])
+
+    def _factor(self, name: str, key: str, row: int, quantise: bool | None = None) -> Tensor:
+        """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
+        products (a full-rank bank with grad enabled; not cached, so a checkpointed block rebuilds it)."""
+        us, _, sums, _ = self._factors(name, quantise)
+        return us[key][row] if key in us else sums[key].row(row).dense()[0]
+
+    def _scaled_transpose(self, name: str, key: str, row: int, lam: Tensor, quantise: bool | None) -> Tensor:
+        """lam[:, None] * F^T (K, n) for factor F = row `row` of bank `key`: the operand KronSum.apply takes."""
+        us, _, sums, _ = self._factors(name, quantise)
+        if key in us:
+            return lam[:, None] * us[key][row].T
+        return sums[key].row(row).dense(scale=lam, transposed=True)[0]
 
     def factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, in `dtype` (cast once per pass and dtype)."""
-        us, lams, casts = self._factors(name, quantise=None)
+        us, lams, _, casts = self._factors(name, quantise=None)
+        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         if dtype not in casts:
             cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
             casts[dtype] = (
                 {k: cast(v).unbind(0) for k, v in us.items()},
                 {k: cast(v).unbind(0) for k, v in lams.items()},
             )
-        us, lams = casts[dtype]
-        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        return us[ku][ru], us[kv][rv], lams[kl][rl]
+        cast_us, cast_lams = casts[dtype]
+        U, V = (
+            cast_us[key][r] if key in us else self._factor(name, key, r).to(dtype)
+            for key, r in ((ku, ru), (kv, rv))
+        )
+        return U, V, cast_lams[kl][rl]
 
-    def rank(self, name: str, row: int) -> int:
-        """K of matrix `row` of adapter `name`."""
-        return int(self.quantum_adapters[name].index[row][4][1:])
-
-    @torch.no_grad()
-    def delta_weight(self, name: str, row: int) -> Tensor:
-        """dW of matrix `row` (float32), with the quantised angles when quant_bits is set (what is saved)."""
+    def product_plan(self, name: str, row: int) -> tuple[int, str, int]:
+        """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see _product_plan)."""
+        _, _, sums, _ = self._factors(name, quantise=None)
         state = self.quantum_adapters[name]
-        us, lams, _ = self._factors(name, quantise=state.config.quant_bits is not None)
-        return state.delta_weight(row, us, lams)
+        (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
+        kron_u, kron_v = (sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv)))
+        return (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
+
+    def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
+        """dW = s U diag(lam * mask) V^T of matrix `row` (float32; a graph to the adapter when grad is enabled),
+        forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
+        _, lams, sums, casts = self._factors(name, quantise)
+        if not torch.is_grad_enabled() and ("dw", row) in casts:
+            return casts["dw", row]
+        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
+        lam = lams[kl][rl]
+        _, how, _ = self.product_plan(name, row)
+        if how == "u":
+            dw = sums[ku].row(ru).apply(self._scaled_transpose(name, kv, rv, lam, quantise)[None])[0]
+        elif how == "v":
+            dw = sums[kv].row(rv).apply(self._scaled_transpose(name, ku, ru, lam, quantise)[None])[0].T
+        else:
+            dw = (self._factor(name, ku, ru, quantise) * lam) @ self._factor(name, kv, rv, quantise).T
+        if not torch.is_grad_enabled():
+            casts["dw", row] = dw
+        return dw
 
     def check_not_reentrant(self) -> None:
         """Reentrant checkpointing runs blocks under no_grad and recomputes them in backward, each with its own
@@ -384,7 +442,11 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """dW in the layout of the base weight (transposed for Conv1D), float32."""
-        dw = self.hub.delta_weight(adapter_name, self.quantum_row[adapter_name])
+        state = self.hub.quantum_adapters[adapter_name]
+        with torch.no_grad():  # with the quantised angles when quant_bits is set (what is saved)
+            dw = self.hub.delta_weight(
+                adapter_name, self.quantum_row[adapter_name], quantise=state.config.quant_bits is not None
+            )
         return dw.T if self.fan_in_fan_out else dw
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -444,7 +506,8 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         """Whether x (W + dW)^T costs fewer flops than x W^T + ((x V) lam) U^T, forward and backward.
 
         The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
-        size); forming dW costs 3 d_out d_in K (dW and its two factor gradients) and its gradient g^T x
+        size); forming dW costs 3 P (dW and its two factor gradients; P = d_out K d_in for the dense product,
+        far less when a Pauli factor is applied as its sum of Kronecker products) and its gradient g^T x
         T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into the weight;
         for LoRA-like K never. Only in float32 without autocast (rounding W + dW to bf16 would wipe out a
         small dW), only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
@@ -457,14 +520,13 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return False
         if weight.dim() != 2 or not (isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out):
             return False
-        k = self.hub.rank(name, self.quantum_row[name])
+        k, _, product = self.hub.product_plan(name, self.quantum_row[name])
         rows, d_in, d_out = x.numel() // self.in_features, self.in_features, self.out_features
-        return 3 * rows * k * (d_in + d_out) > 3 * d_out * d_in * k + rows * d_out * d_in
+        return 3 * rows * k * (d_in + d_out) > 3 * product + rows * d_out * d_in
 
     def _forward_updated_weight(self, x: Tensor, name: str) -> Tensor:
         """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding."""
-        U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
-        dw = (U * lam) @ V.T  # (d_out, d_in)
+        dw = self.hub.delta_weight(name, self.quantum_row[name])  # (d_out, d_in), float32
         base = self.base_layer
         if self.fan_in_fan_out:  # GPT-2 Conv1D: weight (d_in, d_out), y = x W + b
             y = x.reshape(-1, self.in_features) @ (base.weight + dw.T)
