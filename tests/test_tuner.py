@@ -410,6 +410,27 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
+    """At full rank with grad enabled each layer builds its own factors from the hub's sums of Kronecker
+    products, inside the layer's forward; under bf16 autocast they and dW are still float32 products:
+    orthonormal to float32 precision, dW equal to the one computed without autocast."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(48, 192), nn.Tanh(), nn.Linear(192, 2))
+    model = get_peft_model(base, QuantumConfig(r="full", target_modules=["0"]))
+    perturb(model)
+    hub = model.base_model.model[0].hub
+    plain = hub.delta_weight("default", 0).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        U, V, _ = hub.factors("default", 0, torch.float32)
+        dw = hub.delta_weight("default", 0)
+    assert "n192_k48" not in hub._cache["default"][1][0]  # not built batched: per matrix, in the layer
+    for f in (U, V):
+        assert f.dtype == torch.float32
+        torch.testing.assert_close(f.T @ f, torch.eye(48), atol=1e-5, rtol=0)
+    assert dw.dtype == torch.float32
+    torch.testing.assert_close(dw.detach(), plain, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("conv1d", [False, True])
 @pytest.mark.parametrize(
     "mapping,d_in,d_out,plan", [("pauli", 48, 192, "u"), ("pauli", 192, 48, "v"), ("taylor", 16, 24, "dense")]

@@ -30,6 +30,13 @@ HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quan
 PERIOD = 4 * math.pi  # RY(theta) uses theta/2: the rotation angle theta/2 is quantised over [-pi, pi)
 
 
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`: the factors and dW are float32 products whatever the caller's autocast."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _product_plan(
     d_out: int, d_in: int, k: int, kron_u: KronSum | None, kron_v: KronSum | None
 ) -> tuple[str, int]:
@@ -161,13 +168,8 @@ class QuantumAdapterState(nn.Module):
         """Run the banks once, in float32 with autocast off: {bank: (B, n, K)} (the full-rank Pauli banks only if
         `every_bank`), {K: (M, K) s * lam * mask}, and {bank: its circuits as a sum of Kronecker products} (Pauli)."""
         device = next(iter(self.lam.values())).device
-        no_autocast = (
-            torch.autocast(device.type, enabled=False)
-            if device.type in ("cpu", "cuda")
-            else contextlib.nullcontext()
-        )
         us, sums = {}, {}
-        with no_autocast:
+        with _no_autocast(device):
             for key, bank in self.banks.items():
                 if self.config.mapping == "pauli":
                     theta = bank.theta.float()
@@ -293,8 +295,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
     def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
-        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, casts per dtype) of adapter
-        `name`, computed or cached."""
+        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: casts
+        per dtype, and under no_grad each folded dW by ("dw", row)) of adapter `name`, computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -317,14 +319,16 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
         products (a full-rank bank with grad enabled; not cached, so a checkpointed block rebuilds it)."""
         us, _, sums, _ = self._factors(name, quantise)
-        return us[key][row] if key in us else sums[key].row(row).dense()[0]
+        return (
+            us[key][row] if key in us else sums[key].row(row).dense()[0]
+        )  # elementwise: float32 under autocast
 
     def _scaled_transpose(self, name: str, key: str, row: int, lam: Tensor, quantise: bool | None) -> Tensor:
         """lam[:, None] * F^T (K, n) for factor F = row `row` of bank `key`: the operand KronSum.apply takes."""
         us, _, sums, _ = self._factors(name, quantise)
         if key in us:
             return lam[:, None] * us[key][row].T
-        return sums[key].row(row).dense(scale=lam, transposed=True)[0]
+        return sums[key].row(row).dense(scale=lam, transposed=True)[0]  # elementwise only: autocast leaves it
 
     def factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, in `dtype` (cast once per pass and dtype)."""
@@ -352,22 +356,23 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         return (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
 
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
-        """dW = s U diag(lam * mask) V^T of matrix `row` (float32; a graph to the adapter when grad is enabled),
-        forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
-        _, lams, sums, casts = self._factors(name, quantise)
-        if not torch.is_grad_enabled() and ("dw", row) in casts:
-            return casts["dw", row]
+        """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
+        is enabled), forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
+        _, lams, sums, store = self._factors(name, quantise)
+        if not torch.is_grad_enabled() and ("dw", row) in store:
+            return store["dw", row]
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         lam = lams[kl][rl]
         _, how, _ = self.product_plan(name, row)
-        if how == "u":
-            dw = sums[ku].row(ru).apply(self._scaled_transpose(name, kv, rv, lam, quantise)[None])[0]
-        elif how == "v":
-            dw = sums[kv].row(rv).apply(self._scaled_transpose(name, ku, ru, lam, quantise)[None])[0].T
-        else:
-            dw = (self._factor(name, ku, ru, quantise) * lam) @ self._factor(name, kv, rv, quantise).T
+        with _no_autocast(lam.device):
+            if how == "u":
+                dw = sums[ku].row(ru).apply(self._scaled_transpose(name, kv, rv, lam, quantise)[None])[0]
+            elif how == "v":
+                dw = sums[kv].row(rv).apply(self._scaled_transpose(name, ku, ru, lam, quantise)[None])[0].T
+            else:
+                dw = (self._factor(name, ku, ru, quantise) * lam) @ self._factor(name, kv, rv, quantise).T
         if not torch.is_grad_enabled():
-            casts["dw", row] = dw
+            store["dw", row] = dw
         return dw
 
     def check_not_reentrant(self) -> None:
