@@ -22,7 +22,7 @@ the axes (the transposes ride on the bmm's operand strides, so no copies); a CZ 
 a +-1 buffer; slot 0 applied to the identity columns is an outer product of matrix columns. Kernels per
 forward: about 3 + 3 per prime + (w - g) krons + (g + 1) per slot, independent of the batch B.
 
-Sum of Kronecker products (`kron_sum`, the default when it has few terms): a CZ pair inside a group is a
+Sum of Kronecker products (`kron_sum`, taken when its multiply-add count is lower): a CZ pair inside a group is a
 diagonal of that group, and the one pair of a brick that crosses a group boundary is I - 2 P (x) Q with P, Q
 diagonal 0/1 projectors of the two groups. Expanding every crossing gives U = sum_t (x)_j X_{t,j} with
 2^(L (g - 1)) terms, each X_{t,j} an (m_j x m_j) product of the group's slot matrices and diagonals. The first

@@ -8,7 +8,10 @@ rows of one (B, P) angle tensor. So an adapter's trainable state (banks, lam, ma
 pass of the model (a forward-pre-hook on it): with grad enabled a fresh graph every pass; under no_grad a
 cache, kept until a parameter or mask changes or train/eval mode changes. Computing in the pre-hook, before
 any layer runs, keeps the factors outside gradient-checkpointed blocks, so non-reentrant checkpointing
-recomputes a block with the very same factor tensors and gives the same gradients.
+recomputes a block with the very same factor tensors and gives the same gradients. A bank whose matrices are
+all full rank is built differently while training: the pre-hook computes its sums of Kronecker products, and
+each layer builds from them only the factor its folded update needs (an op of the layer, so a checkpointed
+block recomputes it).
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import Tensor, nn
 
 from qpeft.errors import QpeftError
-from qpeft.quantum import PauliStiefel, TaylorStiefel, pack_angles, quantize_angles, unpack_angles
-from qpeft.quantum.pauli import KronSum
+from qpeft.quantum import KronSum, PauliStiefel, TaylorStiefel, pack_angles, quantize_angles, unpack_angles
 from qpeft.tuner.config import QuantumConfig
 
 HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
