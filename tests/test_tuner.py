@@ -429,6 +429,13 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
         torch.testing.assert_close(f.T @ f, torch.eye(48), atol=1e-5, rtol=0)
     assert dw.dtype == torch.float32
     torch.testing.assert_close(dw.detach(), plain, atol=1e-6, rtol=0)
+    # a training pass under autocast cannot fold (the low-rank path needs both factors): built batched then
+    x = torch.randn(4, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).sum().backward()
+    assert "n192_k48" in hub._cache["default"][1][0]
+    model(x).sum().backward()
+    assert "n192_k48" not in hub._cache["default"][1][0]
 
 
 @pytest.mark.parametrize("conv1d", [False, True])

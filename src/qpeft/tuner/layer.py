@@ -247,6 +247,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self.pending: dict[str, list[tuple[QuantumLinear, int, int, int]]] = {}
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
+        self._base_dtype: torch.dtype | None = None  # of the model's frozen weights, seen when a pass begins
         self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
@@ -286,6 +287,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass_grad = torch.is_grad_enabled()
         if self._pass_grad:
             self._pass += 1
+        self._base_dtype = next((p.dtype for p in module.parameters() if not p.requires_grad), None)
         if self.disable_adapters:
             return
         for name in self.active_adapters:
@@ -313,9 +315,28 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         )
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
-            # under no_grad every bank at once: the cache serves every batch until a parameter changes
-            cached = self._cache[name] = (key, state.compute(quantise, every_bank=not grad), {})
+            # every bank at once unless layers may fold their update (then a full-rank layer builds the one factor
+            # it needs); under no_grad the cache serves every batch until a parameter changes
+            cached = self._cache[name] = (
+                key,
+                state.compute(quantise, every_bank=not self._may_fold(state)),
+                {},
+            )
         return (*cached[1], cached[2])
+
+    def _may_fold(self, state: QuantumAdapterState) -> bool:
+        """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
+        enabled, float32 or float64 weights, no autocast, no adapter dropout. (If a layer folds anyway, or
+        does not, it builds what it needs; this only decides what is built batched in advance.)"""
+        full = (torch.float32, torch.float64)
+        lam = next(iter(state.lam.values()))
+        return (
+            torch.is_grad_enabled()
+            and lam.dtype in full
+            and self._base_dtype in (*full, None)
+            and not torch.is_autocast_enabled(lam.device.type)
+            and state.config.dropout == 0
+        )
 
     def _factor(self, name: str, key: str, row: int, quantise: bool | None = None) -> Tensor:
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
