@@ -89,6 +89,26 @@ def test_missing_or_malformed_vtab_folder(tmp_path, damage):
     assert not list(tmp_path.rglob("record.json"))
 
 
+def test_heldout_slice_that_does_not_fit_is_one_line(glue_dir, tmp_path):
+    """A held-out slice as large as the training set (refused when the data is read), and one asked of a task
+    family that has no held-out support (VTAB), each end in one line naming trainer.heldout."""
+    root = _glue_copy(tmp_path, glue_dir, "none")  # 199 training sentences
+    out = run_cli(
+        [*TINY, "adapter=lora", f"task.data_dir={root}", "trainer.heldout=199", f"output_root={tmp_path}"]
+    )
+    assert_one_line_error(out, "trainer.heldout")
+    vit = [
+        "task=vtab/cifar10",
+        "backbone=tiny_vit",
+        "adapter=lora",
+        "trainer.max_steps=1",
+        "trainer.heldout=10",
+    ]
+    out = run_cli([*vit, f"output_root={tmp_path}"])
+    assert_one_line_error(out, "trainer.heldout")
+    assert not list(tmp_path.rglob("record.json"))
+
+
 def test_nothing_already_written_is_lost(glue_dir, tmp_path):
     """A finished run asked for again with a bad setting keeps its record byte for byte."""
     ok = run_cli([*TINY, "adapter=lora", f"output_root={tmp_path}"])
