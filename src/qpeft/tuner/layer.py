@@ -300,7 +300,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
 
     def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
         """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: casts
-        per dtype, and under no_grad each folded dW by ("dw", row)) of adapter `name`, computed or cached."""
+        per dtype, each matrix's product plan by ("plan", row), and under no_grad each folded dW by ("dw", row)) of
+        adapter `name`, computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -338,24 +339,23 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             and state.config.dropout == 0
         )
 
-    def _factor(self, name: str, key: str, row: int, quantise: bool | None = None) -> Tensor:
+    @staticmethod
+    def _factor(us: dict, sums: dict, key: str, row: int) -> Tensor:
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
-        products (a full-rank bank with grad enabled; not cached, so a checkpointed block rebuilds it)."""
-        us, _, sums, _ = self._factors(name, quantise)
-        return (
-            us[key][row] if key in us else sums[key].row(row).dense()[0]
-        )  # elementwise: float32 under autocast
+        products (a full-rank bank in a pass that may fold; not cached, so a checkpointed block rebuilds it).
+        Elementwise ops only: float32 whatever the autocast."""
+        return us[key][row] if key in us else sums[key].row(row).dense()[0]
 
-    def _scaled_transpose(self, name: str, key: str, row: int, lam: Tensor, quantise: bool | None) -> Tensor:
+    @staticmethod
+    def _scaled_transpose(us: dict, sums: dict, key: str, row: int, lam: Tensor) -> Tensor:
         """lam[:, None] * F^T (K, n) for factor F = row `row` of bank `key`: the operand KronSum.apply takes."""
-        us, _, sums, _ = self._factors(name, quantise)
         if key in us:
             return lam[:, None] * us[key][row].T
-        return sums[key].row(row).dense(scale=lam, transposed=True)[0]  # elementwise only: autocast leaves it
+        return sums[key].row(row).dense(scale=lam, transposed=True)[0]
 
     def factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, in `dtype` (cast once per pass and dtype)."""
-        us, lams, _, casts = self._factors(name, quantise=None)
+        us, lams, sums, casts = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         if dtype not in casts:
             cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
@@ -365,35 +365,38 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             )
         cast_us, cast_lams = casts[dtype]
         U, V = (
-            cast_us[key][r] if key in us else self._factor(name, key, r).to(dtype)
+            cast_us[key][r] if key in us else self._factor(us, sums, key, r).to(dtype)
             for key, r in ((ku, ru), (kv, rv))
         )
         return U, V, cast_lams[kl][rl]
 
-    def product_plan(self, name: str, row: int) -> tuple[int, str, int]:
-        """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see _product_plan)."""
-        _, _, sums, _ = self._factors(name, quantise=None)
-        state = self.quantum_adapters[name]
-        (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
-        kron_u, kron_v = (sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv)))
-        return (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
+    def product_plan(self, name: str, row: int, quantise: bool | None = None) -> tuple[int, str, int]:
+        """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see _product_plan);
+        it depends on the shapes alone, so it is kept in the per-pass store."""
+        _, _, sums, store = self._factors(name, quantise)
+        if ("plan", row) not in store:
+            state = self.quantum_adapters[name]
+            (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
+            kron_u, kron_v = (sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv)))
+            store["plan", row] = (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
+        return store["plan", row]
 
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
         """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
         is enabled), forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
-        _, lams, sums, store = self._factors(name, quantise)
+        us, lams, sums, store = self._factors(name, quantise)
         if not torch.is_grad_enabled() and ("dw", row) in store:
             return store["dw", row]
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         lam = lams[kl][rl]
-        _, how, _ = self.product_plan(name, row)
+        _, how, _ = self.product_plan(name, row, quantise)
         with _no_autocast(lam.device):
             if how == "u":
-                dw = sums[ku].row(ru).apply(self._scaled_transpose(name, kv, rv, lam, quantise)[None])[0]
+                dw = sums[ku].row(ru).apply(self._scaled_transpose(us, sums, kv, rv, lam)[None])[0]
             elif how == "v":
-                dw = sums[kv].row(rv).apply(self._scaled_transpose(name, ku, ru, lam, quantise)[None])[0].T
+                dw = sums[kv].row(rv).apply(self._scaled_transpose(us, sums, ku, ru, lam)[None])[0].T
             else:
-                dw = (self._factor(name, ku, ru, quantise) * lam) @ self._factor(name, kv, rv, quantise).T
+                dw = (self._factor(us, sums, ku, ru) * lam) @ self._factor(us, sums, kv, rv).T
         if not torch.is_grad_enabled():
             store["dw", row] = dw
         return dw
