@@ -196,8 +196,10 @@ def test_rank_errors_and_full():
 
 def test_one_simulation_per_dimension_not_per_matrix(monkeypatch):
     calls = []
-    real = PauliCircuit.kron_sum  # the hub builds every Pauli bank as a sum of Kronecker products
-    monkeypatch.setattr(PauliCircuit, "kron_sum", lambda self, a: calls.append(a.shape[0]) or real(self, a))
+    real = PauliCircuit.group_matrices  # every simulation of a bank starts with its gates
+    monkeypatch.setattr(
+        PauliCircuit, "group_matrices", lambda self, a: calls.append(a.shape[0]) or real(self, a)
+    )
     _, model = mlp(cfg())
     x, y = data()
     hub = qa._state(model)

@@ -404,6 +404,9 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     assert all(u.dtype == torch.float32 for u in us.values()) and all(
         v.dtype == torch.float32 for v in lams.values()
     )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # no_grad builds the sums (merges)
+        model(x)
+    ((_, (_, _, sums), _),) = hub._cache.values()
     assert sums and all(x.dtype == torch.float32 for s in sums.values() for x in s.xs)
     model.to(torch.bfloat16)
     out = model(x.bfloat16())
@@ -421,7 +424,7 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
     hub = model.base_model.model[0].hub
     plain = hub.delta_weight("default", 0).detach()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        U, V, _ = hub.factors("default", 0, torch.float32)
+        U, V, _ = hub.factors("default", 0)
         dw = hub.delta_weight("default", 0)
     assert "n192_k48" not in hub._cache["default"][1][0]  # not built batched: per matrix, in the layer
     for f in (U, V):
@@ -731,3 +734,49 @@ def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():
     for k, v in fresh.state_dict().items():
         if k.endswith(".theta"):
             assert torch.equal(v, thetas[k])  # not moved to the grid
+
+
+def bert_ops(config: object, layers: int, autocast: bool) -> int:
+    """Kernel-launching aten ops (qpeft.bench.KernelCount) of one forward + backward of a tiny BERT with
+    `layers` layers adapted by the peft `config`."""
+    from transformers import BertForSequenceClassification
+
+    from qpeft.bench import kernel_ops
+
+    torch.manual_seed(0)
+    bert_config = tiny_bert_config()
+    bert_config.num_hidden_layers = layers
+    model = get_peft_model(BertForSequenceClassification(bert_config), config)
+    if isinstance(config, QuantumConfig):
+        perturb(model)  # nonzero lam (LoRA: init_lora_weights=False): every factor gets a gradient
+    ids, labels = bert_batch()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+
+    step()  # the first pass may set up caches
+    return kernel_ops(step)
+
+
+@pytest.mark.parametrize(
+    "rank,autocast", [(8, False), (8, True), ("full", True)], ids=["k8_fp32", "k8_bf16", "kfull_bf16"]
+)
+def test_adapted_layer_launches_no_more_kernels_than_lora(rank, autocast):
+    """On a GPU a base-size model's step is launch-bound: an adapted matrix should add no more kernels than
+    peft's LoRA adds. Measured as the ops two more BERT layers (6 matrices each) add, per matrix, so that the
+    circuits' own ops, once per pass, do not count. (The hub before lam was folded into the V's per bank:
+    27 ops per matrix against LoRA's 18.3 in float32, 29 against 28.7 under autocast.) At full rank in
+    float32 the layers fold their update instead, a different trade (fewer flops, more ops): autocast only."""
+    from peft import LoraConfig
+
+    configs = {
+        "lora": lambda: LoraConfig(r=8, target_modules=BERT_TARGETS, init_lora_weights=False),
+        "quantum": lambda: QuantumConfig(r=rank, target_modules=BERT_TARGETS),
+    }
+    per_matrix = {
+        name: (bert_ops(config(), 4, autocast) - bert_ops(config(), 2, autocast)) / 12
+        for name, config in configs.items()
+    }
+    assert per_matrix["quantum"] <= per_matrix["lora"], per_matrix

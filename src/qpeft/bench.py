@@ -20,6 +20,9 @@ method rotating), and reported as medians.
   recorded by torch.profiler (`profile_memory=True`, allocation events). It does not see memory that BLAS /
   oneDNN allocate outside torch's allocator, nor Python objects, and counts requested bytes (no allocator
   caching), so it is comparable between methods but is not the process RSS.
+- ops / step: the aten ops one (untimed) train step dispatches, views excluded (KernelCount): on a GPU
+  about one kernel launch each, so for a launch-bound step (a base-size model at batch 32 x 128 on an
+  H200) a proxy of its time that any device measures exactly.
 - inference: eval mode, no_grad, unmerged and merged (the method's `merge`), and the bare backbone (no
   adapter), interleaved the same way (one untimed round before the unmerged ones).
 
@@ -50,6 +53,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qpeft import adapters, backbones
 from qpeft.errors import QpeftError
@@ -158,6 +162,7 @@ class Bench:
         self.step_count = 0
         self.times: dict[str, list[float]] = {"train": [], "infer": [], "merged": []}
         self.peak_mem = float("nan")
+        self.kernel_ops = 0
 
     def autocast(self):
         if self.args.dtype == "fp32":
@@ -225,6 +230,30 @@ def step_peak_bytes(fn, inputs: dict, device: torch.device) -> int:
     return max(total for _, _, total in allocs) - start
 
 
+class KernelCount(TorchDispatchMode):
+    """Counts the aten ops dispatched while active, views excluded (ops whose outputs alias an input without
+    writing it: view, transpose, unbind, ...). On a GPU nearly every counted op is one kernel launch, so for a
+    launch-bound step (a base-size model at batch 32 x 128 on an H200) the count is what the step costs; on
+    any device it is exact and repeatable, unlike a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        returns = func._schema.returns
+        if not any(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def kernel_ops(fn, *args) -> int:
+    """The aten ops (views excluded) that fn(*args) dispatches: see KernelCount."""
+    with KernelCount() as count:
+        fn(*args)
+    return count.ops
+
+
 def profile_step(b: Bench, inputs: dict, device: torch.device) -> None:
     """torch.profiler's top operators (self time) of one train step of `b`, printed."""
     from torch.profiler import ProfilerActivity, profile
@@ -290,6 +319,7 @@ def table_rows(benches: list[Bench], bare: Bench) -> list[dict]:
     lora = by.get(LORA)
     lt = median(lora.times["train"]) if lora else float("nan")
     lm = lora.peak_mem if lora else float("nan")
+    lo = lora.kernel_ops if lora else float("nan")
     li = median(lora.times["infer"]) if lora else float("nan")
     bi, bm = median(bare.times["infer"]), median(bare.times["merged"])
     rows = []
@@ -304,6 +334,8 @@ def table_rows(benches: list[Bench], bare: Bench) -> list[dict]:
                 train_ratio_lora=round(ratio(t, lt), 3),
                 peak_mem_mb=round(b.peak_mem / 2**20, 3),
                 mem_ratio_lora=round(ratio(b.peak_mem, lm), 3),
+                kernel_ops=b.kernel_ops,
+                ops_ratio_lora=round(ratio(b.kernel_ops, lo), 3),
                 infer_ms=round(i, 2),
                 infer_ratio_lora=round(ratio(i, li), 3),
                 infer_ratio_bare=round(ratio(i, bi), 3),
@@ -333,6 +365,8 @@ def markdown(rows: list[dict], args, dev: str, command: str, wall: float) -> str
         ("train_ratio_lora", "x LoRA"),
         ("peak_mem_mb", "step peak MB"),
         ("mem_ratio_lora", "x LoRA"),
+        ("kernel_ops", "ops / step"),
+        ("ops_ratio_lora", "x LoRA"),
         ("infer_ms", "infer ms"),
         ("infer_ratio_lora", "x LoRA"),
         ("merged_infer_ms", "merged infer ms"),
@@ -354,6 +388,8 @@ def markdown(rows: list[dict], args, dev: str, command: str, wall: float) -> str
         "inference = eval, no_grad; merged ratio against the bare backbone measured in the same rounds",
         "- step peak MB: torch allocations during the first train step (AdamW state included) above those at its "
         "start (CUDA: max_memory_allocated; CPU: torch.profiler allocation events, excludes BLAS-internal buffers)",
+        "- ops / step: aten ops one train step dispatches, views excluded (`qpeft.bench.KernelCount`); on a GPU "
+        "about one kernel launch each, what a launch-bound step costs",
         "",
     ]
     table = [[fmt(r[k]) for k, _ in cols] for r in rows]
@@ -412,6 +448,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for b in benches:  # the first step (allocates the AdamW state) measures memory and warms up
         b.peak_mem = step_peak_bytes(b.train_step, inputs, device)
     rounds(benches, "train_step", "train", inputs, args.warmup - 1, device, warm=True)
+    for b in benches:  # one more untimed step, its ops counted
+        b.kernel_ops = kernel_ops(b.train_step, inputs)
     if args.profile:
         for b in benches:
             profile_step(b, inputs, device)

@@ -54,6 +54,14 @@ def _product_plan(
     return how, costs[how]
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype x's matmuls run in: autocast's for a float input under autocast, else x's own."""
+    low = (torch.float32, torch.float16, torch.bfloat16)
+    if x.dtype in low and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 class QuantumAdapterState(nn.Module):
     """The trainable state of one adapter: a circuit bank per distinct (n, K), lam (M, K) and a mask per K.
 
@@ -93,6 +101,15 @@ class QuantumAdapterState(nn.Module):
         for (d_out, _, k), (*_, kl, _) in zip(shapes, self.index):
             row_scales.setdefault(kl, []).append(config.scale(k, d_out))
         self.scale: dict[str, Tensor] = {}
+        # per bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a row
+        # of ones): lam is folded into the V factors in one op per bank (QuantumHub.low_rank_factors)
+        self.lam_rows: dict[str, tuple[str, Tensor]] = {}
+        owners: dict[str, dict[int, int]] = {}
+        for *_, kv, rv, _, rl in self.index:
+            owners.setdefault(kv, {})[rv] = rl
+        for key, rows_of in owners.items():
+            kl, m = f"k{key.split('_k')[1]}", rows[f"k{key.split('_k')[1]}"] + 1
+            self.lam_rows[key] = (kl, torch.tensor([rows_of.get(r, m) for r in range(rows[key] + 1)]))
         for key in sorted({i[4] for i in self.index}, **by_size):
             m, k = rows[key] + 1, int(key[1:])
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
@@ -180,8 +197,11 @@ class QuantumAdapterState(nn.Module):
                     circuit = bank.circuit
                     if not circuit.dims:  # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
                         us[key] = theta.new_ones(len(theta), 1, 1)
-                    else:  # the sum also serves the folded full-rank path (QuantumHub.delta_weight)
-                        sums[key] = circuit.kron_sum(theta)
+                    else:
+                        # the sum builds U when it pays, and serves folded updates (QuantumHub.delta_weight):
+                        # full-rank layers while training, and any merge or no_grad pass (cached there)
+                        if circuit.kron_pays or key in self.full_rank_banks or not torch.is_grad_enabled():
+                            sums[key] = circuit.kron_sum(theta)
                         if every_bank or key not in self.full_rank_banks:
                             us[key] = sums[key].dense() if circuit.kron_pays else circuit.simulate(theta)
                 else:
@@ -195,6 +215,15 @@ class QuantumAdapterState(nn.Module):
         if self.scale[key].device != device:
             self.scale[key] = self.scale[key].to(device)
         return self.scale[key]
+
+    def lam_of_rows(self, key: str, lams: dict[str, Tensor]) -> Tensor:
+        """(B, 1, K): for each row of bank `key`, the lam_eff of the matrix whose V it is, ones for U rows."""
+        kl, rows = self.lam_rows[key]
+        lam = lams[kl]
+        if rows.device != lam.device:  # moved once, not every pass
+            rows = rows.to(lam.device)
+            self.lam_rows[key] = (kl, rows)
+        return torch.cat([lam, lam.new_ones(1, lam.shape[1])]).index_select(0, rows)[:, None]
 
     @torch.no_grad()
     def update_rank_mask(self, global_step: int) -> None:
@@ -290,18 +319,25 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._base_dtype = next((p.dtype for p in module.parameters() if not p.requires_grad), None)
         if self.disable_adapters:
             return
+        # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
+        device = next(module.parameters()).device.type
+        low = (torch.float32, torch.float16, torch.bfloat16)
+        autocast = torch.is_autocast_enabled(device) and self._base_dtype in low
+        dtype = torch.get_autocast_dtype(device) if autocast else self._base_dtype
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._factors(name, quantise=None)
+                if dtype is not None:
+                    self._low_rank_banks(name, dtype)
 
     def _quantise(self, state: QuantumAdapterState) -> bool:
         bits = state.config.quant_bits
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
     def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
-        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: casts
-        per dtype, each matrix's product plan by ("plan", row), and under no_grad each folded dW by ("dw", row)) of
-        adapter `name`, computed or cached."""
+        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: the
+        low-rank factors per dtype by ("low_rank", dtype), each matrix's product plan by ("plan", row), and under
+        no_grad each folded dW by ("dw", row)) of adapter `name`, computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -353,22 +389,36 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             return lam[:, None] * us[key][row].T
         return sums[key].row(row).dense(scale=lam, transposed=True)[0]
 
-    def factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """(U, V, lam_eff) of matrix `row` of adapter `name`, in `dtype` (cast once per pass and dtype)."""
-        us, lams, sums, casts = self._factors(name, quantise=None)
+    def factors(self, name: str, row: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(U, V, lam_eff) of matrix `row` of adapter `name`, float32: dW = U diag(lam_eff) V^T."""
+        us, lams, sums, _ = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        if dtype not in casts:
-            cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
-            casts[dtype] = (
-                {k: cast(v).unbind(0) for k, v in us.items()},
-                {k: cast(v).unbind(0) for k, v in lams.items()},
-            )
-        cast_us, cast_lams = casts[dtype]
-        U, V = (
-            cast_us[key][r] if key in us else self._factor(us, sums, key, r).to(dtype)
-            for key, r in ((ku, ru), (kv, rv))
-        )
-        return U, V, cast_lams[kl][rl]
+        return self._factor(us, sums, ku, ru), self._factor(us, sums, kv, rv), lams[kl][rl]
+
+    def low_rank_factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(U, V diag(lam_eff)) of matrix `row` in `dtype`, what the low-rank path multiplies by.
+
+        Formed per bank when the pass begins, for the dtype the layers will compute in: one multiply folds lam
+        into every V of the bank and one cast serves all its rows, so a layer adds only its two GEMMs (and their
+        backward) to the step, fewer kernel launches than LoRA's layer (tests/test_tuner.py). Any other dtype,
+        or a full-rank bank not built batched (a pass that may fold), is formed for this matrix alone, inside
+        the layer (a checkpointed block must recompute what it formed)."""
+        us, lams, sums, store = self._factors(name, quantise=None)
+        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
+        banks = store.get(("low_rank", dtype), {})
+        U = banks[ku][ru] if ku in banks else self._factor(us, sums, ku, ru).to(dtype)
+        V = banks[kv][rv] if kv in banks else (self._factor(us, sums, kv, rv) * lams[kl][rl]).to(dtype)
+        return U, V
+
+    def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
+        """Every batched bank of adapter `name` with lam folded into its V rows, cast to `dtype`, as rows."""
+        us, lams, _, store = self._factors(name, quantise=None)
+        if ("low_rank", dtype) not in store:
+            state = self.quantum_adapters[name]
+            store["low_rank", dtype] = {
+                key: (u * state.lam_of_rows(key, lams) if key in state.lam_rows else u).to(dtype).unbind(0)
+                for key, u in us.items()
+            }
 
     def product_plan(self, name: str, row: int, quantise: bool | None = None) -> tuple[int, str, int]:
         """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see _product_plan);
@@ -520,10 +570,8 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return self._forward_updated_weight(x, active[0])
         result = self.base_layer(x, *args, **kwargs)
         for name in active:
-            U, V, lam = self.hub.factors(name, self.quantum_row[name], x.dtype)
-            h = (
-                self.quantum_dropout[name](x) @ V
-            ) * lam  # (..., K): the low-rank path costs what LoRA's does
+            U, V = self.hub.low_rank_factors(name, self.quantum_row[name], _compute_dtype(x))
+            h = self.quantum_dropout[name](x) @ V  # (..., K) = x V diag(lam): costs what LoRA's path does
             # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
             flat = torch.addmm(
                 result.reshape(-1, result.shape[-1]),
