@@ -285,7 +285,11 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
                 note = f"tiny model: the target <= {target} is for the GPU setting"
             else:
                 note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
-            lines.append(f"- {method} / lora_r8 train step: {ratio:.2f} ({note})")
+            memory, ops = (float(rows[method][k]) for k in ("mem_ratio_lora", "ops_ratio_lora"))
+            lines.append(
+                f"- {method} / lora_r8 train step: {ratio:.2f} ({note}); step peak memory {memory:.2f}x, "
+                f"ops per step {ops:.2f}x"
+            )
     return lines, True
 
 

@@ -92,3 +92,21 @@ def test_unknown_name_lists_the_valid_ones(group, bad):
     assert out.returncode != 0
     assert f"unknown {group} '{bad}'" in out.stderr and "Traceback" not in out.stderr
     assert ("glue/sst2" if group == "task" else "minilm_l6" if group == "backbone" else "lora") in out.stderr
+
+
+def test_busy_cores_warning(monkeypatch):
+    """A CPU run with more torch threads than the cores left idle by other processes is warned, naming
+    trainer.threads; one thread, an idle machine or a GPU machine are not."""
+    from qpeft import train
+
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # another job holds one core
+    warning = train._busy_cores_warning(2)
+    assert warning and "trainer.threads" in warning and "2 torch threads on 2 cores" in warning
+    assert train._busy_cores_warning(1) is None
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert train._busy_cores_warning(2) is None
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    assert train._busy_cores_warning(2) is None

@@ -199,6 +199,16 @@ def test_conflict_names_both_files(tmp_path):
     assert str(a) in str(err.value) and str(b) in str(err.value)
 
 
+def test_conflicting_runs_in_separate_subfolders_become_labelled_rows(tmp_path):
+    """A diagnostic sweep whose runs share an identity (made before run folders carried their settings): each
+    subfolder's rows are labelled by its name, as the report does, instead of failing the whole build."""
+    put(tmp_path / "outputs", "sst2", 0, {"accuracy": 0.9}, where="diag/base/sst2/seed0")
+    put(tmp_path / "outputs", "sst2", 0, {"accuracy": 0.8}, where="diag/lr3/sst2/seed0")
+    rows = {r["method"]: r for r in read_csv(build(tmp_path) / "glue_test.csv")}
+    assert float(rows["base/lora_r8"]["sst2"]) == pytest.approx(90.0)
+    assert float(rows["lr3/lora_r8"]["sst2"]) == pytest.approx(80.0)
+
+
 def test_identical_duplicates_are_deduplicated(tmp_path):
     put(tmp_path / "outputs", "sst2", 0, {"accuracy": 0.9}, where="a")
     put(tmp_path / "outputs", "sst2", 0, {"accuracy": 0.9}, where="copy/a")

@@ -78,8 +78,6 @@ METHODS: dict[str, tuple[str, dict]] = {
     "quantum_kfull_l2": ("quantum", {"rank": "full", "layers": 2}),
     "quantum_taylor_k1": ("quantum_taylor", {"rank": 1}),
 }
-# K = full, L = 2 costs about as much as three LoRA steps on a CPU: on request only (--methods)
-DEFAULT = [m for m in METHODS if m != "quantum_kfull_l2"]
 
 
 def backbone_config(name: str) -> DictConfig:
@@ -408,7 +406,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--infer-steps", type=int, default=3, help="timed inference rounds (each phase)")
     p.add_argument(
-        "--methods", default=",".join(DEFAULT), help="comma-separated, any of: " + ",".join(METHODS)
+        "--methods", default=",".join(METHODS), help="comma-separated, any of: " + ",".join(METHODS)
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,7 @@ from matplotlib.lines import Line2D
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Column, Table, build_table, seed_frame
-from qpeft.tables.load import (
-    ConflictingRecords,
-    TablesError,
-    load_records,
-    load_references,
-    merge_duplicates,
-)
+from qpeft.tables.load import TablesError, load_labelled_records, load_references
 from qpeft.tables.presets import PART_LABELS, TASK_LABELS
 from qpeft.tables.write import by_preset, file_stem, to_markdown
 
@@ -68,45 +62,14 @@ class Group:
 
     preset: str
     records: list[tuple[Path, Record]]
-    variants: bool = False  # rows carry the subfolder they come from (see _folder_records)
-
-
-def _folder_records(folder: Path) -> tuple[list[tuple[Path, Record]], bool]:
-    """The records under `folder`; if some conflict, each subfolder's rows prefixed by its name (True)."""
-    try:
-        return load_records([folder])[0], False
-    except ConflictingRecords:
-        subfolders = sorted(d for d in folder.iterdir() if d.is_dir())
-        if not subfolders:
-            raise
-    out = []
-    for sub in subfolders:
-        records, _ = _folder_records(sub)
-        out += [(p, replace(r, adapter_tag=f"{sub.name}/{r.adapter_tag}")) for p, r in records]
-    return out, True
+    variants: bool = False  # rows carry the subfolder they come from (load_labelled_records)
 
 
 def load_groups(root: Path) -> list[Group]:
-    """The sections under `root`, one per preset.
-
-    Records that conflict (two runs of one identity with different metrics, as in diagnostic sweeps
-    made before run folders carried their settings) are kept apart by the subfolder they sit in: the
-    top-level folders are read one by one, and inside one whose records conflict every row is labelled
-    `<subfolder>/<adapter_tag>`.
-    """
-    try:
-        records, _ = load_records([root])
-        return [Group(preset, recs) for preset, recs in by_preset(records).items()]
-    except ConflictingRecords:
-        pass
-    records, variants_of = [], {}
-    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
-        recs, variants = _folder_records(folder)
-        records += recs
-        for _, rec in recs:
-            variants_of[rec.experiment] = variants_of.get(rec.experiment, False) or variants
-    records = merge_duplicates(records)  # one run copied into two top-level folders counts once
-    return [Group(p, recs, variants_of[recs[0][1].experiment]) for p, recs in by_preset(records).items()]
+    """The sections under `root`, one per preset; rows of conflicting records labelled by their subfolder
+    (qpeft.tables.load.load_labelled_records)."""
+    records, _, labelled = load_labelled_records([root])
+    return [Group(p, recs, p in labelled) for p, recs in by_preset(records).items()]
 
 
 # ---------------------------------------------------------------------------------------------- figures

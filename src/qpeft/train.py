@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -86,12 +87,31 @@ def _quiet(*args, **kwargs) -> None:
     """print() for ranks other than 0: the run's lines appear once."""
 
 
+def _busy_cores_warning(threads: int) -> str | None:
+    """A warning when a CPU run's torch threads exceed the cores other processes leave idle: OpenMP threads then
+    wait at every barrier for a descheduled peer (here a 2-thread run beside a 1-thread job took 10x longer per
+    step than on the idle machine). None on a GPU machine, with one thread, or when the load leaves room."""
+    if threads <= 1 or torch.cuda.is_available():
+        return None
+    cores = len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]  # runnable processes, a 1-min average: one started seconds ago adds little
+    if load + threads <= cores + 0.5:
+        return None
+    return (
+        f"[qpeft] warning: {threads} torch threads on {cores} cores with load {load:.1f} from other processes: "
+        f"threads that share busy cores stall each other; set trainer.threads to the idle cores (e.g. 1)"
+    )
+
+
 def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.Ranks) -> dict:
     say = print if ranks.main else _quiet
     start = time.time()
     t = spec.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
+    busy = _busy_cores_warning(torch.get_num_threads())
+    if busy:
+        say(busy, file=sys.stderr)
     provenance.reset_peak_memory()
     method = adapters.get_method(spec.adapter["method"])(spec.adapter_settings)
     family = tasks.family(spec.task, spec.hyperparameters)

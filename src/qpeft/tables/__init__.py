@@ -3,8 +3,9 @@
     python -m qpeft.tables [--roots outputs ...] [--out results/tables] [--reference results/reference]
 
 Reads every `record.json` under the roots (nothing is skipped: a malformed record, or two records of the
-same run with different metrics, is an error naming the files), groups them by `experiment` (the preset;
-null goes to `adhoc`) and writes `<out>/<preset>.{md,tex,csv}` plus `<out>/throughput.{md,csv}`.
+same run with different metrics, is an error naming the files, except that such runs in separate subfolders
+of one top-level folder, as a diagnostic sweep made before run folders carried their settings, become rows
+labelled `<subfolder>/<adapter_tag>`), groups them by `experiment` (the preset; null goes to `adhoc`) and writes `<out>/<preset>.{md,tex,csv}` plus `<out>/throughput.{md,csv}`.
 It imports pandas and numpy, never training code (torch, transformers, qpeft.train).
 
     presets.py    what each benchmark's table looks like (task order, labels, cell recipes, method order)

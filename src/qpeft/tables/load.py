@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qpeft.errors import QpeftError
@@ -74,6 +74,47 @@ def merge_duplicates(records: list[tuple[Path, Record]]) -> list[tuple[Path, Rec
             continue
         by_key[key] = (path, rec)
     return list(by_key.values())
+
+
+def _folder_records(folder: Path) -> tuple[list[tuple[Path, Record]], int, bool]:
+    """The records under `folder`, the files read, and whether they conflicted: then each subfolder's rows are
+    labelled by its name."""
+    try:
+        return (*load_records([folder]), False)
+    except ConflictingRecords:
+        subfolders = sorted(d for d in folder.iterdir() if d.is_dir())
+        if not subfolders:
+            raise
+    out, files = [], 0
+    for sub in subfolders:
+        records, n, _ = _folder_records(sub)
+        out += [(p, replace(r, adapter_tag=f"{sub.name}/{r.adapter_tag}")) for p, r in records]
+        files += n
+    return out, files, True
+
+
+def load_labelled_records(roots: list[str | Path]) -> tuple[list[tuple[Path, Record]], int, set[str]]:
+    """Every record under `roots` as load_records reads them, except where two runs of one identity differ
+    (diagnostic sweeps made before run folders carried their settings): then the top-level folders of that
+    root are read one by one, and inside one whose records conflict every row is labelled
+    `<subfolder>/<adapter_tag>` by the subfolder it sits in, so that no table silently picks one. Returns the
+    records, the files read and the experiments whose rows were labelled. A conflict between records of one
+    leaf folder stays an error."""
+    records, files, labelled = [], 0, set()
+    for root in roots:
+        root = Path(root)
+        try:
+            recs, n = load_records([root])
+            records, files = records + recs, files + n
+            continue
+        except ConflictingRecords:
+            if not any(d.is_dir() for d in root.iterdir()):
+                raise
+        for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+            recs, n, variants = _folder_records(folder)
+            records, files = records + recs, files + n
+            labelled |= {rec.experiment for _, rec in recs} if variants else set()
+    return merge_duplicates(records), files, labelled  # one run copied into two folders counts once
 
 
 @dataclass

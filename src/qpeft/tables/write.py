@@ -9,7 +9,7 @@ from pathlib import Path
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Row, Stat, Table, build_table, throughput_rows
-from qpeft.tables.load import load_records, load_references
+from qpeft.tables.load import load_labelled_records, load_references
 from qpeft.tables.presets import ADHOC, DASH, SUMMARY_LABELS
 
 
@@ -236,8 +236,9 @@ def by_preset(records: list[tuple[Path, Record]]) -> dict[str, list[tuple[Path, 
 def build_tables(
     roots: list[str | Path], out: str | Path, reference: str | Path | None = "results/reference"
 ) -> tuple[list[Path], int, int]:
-    """Read the records under `roots`, write every table under `out`; returns (files written, records, files read)."""
-    records, files = load_records(roots)
+    """Read the records under `roots`, write every table under `out`; returns (files written, records, files read).
+    Runs of one identity with different metrics are rows labelled by their subfolder (load_labelled_records)."""
+    records, files, _ = load_labelled_records(roots)
     refs = load_references(reference)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
