@@ -401,3 +401,38 @@ def test_adapter_file_bytes_on_meta_equal_the_written_file(extra, tmp_path):
     assert qa._state(meta).is_meta
     path = qa.save_adapter(real, tmp_path)
     assert qa.adapter_file_bytes(meta) == qa.adapter_file_bytes(real) == path.stat().st_size
+
+
+@pytest.mark.parametrize("mask,kept", [(2, 2), ("adaptive", 1)], ids=["fixed", "adaptive"])
+def test_masked_lam_entries_are_not_counted(mask, kept):
+    """A rank mask keeps K - kept entries of each matrix's lam at zero for good: not parameters. The count is
+    the angles plus `kept` per matrix (adaptive: target_rank, the final budget, AdaLoRA's convention), from the
+    method the harness records it with; the adapter file still holds all K."""
+    from qpeft.adapters import get_method, settings_from_config
+
+    c = cfg(rank=4, rank_mask=mask, target_rank=1 if mask == "adaptive" else None)
+    _, model = mlp(c)
+    angles = sum(pauli_num_params(o, 1) + pauli_num_params(i, 1) for o, i in MLP_SHAPES)
+    assert adapter_params(model, ["cls"]) == angles + 4 * len(MLP_SHAPES)  # what is trainable
+    settings = OmegaConf.create({**c, "name": "q", "lr": 1e-3, "targets": MLP_TARGETS})
+    method = get_method("quantum")(settings_from_config(settings))
+    assert method.adapter_params(model, ["cls"]) == angles + kept * len(MLP_SHAPES)
+
+
+def test_masked_count_on_meta_matches_the_rule():
+    """qpeft-params (meta device, no weights): the frontier's rank-masked full-rank MiniLM points count
+    angles + 8 (or 64) lam entries per matrix, 36 matrices, against 15,624 unmasked."""
+    from conftest import compose_cfg
+
+    from qpeft import params
+
+    def count(adapter: str) -> int:
+        return params.count(compose_cfg(["backbone=minilm_l6", f"adapter=frontier/{adapter}"]))[
+            "adapter_params"
+        ]
+
+    full = count("pauli_kfull_l1")
+    assert full == 15_624
+    angles = full - 36 * 384  # K = min(d_out, d_in) = 384 for all 36 matrices of MiniLM-L6
+    assert count("pauli_kfull_l1_mask8") == angles + 36 * 8
+    assert count("pauli_kfull_l1_mask64") == angles + 36 * 64

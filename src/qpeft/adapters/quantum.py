@@ -133,6 +133,23 @@ def _layers(model: nn.Module) -> list[QuantumLinear]:
     return [m for m in model.modules() if isinstance(m, QuantumLinear)]
 
 
+def masked_lam_entries(model: nn.Module) -> int:
+    """Entries of lam that a rank mask keeps at zero for good: K - rank_mask per matrix with a fixed mask, and
+    K - target_rank with the adaptive one (its final budget, as AdaLoRA's count). They are parameters in name
+    only (no gradient, zero from the start), so the published-style count leaves them out; the adapter file
+    still stores them (adapter_file_bytes)."""
+    state = _state(model)
+    mask = state.config.rank_mask
+    if mask is None:
+        return 0
+    total = 0
+    for lam in state.lam.values():
+        rows, k = lam.shape
+        kept = mask if isinstance(mask, int) else state.target_rank(k)
+        total += rows * (k - kept)
+    return total
+
+
 def optimizer_overrides(model: nn.Module, cfg, lr: float) -> dict[int, dict]:
     """Per-parameter optimiser settings, keyed by id: the circuit parameters get `adapter.circuit_lr` (null: lr;
     "width": the per-bank rule, qpeft.tuner.width_circuit_lr) and no weight decay, as in the groups of

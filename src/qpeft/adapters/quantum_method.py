@@ -153,6 +153,11 @@ class QuantumMethod(Method):
             model, self._cfg(), lr, weight_decay
         )  # the library's qpeft.quantum_param_groups
 
+    def adapter_params(self, model: nn.Module, head: list[str]) -> int:
+        """Trainable outside the head, less the lam entries a rank mask keeps at zero (the adaptive mask: its
+        final budget, as AdaLoRA's count)."""
+        return super().adapter_params(model, head) - quantum.masked_lam_entries(model)
+
     def record_facts(self, model: nn.Module) -> dict:
         return quantum.record_extra(model)
 
