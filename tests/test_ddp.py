@@ -111,6 +111,7 @@ def assert_one_writer(folder: Path, out: subprocess.CompletedProcess) -> None:
     assert out.stdout.count("[qpeft] done:") == 1, out.stdout[-3000:]
     assert (folder / "trained.safetensors").exists() and not list(folder.glob("checkpoint-*"))
     assert record(folder)["world_size"] == 2
+    assert record(folder)["peak_mem_kind"].endswith("_max_of_2_ranks")  # the busiest rank's, not rank 0's
 
 
 def assert_same_run(ddp: Path, one: Path, method: str) -> None:

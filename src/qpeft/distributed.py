@@ -124,6 +124,16 @@ def differing(digests: list[dict[str, str]]) -> list[str]:
     return sorted({k for d in digests[1:] for k in first.keys() | d.keys() if d.get(k) != first.get(k)})
 
 
+def max_over_ranks(value: int) -> tuple[int, int]:
+    """(the largest `value` any rank passed, the number of ranks): every rank must call it; (value, 1) in a
+    single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value, 1
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return max(values), len(values)
+
+
 def check_same_state(model: nn.Module, facts: dict) -> None:
     """After training: stop if the ranks ended with different adapter state (a method update computed from
     rank-local statistics would show here); a no-op in a single process."""

@@ -60,7 +60,7 @@ class Record:
     train_samples_per_s: float | None = None
     train_tokens_per_s: float | None = None
     peak_mem_bytes: int | None = None
-    peak_mem_kind: str | None = None
+    peak_mem_kind: str | None = None  # cuda_max_allocated, cpu_peak_rss, ...; under DDP + "_max_of_<n>_ranks"
     wall_time_s: float | None = None
     resumed_from: str | None = None
     config: dict | None = None  # the resolved run config

@@ -213,6 +213,9 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
         cols = getattr(train_ds, "column_names", None) or []
         mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
         peak, peak_kind = provenance.peak_memory()
+        peak, ranks_seen = distributed.max_over_ranks(peak)  # the busiest rank's peak, not rank 0's alone
+        if ranks_seen > 1:
+            peak_kind = f"{peak_kind}_max_of_{ranks_seen}_ranks"
         # the trained adapter as its library loads it (peft / qpeft.QuantumConfig): folder adapter/
         adapter_file = method.save_adapter(model, folder.path / "adapter") if ranks.main else None
         record = records.Record(
