@@ -54,12 +54,12 @@ def _product_plan(
     return how, costs[how]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype x's matmuls run in: autocast's for a float input under autocast, else x's own."""
-    low = (torch.float32, torch.float16, torch.bfloat16)
-    if x.dtype in low and torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+def _compute_dtype(dtype: torch.dtype, device: str) -> torch.dtype:
+    """The dtype that matmuls of `dtype` inputs on `device` run in: autocast's for float32 / half inputs under
+    autocast, else `dtype` itself."""
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return dtype
 
 
 class QuantumAdapterState(nn.Module):
@@ -321,9 +321,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         device = next(module.parameters()).device.type
-        low = (torch.float32, torch.float16, torch.bfloat16)
-        autocast = torch.is_autocast_enabled(device) and self._base_dtype in low
-        dtype = torch.get_autocast_dtype(device) if autocast else self._base_dtype
+        dtype = None if self._base_dtype is None else _compute_dtype(self._base_dtype, device)
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._factors(name, quantise=None)
@@ -570,7 +568,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return self._forward_updated_weight(x, active[0])
         result = self.base_layer(x, *args, **kwargs)
         for name in active:
-            U, V = self.hub.low_rank_factors(name, self.quantum_row[name], _compute_dtype(x))
+            U, V = self.hub.low_rank_factors(
+                name, self.quantum_row[name], _compute_dtype(x.dtype, x.device.type)
+            )
             h = self.quantum_dropout[name](x) @ V  # (..., K) = x V diag(lam): costs what LoRA's path does
             # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
             flat = torch.addmm(
