@@ -321,7 +321,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         device = next(module.parameters()).device.type
-        dtype = None if self._base_dtype is None else _compute_dtype(self._base_dtype, device)
+        base = self._base_dtype
+        dtype = _compute_dtype(base, device) if base is not None and base.is_floating_point else None
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._factors(name, quantise=None)
