@@ -103,13 +103,13 @@ class QuantumAdapterState(nn.Module):
         self.scale: dict[str, Tensor] = {}
         # per bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a row
         # of ones): lam is folded into the V factors in one op per bank (QuantumHub.low_rank_factors)
-        self.lam_rows: dict[str, tuple[str, Tensor]] = {}
-        owners: dict[str, dict[int, int]] = {}
-        for *_, kv, rv, _, rl in self.index:
-            owners.setdefault(kv, {})[rv] = rl
-        for key, rows_of in owners.items():
-            kl, m = f"k{key.split('_k')[1]}", rows[f"k{key.split('_k')[1]}"] + 1
-            self.lam_rows[key] = (kl, torch.tensor([rows_of.get(r, m) for r in range(rows[key] + 1)]))
+        owners: dict[str, tuple[str, dict[int, int]]] = {}  # V bank -> (its lam key, {bank row: lam row})
+        for *_, kv, rv, kl, rl in self.index:
+            owners.setdefault(kv, (kl, {}))[1][rv] = rl
+        self.lam_rows: dict[str, tuple[str, Tensor]] = {
+            key: (kl, torch.tensor([lam_of.get(r, rows[kl] + 1) for r in range(rows[key] + 1)]))
+            for key, (kl, lam_of) in owners.items()
+        }
         for key in sorted({i[4] for i in self.index}, **by_size):
             m, k = rows[key] + 1, int(key[1:])
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
@@ -316,13 +316,13 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass_grad = torch.is_grad_enabled()
         if self._pass_grad:
             self._pass += 1
-        self._base_dtype = next((p.dtype for p in module.parameters() if not p.requires_grad), None)
+        frozen = next((p for p in module.parameters() if not p.requires_grad), None)
+        self._base_dtype = None if frozen is None else frozen.dtype
         if self.disable_adapters:
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
-        device = next(module.parameters()).device.type
-        base = self._base_dtype
-        dtype = _compute_dtype(base, device) if base is not None and base.is_floating_point else None
+        float_base = frozen is not None and frozen.dtype.is_floating_point
+        dtype = _compute_dtype(frozen.dtype, frozen.device.type) if float_base else None
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._factors(name, quantise=None)
@@ -583,7 +583,7 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         return result
 
     def _update_weight_pays(self, x: Tensor, name: str) -> bool:
-        """Whether x (W + dW)^T costs fewer flops than x W^T + ((x V) lam) U^T, forward and backward.
+        """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
 
         The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
         size); forming dW costs 3 P (dW and its two factor gradients; P = d_out K d_in for the dense product,
