@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 import qpeft
 from qpeft.errors import QpeftError
@@ -483,6 +483,75 @@ def test_full_rank_update_folded_into_the_weight(conv1d, mapping, d_in, d_out, p
     with torch.no_grad():
         merged = model.merge_and_unload()  # the plain model with W + dW in its weight
         torch.testing.assert_close(merged(x), folded, rtol=1e-5, atol=1e-5)
+
+
+def saved_bytes(fn, exclude: list[Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `fn()` runs, except those of `exclude`."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    saved: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("d_in,d_out", [(48, 192), (192, 48)])
+def test_folded_update_saves_no_weight_sized_tensor(d_in, d_out):
+    """The folded path forms dW again in backward instead of keeping W + dW and the product's intermediates:
+    beyond the input and the parameters it saves less than a tenth of the weight's bytes, where plain autograd
+    through linear(x, W + dW) saves more than the weight."""
+    torch.manual_seed(0)
+    model = get_peft_model(
+        nn.Sequential(nn.Linear(d_in, d_out)), QuantumConfig(r="full", target_modules=["0"])
+    )
+    perturb(model)
+    adapted, x = model.base_model.model[0], torch.randn(2, 256, d_in)
+    assert adapted._update_weight_pays(x, "default")
+    hub, base = adapted.hub, adapted.base_layer
+    hub.begin_pass(model, (x,))  # the pass's factors, computed once for all layers: not the layer's to save
+    ((_, (us, lams, sums), _),) = hub._cache.values()
+    of_the_pass = [*us.values(), *lams.values(), *(x for s in sums.values() for x in s.xs)]
+    exclude, weight_bytes = [x, *model.parameters(), *of_the_pass], d_out * d_in * 4
+    folded = saved_bytes(lambda: adapted(x), exclude)
+    autograd = saved_bytes(
+        lambda: nn.functional.linear(x, base.weight + hub.delta_weight("default", 0), base.bias), exclude
+    )
+    assert autograd > weight_bytes
+    assert folded < weight_bytes / 10
+
+
+def test_folded_update_formed_twice_per_step_and_cached_under_no_grad(monkeypatch):
+    """Training, a folded layer forms dW in forward and again in backward; under no_grad the first batch forms
+    it and every later batch reuses it, until a parameter changes."""
+    from qpeft.tuner import layer as layer_module
+
+    torch.manual_seed(0)
+    model = get_peft_model(nn.Sequential(nn.Linear(48, 192)), QuantumConfig(r="full", target_modules=["0"]))
+    perturb(model)
+    x = torch.randn(2, 256, 48)
+    assert model.base_model.model[0]._update_weight_pays(x, "default")
+    formed = []
+    build = layer_module._DeltaWeight.__call__
+    monkeypatch.setattr(
+        layer_module._DeltaWeight, "__call__", lambda self, *ops: formed.append(1) or build(self, *ops)
+    )
+    model(x).sum().backward()
+    assert len(formed) == 2
+    formed.clear()
+    with torch.no_grad():
+        first = model(x)
+        torch.testing.assert_close(model(x), first, rtol=0, atol=0)
+    assert len(formed) == 1
+    with torch.no_grad():
+        model.base_model.model.qpeft_hub.quantum_adapters["default"].lam["k48"].add_(0.1)
+        assert not torch.equal(model(x), first)
+    assert len(formed) == 2
 
 
 # real architectures

@@ -62,6 +62,70 @@ def _compute_dtype(dtype: torch.dtype, device: str) -> torch.dtype:
     return dtype
 
 
+class _DeltaWeight:
+    """Forms dW = U diag(lam) V^T from its operands: U's tensors, V's tensors, lam. A factor's tensors are its
+    dense (n, K) row (`circuit` None) or the Kronecker factors of its sum (KronSum.xs of one row). `how` is the
+    plan (_product_plan): apply U's sum to lam V^T ("u"), V's sum to lam U^T ("v"), or the dense product."""
+
+    def __init__(self, how: str, u_circuit, num_u: int, v_circuit):
+        self.how, self.u_circuit, self.num_u, self.v_circuit = how, u_circuit, num_u, v_circuit
+
+    @staticmethod
+    def _kron(circuit, ops: tuple[Tensor, ...]) -> KronSum:
+        return KronSum(circuit, list(ops), 1)
+
+    def _dense(self, circuit, ops: tuple[Tensor, ...]) -> Tensor:
+        return ops[0] if circuit is None else self._kron(circuit, ops).dense()[0]
+
+    def _scaled_transpose(self, circuit, ops: tuple[Tensor, ...], lam: Tensor) -> Tensor:
+        """lam[:, None] * F^T (K, n): the operand KronSum.apply takes."""
+        if circuit is None:
+            return lam[:, None] * ops[0].T
+        return self._kron(circuit, ops).dense(scale=lam, transposed=True)[0]
+
+    def __call__(self, *operands: Tensor) -> Tensor:
+        u_ops, v_ops, lam = operands[: self.num_u], operands[self.num_u : -1], operands[-1]
+        if self.how == "u":
+            lam_vt = self._scaled_transpose(self.v_circuit, v_ops, lam)
+            return self._kron(self.u_circuit, u_ops).apply(lam_vt[None])[0]
+        if self.how == "v":
+            lam_ut = self._scaled_transpose(self.u_circuit, u_ops, lam)
+            return self._kron(self.v_circuit, v_ops).apply(lam_ut[None])[0].T
+        return (self._dense(self.u_circuit, u_ops) * lam) @ self._dense(self.v_circuit, v_ops).T
+
+
+class _FoldedLinear(torch.autograd.Function):
+    """y = x (W + dW)^T + b with dW = build(*operands), formed again in backward rather than saved.
+
+    Autograd through `linear(x, W + build(...))` would keep W + dW and the product's intermediates for backward:
+    about two weight-sized tensors per layer, 1.6x LoRA's step peak memory on DeBERTaV3-base at full rank. This
+    saves what a trainable nn.Linear saves (x; W and the small operands are alive anyway) and pays for it with
+    forming dW twice, a few percent of the layer's flops at full rank (docs/method.md section 4)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, build: _DeltaWeight, *operands: Tensor):
+        ctx.build = build
+        ctx.save_for_backward(x, weight, *operands)
+        return nn.functional.linear(x, weight + build(*operands), bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, weight, *operands = ctx.saved_tensors
+        trains = ctx.needs_input_grad[4:]
+        with torch.enable_grad(), _no_autocast(x.device):
+            leaves = [op.detach().requires_grad_(t) for op, t in zip(operands, trains)]
+            dw = ctx.build(*leaves)
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = (g @ (weight + dw.detach())).view(x.shape) if ctx.needs_input_grad[0] else None
+        grad_dw = g.T @ x.reshape(-1, x.shape[-1])
+        grad_b = g.sum(0) if ctx.needs_input_grad[2] else None
+        trained = [leaf for leaf in leaves if leaf.requires_grad]
+        grads = iter(torch.autograd.grad(dw, trained, grad_dw) if trained else ())
+        grad_ops = [next(grads) if t else None for t in trains]
+        return grad_x, grad_dw if ctx.needs_input_grad[1] else None, grad_b, None, *grad_ops
+
+
 class QuantumAdapterState(nn.Module):
     """The trainable state of one adapter: a circuit bank per distinct (n, K), lam (M, K) and a mask per K.
 
@@ -381,13 +445,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         Elementwise ops only: float32 whatever the autocast."""
         return us[key][row] if key in us else sums[key].row(row).dense()[0]
 
-    @staticmethod
-    def _scaled_transpose(us: dict, sums: dict, key: str, row: int, lam: Tensor) -> Tensor:
-        """lam[:, None] * F^T (K, n) for factor F = row `row` of bank `key`: the operand KronSum.apply takes."""
-        if key in us:
-            return lam[:, None] * us[key][row].T
-        return sums[key].row(row).dense(scale=lam, transposed=True)[0]
-
     def factors(self, name: str, row: int) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, float32: dW = U diag(lam_eff) V^T."""
         us, lams, sums, _ = self._factors(name, quantise=None)
@@ -430,22 +487,37 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             store["plan", row] = (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
         return store["plan", row]
 
+    def delta_weight_operands(
+        self, name: str, row: int, quantise: bool | None = None
+    ) -> tuple[_DeltaWeight, tuple[Tensor, ...]]:
+        """dW of matrix `row` as a function of a few tensors of this pass: `build(*operands)` forms it (float32,
+        by the cheapest plan). The operands are the factors' own tensors (a batched row, or the Kronecker
+        factors of a sum) and lam, so a folded layer can form dW again in backward instead of saving it."""
+        us, lams, sums, _ = self._factors(name, quantise)
+        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
+        _, how, _ = self.product_plan(name, row, quantise)
+        sides = []
+        for key, r, applied in ((ku, ru, how == "u"), (kv, rv, how == "v")):
+            if (
+                key in us and not applied
+            ):  # the batched row when there is one, unless the plan applies its sum
+                sides.append((None, (us[key][r],)))
+            else:
+                kron = sums[key].row(r)
+                sides.append((kron.circuit, tuple(kron.xs)))
+        (u_circuit, u_ops), (v_circuit, v_ops) = sides
+        build = _DeltaWeight(how, u_circuit, len(u_ops), v_circuit)
+        return build, (*u_ops, *v_ops, lams[kl][rl])
+
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
         """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
         is enabled), forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
-        us, lams, sums, store = self._factors(name, quantise)
+        _, _, _, store = self._factors(name, quantise)
         if not torch.is_grad_enabled() and ("dw", row) in store:
             return store["dw", row]
-        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        lam = lams[kl][rl]
-        _, how, _ = self.product_plan(name, row, quantise)
-        with _no_autocast(lam.device):
-            if how == "u":
-                dw = sums[ku].row(ru).apply(self._scaled_transpose(us, sums, kv, rv, lam)[None])[0]
-            elif how == "v":
-                dw = sums[kv].row(rv).apply(self._scaled_transpose(us, sums, ku, ru, lam)[None])[0].T
-            else:
-                dw = (self._factor(us, sums, ku, ru) * lam) @ self._factor(us, sums, kv, rv).T
+        build, operands = self.delta_weight_operands(name, row, quantise)
+        with _no_autocast(operands[-1].device):
+            dw = build(*operands)
         if not torch.is_grad_enabled():
             store["dw", row] = dw
         return dw
@@ -586,9 +658,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
 
         The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
-        size); forming dW costs 3 P (dW and its two factor gradients; P = d_out K d_in for the dense product,
-        far less when a Pauli factor is applied as its sum of Kronecker products) and its gradient g^T x
-        T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into the weight;
+        size); forming dW costs 4 P (dW, formed again in backward, and its two factor gradients; P = d_out K d_in
+        for the dense product, far less when a Pauli factor is applied as its sum of Kronecker products) and
+        its gradient g^T x T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into the weight;
         for LoRA-like K never. Only in float32 without autocast (rounding W + dW to bf16 would wipe out a
         small dW), only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
         weight = self.base_layer.weight
@@ -602,17 +674,20 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return False
         k, _, product = self.hub.product_plan(name, self.quantum_row[name])
         rows, d_in, d_out = x.numel() // self.in_features, self.in_features, self.out_features
-        return 3 * rows * k * (d_in + d_out) > 3 * product + rows * d_out * d_in
+        return 3 * rows * k * (d_in + d_out) > 4 * product + rows * d_out * d_in
 
     def _forward_updated_weight(self, x: Tensor, name: str) -> Tensor:
-        """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding."""
-        dw = self.hub.delta_weight(name, self.quantum_row[name])  # (d_out, d_in), float32
-        base = self.base_layer
-        if self.fan_in_fan_out:  # GPT-2 Conv1D: weight (d_in, d_out), y = x W + b
-            y = x.reshape(-1, self.in_features) @ (base.weight + dw.T)
-            y = y if base.bias is None else y + base.bias
-            return y.view(*x.shape[:-1], self.out_features)
-        return nn.functional.linear(x, base.weight + dw, base.bias)
+        """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding. dW is
+        formed from the hub's tensors of this pass and formed again in backward (_FoldedLinear), not saved;
+        under no_grad the hub's cached dW serves every batch."""
+        base, row = self.base_layer, self.quantum_row[name]
+        weight = (
+            base.weight.T if self.fan_in_fan_out else base.weight
+        )  # (d_out, d_in); Conv1D stores (d_in, d_out)
+        if not torch.is_grad_enabled():
+            return nn.functional.linear(x, weight + self.hub.delta_weight(name, row), base.bias)
+        build, operands = self.hub.delta_weight_operands(name, row)
+        return _FoldedLinear.apply(x, weight, base.bias, build, *operands)
 
     def __repr__(self) -> str:
         return "quantum." + super().__repr__()
