@@ -263,7 +263,10 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
             "--infer-steps",
             "1",
         ]
-        cmd += ["--methods", "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_taylor_k1"]
+        cmd += [
+            "--methods",
+            "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_fold,quantum_taylor_k1",
+        ]
     else:
         cmd += ["--batch", "32", "--seq", "128", "--steps", "10", "--warmup", "3"]
     cmd += ["--device", args.device, "--dtype", "bf16", "--out", str(out), "--name", name]
@@ -278,7 +281,12 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
     lines = [line for line in table.read_text().splitlines() if line.startswith("|")]
     with open(out / f"{name}.csv", newline="") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    for method, target in (("quantum_k8_l1", 1.05), ("quantum_kfull_l1", 1.2)):
+    # K=full both ways: the low-rank path under autocast (the default) and folded (adapter.fold=autocast)
+    for method, target in (
+        ("quantum_k8_l1", 1.05),
+        ("quantum_kfull_l1", 1.2),
+        ("quantum_kfull_l1_fold", 1.2),
+    ):
         if method in rows:
             ratio = float(rows[method]["train_ratio_lora"])
             if args.tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128

@@ -38,3 +38,12 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     assert "| method |" in md and "threads: 1" in md and bench.QUANTUM in md
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"{bench.QUANTUM}/{bench.LORA} train step ratio: ")
+
+
+def test_default_methods_bench_autocast_variants_under_bf16_only():
+    """A method that differs from another only under autocast (K=full folded there too) would time the same
+    code twice in float32: the default list leaves it out there and keeps it for --dtype bf16."""
+    fp32, bf16 = bench.parse([]).methods, bench.parse(["--dtype", "bf16"]).methods
+    assert bench.AUTOCAST_ONLY and not set(bench.AUTOCAST_ONLY) & set(fp32)
+    assert bf16 == list(bench.METHODS) and fp32 == [m for m in bench.METHODS if m not in bench.AUTOCAST_ONLY]
+    assert bench.parse(["--methods", "quantum_kfull_l1_fold"]).methods == ["quantum_kfull_l1_fold"]

@@ -35,6 +35,7 @@ SETTINGS = [
     (["adapter=quantum", "trainer.lr=abc"], ["trainer.lr"]),
     (["adapter=quantum", "adapter.quant_bits=0"], ["adapter.quant_bits"]),
     (["adapter=quantum", "adapter.init=banana"], ["adapter.init"]),
+    (["adapter=quantum", "adapter.fold=sometimes"], ["adapter.fold"]),
     (["adapter=oft", "adapter.block_size=7"], ["adapter.block_size"]),
     (["adapter=quantum", "trainer.batch_size=0"], ["trainer.batch_size"]),
     (["adapter=quantum", "+adapter.colour=red"], ["adapter.colour"]),

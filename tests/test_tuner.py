@@ -485,6 +485,61 @@ def test_full_rank_update_folded_into_the_weight(conv1d, mapping, d_in, d_out, p
         torch.testing.assert_close(merged(x), folded, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv1d", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fold_under_autocast_when_asked(conv1d, dtype):
+    """fold="autocast" folds a full-rank update under bf16 / fp16 autocast too, W + dW formed in float32 and cast
+    once: outputs and gradients as the low-rank path's under the same autocast (fold="never") to that dtype's
+    rounding, against the float32 run; fewer bytes saved for backward; the default does not fold there."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = Conv1D(192, 48) if conv1d else nn.Linear(48, 192)
+    base = nn.Sequential(layer, nn.Tanh(), nn.Linear(192, 2))
+    x = torch.randn(2, 256, 48)
+
+    def make(fold: str):
+        torch.manual_seed(1)  # the same angles for every fold setting
+        model = get_peft_model(copy.deepcopy(base), QuantumConfig(r="full", target_modules=["0"], fold=fold))
+        perturb(model)
+        return model
+
+    def run(model, autocast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            out = model(x)
+        out.float().square().sum().backward()
+        return out.float().detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad
+        }
+
+    folding, low_rank, default = make("autocast"), make("never"), make("float32")
+    with torch.autocast("cpu", dtype=dtype):
+        assert folding.base_model.model[0]._update_weight_pays(x, "default")
+        assert not low_rank.base_model.model[0]._update_weight_pays(x, "default")
+        assert not default.base_model.model[0]._update_weight_pays(x, "default")
+    reference, reference_grads = run(low_rank, autocast=False)  # float32, low-rank path
+    for model in (folding, low_rank):
+        out, grads = run(model, autocast=True)
+        torch.testing.assert_close(out, reference, rtol=0.01, atol=0.01)  # measured: at most 0.0043
+        for name, grad in grads.items():
+            scale = reference_grads[name].abs().max()
+            torch.testing.assert_close(grad / scale, reference_grads[name] / scale, rtol=0, atol=0.01)
+    hub = folding.base_model.model.qpeft_hub
+    with torch.autocast("cpu", dtype=dtype):
+        hub.begin_pass(folding, (x,))
+        ((_, (us, lams, sums), store),) = hub._cache.values()
+        of_the_pass = [*us.values(), *lams.values(), *(t for s in sums.values() for t in s.xs)]
+        of_the_pass += [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
+        exclude = [x, *folding.parameters(), *low_rank.parameters(), *of_the_pass]
+        folded = saved_bytes(lambda: folding.base_model.model[0](x), exclude)
+        low_rank.base_model.model.qpeft_hub.begin_pass(low_rank, (x,))
+        ((_, _, store),) = low_rank.base_model.model.qpeft_hub._cache.values()
+        exclude += [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
+        unfolded = saved_bytes(lambda: low_rank.base_model.model[0](x), exclude)
+    assert folded < unfolded
+
+
 def saved_bytes(fn, exclude: list[Tensor]) -> int:
     """Bytes of the distinct storages autograd saves for backward while `fn()` runs, except those of `exclude`."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}

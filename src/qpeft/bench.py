@@ -76,8 +76,12 @@ METHODS: dict[str, tuple[str, dict]] = {
     "quantum_k8_l2": ("quantum", {"rank": 8, "layers": 2}),
     "quantum_kfull_l1": ("quantum", {"rank": "full", "layers": 1}),
     "quantum_kfull_l2": ("quantum", {"rank": "full", "layers": 2}),
+    # K=full folded into the weight under autocast as well (adapter.fold=autocast): the trade a GPU run decides
+    "quantum_kfull_l1_fold": ("quantum", {"rank": "full", "layers": 1, "fold": "autocast"}),
     "quantum_taylor_k1": ("quantum_taylor", {"rank": 1}),
 }
+# methods that differ from another only under autocast: benched by default with --dtype bf16 only
+AUTOCAST_ONLY = ("quantum_kfull_l1_fold",)
 
 
 def backbone_config(name: str) -> DictConfig:
@@ -406,7 +410,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--infer-steps", type=int, default=3, help="timed inference rounds (each phase)")
     p.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated, any of: " + ",".join(METHODS)
+        "--methods",
+        default=None,
+        help="comma-separated, any of: " + ",".join(METHODS) + f" (default: all; {', '.join(AUTOCAST_ONLY)} "
+        "with --dtype bf16 only)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
@@ -418,6 +425,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="print torch.profiler's top ops of one step per method"
     )
     args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = ",".join(m for m in METHODS if args.dtype == "bf16" or m not in AUTOCAST_ONLY)
     args.methods = [m for m in args.methods.split(",") if m]
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else len(os.sched_getaffinity(0))

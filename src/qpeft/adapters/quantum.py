@@ -77,6 +77,7 @@ def quantum_config(cfg, target_names: list[str], total_steps: int) -> QuantumCon
             scaling=cfg.get("scaling") or "rank",
             init=cfg.get("init"),
             dropout=float(cfg.get("dropout", 0.0) or 0.0),
+            fold=cfg.get("fold", "float32"),
             target_modules=list(target_names),
             rank_mask=cfg.get("rank_mask"),
             total_step=total_steps,

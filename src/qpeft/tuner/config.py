@@ -77,6 +77,15 @@ class QuantumConfig(PeftConfig):
         },
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, as LoRA's."})
+    fold: Literal["float32", "autocast", "never"] = field(
+        default="float32",
+        metadata={
+            "help": "When a wide update (full rank, large batch, no dropout) is folded into the weight, "
+            "x (W + dW)^T, because that costs fewer flops than x V and its product with U: 'float32' only in "
+            "float32 / float64 without autocast; 'autocast' also under bf16 / fp16 autocast (W + dW formed in "
+            "float32 and cast once, as AMP casts a float32 master weight); 'never': always the low-rank path."
+        },
+    )
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
@@ -177,6 +186,8 @@ class QuantumConfig(PeftConfig):
                 )
         if self.rank_mask == "adaptive" and not self.total_step:
             raise QuantumConfigError("QuantumConfig.rank_mask='adaptive' needs total_step (optimizer steps)")
+        if self.fold not in ("float32", "autocast", "never"):
+            raise QuantumConfigError(f"QuantumConfig.fold={self.fold!r}: choose float32, autocast or never")
         if not 0.0 <= self.dropout < 1.0:
             raise QuantumConfigError(f"QuantumConfig.dropout={self.dropout}: use a value in [0, 1)")
 

@@ -100,30 +100,40 @@ class _FoldedLinear(torch.autograd.Function):
     Autograd through `linear(x, W + build(...))` would keep W + dW and the product's intermediates for backward:
     about two weight-sized tensors per layer, 1.6x LoRA's step peak memory on DeBERTaV3-base at full rank. This
     saves what a trainable nn.Linear saves (x; W and the small operands are alive anyway) and pays for it with
-    forming dW twice, a few percent of the layer's flops at full rank (docs/method.md section 4)."""
+    forming dW twice, a few percent of the layer's flops at full rank (docs/method.md section 4).
+
+    The GEMMs run in `dtype`: the weights' own, or autocast's, into which W + dW (float32) is cast once per
+    pass and direction, as AMP casts a float32 master weight; dW and its gradient stay float32."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, build: _DeltaWeight, *operands: Tensor):
-        ctx.build = build
-        ctx.save_for_backward(x, weight, *operands)
-        return nn.functional.linear(x, weight + build(*operands), bias)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, build, *operands):
+        ctx.build, ctx.x_dtype = build, x.dtype
+        with _no_autocast(x.device):
+            x = x.to(dtype)
+            ctx.save_for_backward(x, weight, *operands)
+            folded = (weight + build(*operands)).to(dtype)
+            return nn.functional.linear(x, folded, None if bias is None else bias.to(dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, weight, *operands = ctx.saved_tensors
-        trains = ctx.needs_input_grad[4:]
+        trains = ctx.needs_input_grad[5:]
         with torch.enable_grad(), _no_autocast(x.device):
             leaves = [op.detach().requires_grad_(t) for op, t in zip(operands, trains)]
             dw = ctx.build(*leaves)
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = (g @ (weight + dw.detach())).view(x.shape) if ctx.needs_input_grad[0] else None
-        grad_dw = g.T @ x.reshape(-1, x.shape[-1])
-        grad_b = g.sum(0) if ctx.needs_input_grad[2] else None
-        trained = [leaf for leaf in leaves if leaf.requires_grad]
-        grads = iter(torch.autograd.grad(dw, trained, grad_dw) if trained else ())
+        with _no_autocast(x.device):
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ (weight + dw.detach()).to(x.dtype)).view(x.shape).to(ctx.x_dtype)
+            grad_dw = (g.T @ x.reshape(-1, x.shape[-1])).to(dw.dtype)
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+            trained = [leaf for leaf in leaves if leaf.requires_grad]
+            grads = iter(torch.autograd.grad(dw, trained, grad_dw) if trained else ())
         grad_ops = [next(grads) if t else None for t in trains]
-        return grad_x, grad_dw if ctx.needs_input_grad[1] else None, grad_b, None, *grad_ops
+        grad_w = grad_dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, grad_b, None, None, *grad_ops
 
 
 class QuantumAdapterState(nn.Module):
@@ -426,15 +436,18 @@ class QuantumHub(nn.Module, BaseTunerLayer):
 
     def _may_fold(self, state: QuantumAdapterState) -> bool:
         """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
-        enabled, float32 or float64 weights, no autocast, no adapter dropout. (If a layer folds anyway, or
-        does not, it builds what it needs; this only decides what is built batched in advance.)"""
+        enabled, float32 or float64 weights, no adapter dropout, and no autocast unless the config's `fold`
+        allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides what is
+        built batched in advance.)"""
         full = (torch.float32, torch.float64)
-        lam = next(iter(state.lam.values()))
+        lam, fold = next(iter(state.lam.values())), state.config.fold
+        autocast = torch.is_autocast_enabled(lam.device.type)
         return (
             torch.is_grad_enabled()
+            and fold != "never"
             and lam.dtype in full
             and self._base_dtype in (*full, None)
-            and not torch.is_autocast_enabled(lam.device.type)
+            and (fold == "autocast" or not autocast)
             and state.config.dropout == 0
         )
 
@@ -660,15 +673,20 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
         size); forming dW costs 4 P (dW, formed again in backward, and its two factor gradients; P = d_out K d_in
         for the dense product, far less when a Pauli factor is applied as its sum of Kronecker products) and
-        its gradient g^T x T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into the weight;
-        for LoRA-like K never. Only in float32 without autocast (rounding W + dW to bf16 would wipe out a
-        small dW), only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
-        weight = self.base_layer.weight
-        if weight.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype:
+        its gradient g^T x T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into
+        the weight; for LoRA-like K never. Only for float32 / float64 weights, and under autocast only when the
+        config's `fold` is "autocast" (W + dW is then rounded to bf16 / fp16 once, which a small dW may not
+        move: the trade AMP makes with a float32 master weight); only for a plain nn.Linear or Conv1D and
+        without adapter dropout (one shared input)."""
+        weight, fold = self.base_layer.weight, self.hub.quantum_adapters[name].config.fold
+        if fold == "never" or weight.dtype not in (torch.float32, torch.float64):
             return False
-        if torch.is_autocast_enabled(x.device.type) or not isinstance(
-            self.quantum_dropout[name], nn.Identity
-        ):
+        if torch.is_autocast_enabled(x.device.type):
+            if fold != "autocast":
+                return False
+        elif x.dtype != weight.dtype:
+            return False
+        if not isinstance(self.quantum_dropout[name], nn.Identity):
             return False
         if weight.dim() != 2 or not (isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out):
             return False
@@ -687,7 +705,8 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         if not torch.is_grad_enabled():
             return nn.functional.linear(x, weight + self.hub.delta_weight(name, row), base.bias)
         build, operands = self.hub.delta_weight_operands(name, row)
-        return _FoldedLinear.apply(x, weight, base.bias, build, *operands)
+        dtype = _compute_dtype(weight.dtype, x.device.type)
+        return _FoldedLinear.apply(x, weight, base.bias, dtype, build, *operands)
 
     def __repr__(self) -> str:
         return "quantum." + super().__repr__()
