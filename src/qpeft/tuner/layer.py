@@ -25,7 +25,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import Tensor, nn
 
 from qpeft.errors import QpeftError
-from qpeft.quantum import KronSum, PauliStiefel, TaylorStiefel, pack_angles, quantize_angles, unpack_angles
+from qpeft.quantum import (
+    KronSum,
+    PauliCircuit,
+    PauliStiefel,
+    TaylorStiefel,
+    pack_angles,
+    quantize_angles,
+    unpack_angles,
+)
 from qpeft.tuner.config import QuantumConfig
 
 HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
@@ -67,17 +75,17 @@ class _DeltaWeight:
     dense (n, K) row (`circuit` None) or the Kronecker factors of its sum (KronSum.xs of one row). `how` is the
     plan (_product_plan): apply U's sum to lam V^T ("u"), V's sum to lam U^T ("v"), or the dense product."""
 
-    def __init__(self, how: str, u_circuit, num_u: int, v_circuit):
+    def __init__(self, how: str, u_circuit: PauliCircuit | None, num_u: int, v_circuit: PauliCircuit | None):
         self.how, self.u_circuit, self.num_u, self.v_circuit = how, u_circuit, num_u, v_circuit
 
     @staticmethod
-    def _kron(circuit, ops: tuple[Tensor, ...]) -> KronSum:
+    def _kron(circuit: PauliCircuit, ops: tuple[Tensor, ...]) -> KronSum:
         return KronSum(circuit, list(ops), 1)
 
-    def _dense(self, circuit, ops: tuple[Tensor, ...]) -> Tensor:
+    def _dense(self, circuit: PauliCircuit | None, ops: tuple[Tensor, ...]) -> Tensor:
         return ops[0] if circuit is None else self._kron(circuit, ops).dense()[0]
 
-    def _scaled_transpose(self, circuit, ops: tuple[Tensor, ...], lam: Tensor) -> Tensor:
+    def _scaled_transpose(self, circuit: PauliCircuit | None, ops: tuple[Tensor, ...], lam: Tensor) -> Tensor:
         """lam[:, None] * F^T (K, n): the operand KronSum.apply takes."""
         if circuit is None:
             return lam[:, None] * ops[0].T
@@ -100,13 +108,21 @@ class _FoldedLinear(torch.autograd.Function):
     Autograd through `linear(x, W + build(...))` would keep W + dW and the product's intermediates for backward:
     about two weight-sized tensors per layer, 1.6x LoRA's step peak memory on DeBERTaV3-base at full rank. This
     saves what a trainable nn.Linear saves (x; W and the small operands are alive anyway) and pays for it with
-    forming dW twice, a few percent of the layer's flops at full rank (docs/method.md section 4).
+    forming dW twice (docs/method.md section 4 has the measured cost).
 
     The GEMMs run in `dtype`: the weights' own, or autocast's, into which W + dW (float32) is cast once per
     pass and direction, as AMP casts a float32 master weight; dW and its gradient stay float32."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, build, *operands):
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        dtype: torch.dtype,
+        build: _DeltaWeight,
+        *operands: Tensor,
+    ) -> Tensor:
         ctx.build, ctx.x_dtype = build, x.dtype
         with _no_autocast(x.device):
             x = x.to(dtype)
@@ -511,9 +527,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         _, how, _ = self.product_plan(name, row, quantise)
         sides = []
         for key, r, applied in ((ku, ru, how == "u"), (kv, rv, how == "v")):
-            if (
-                key in us and not applied
-            ):  # the batched row when there is one, unless the plan applies its sum
+            # the batched row when there is one, unless the plan applies this factor's sum
+            if key in us and not applied:
                 sides.append((None, (us[key][r],)))
             else:
                 kron = sums[key].row(r)
@@ -699,9 +714,8 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         formed from the hub's tensors of this pass and formed again in backward (_FoldedLinear), not saved;
         under no_grad the hub's cached dW serves every batch."""
         base, row = self.base_layer, self.quantum_row[name]
-        weight = (
-            base.weight.T if self.fan_in_fan_out else base.weight
-        )  # (d_out, d_in); Conv1D stores (d_in, d_out)
+        # (d_out, d_in); GPT-2's Conv1D stores (d_in, d_out)
+        weight = base.weight.T if self.fan_in_fan_out else base.weight
         if not torch.is_grad_enabled():
             return nn.functional.linear(x, weight + self.hub.delta_weight(name, row), base.bias)
         build, operands = self.hub.delta_weight_operands(name, row)
