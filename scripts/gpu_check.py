@@ -298,6 +298,13 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
                 f"- {method} / lora_r8 train step: {ratio:.2f} ({note}); step peak memory {memory:.2f}x, "
                 f"ops per step {ops:.2f}x"
             )
+    if {"quantum_kfull_l1", "quantum_kfull_l1_fold"} <= rows.keys():  # what decides adapter.fold's default
+        low_rank, fold = rows["quantum_kfull_l1"], rows["quantum_kfull_l1_fold"]
+        step, memory = (float(fold[k]) / float(low_rank[k]) for k in ("train_step_ms", "peak_mem_mb"))
+        lines.append(
+            f"- K=full under bf16, folded (adapter.fold=autocast) / low-rank path (the default): train step "
+            f"{step:.2f}, step peak memory {memory:.2f} (docs/gpu.md section 5)"
+        )
     return lines, True
 
 
