@@ -566,7 +566,8 @@ def test_folded_update_saves_no_weight_sized_tensor(d_in, d_out):
         nn.Sequential(nn.Linear(d_in, d_out)), QuantumConfig(r="full", target_modules=["0"])
     )
     perturb(model)
-    adapted, x = model.base_model.model[0], torch.randn(2, 256, d_in)
+    # an inner layer: its input needs a gradient, so autograd keeps the weight it multiplied by
+    adapted, x = model.base_model.model[0], torch.randn(2, 256, d_in, requires_grad=True)
     assert adapted._update_weight_pays(x, "default")
     hub, base = adapted.hub, adapted.base_layer
     hub.begin_pass(model, (x,))  # the pass's factors, computed once for all layers: not the layer's to save

@@ -310,6 +310,8 @@ class KronSum:
         `scale` ((k,) or (B, k)) multiplies column c, applied to the small group-0 columns rather than to U;
         `transposed` lays the result out as (B, k, n), contiguous (what `apply` takes as its operand)."""
         c, g, B = self.circuit, len(self.xs), self.batch
+        if transposed and g == 2:
+            return self._dense_transposed_two_groups(scale)
         out = None
         for t in range(self.xs[0].shape[0]):
             u = None
@@ -326,6 +328,25 @@ class KronSum:
                 u = col if u is None else u * col
             out = u if out is None else out + u
         return out.reshape(B, c.k, c.n) if transposed else out.reshape(B, c.n, c.k)
+
+    def _dense_transposed_two_groups(self, scale: Tensor | None) -> Tensor:
+        """dense(scale, transposed=True) for two groups, as one batched contraction over the terms (a few ops
+        where the per-term loop takes several per term, forward and backward). Column c = (p, j) of U (mixed
+        radix, group 1 major) is sum_t X_{t,1}[:, p] (x) X_{t,2}[:, j]: an (m_1 x terms) @ (terms x m_2) product
+        per column, laid out as row c of the (k, n) result."""
+        c, B = self.circuit, self.batch
+        (m1, m2), (x1, x2) = c.m, self.xs  # x_j: (terms, B, m_j, m_j)
+        q = -(-c.k // m2)
+        first = x1[..., :q].permute(1, 3, 2, 0)[:, :, None]  # (B, q, 1, m1, terms): X_{t,1}[i, p]
+        if scale is not None:
+            scale = scale.reshape(-1, c.k)
+            if q * m2 != c.k:
+                scale = nn.functional.pad(scale, (0, q * m2 - c.k))
+            first = first * scale.view(-1, q, m2, 1, 1)  # (B, q, m2, m1, terms)
+        second = x2.permute(1, 3, 0, 2)[:, None]  # (B, 1, m2, terms, m2): X_{t,2}[i, j] at [j, t, i]
+        # (B, q, m2, m1, m2): row (p, j), column (i1, i2)
+        out = torch.matmul(first, second).reshape(B, q * m2, c.n)
+        return out if q * m2 == c.k else out[:, : c.k].contiguous()
 
     def apply(self, m: Tensor) -> Tensor:
         """U[:, :k] @ m for m (B, k, c), group by group, without forming U: (B, n, c).
