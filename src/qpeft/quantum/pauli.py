@@ -335,7 +335,7 @@ class KronSum:
         radix, group 1 major) is sum_t X_{t,1}[:, p] (x) X_{t,2}[:, j]: an (m_1 x terms) @ (terms x m_2) product
         per column, laid out as row c of the (k, n) result."""
         c, B = self.circuit, self.batch
-        (m1, m2), (x1, x2) = c.m, self.xs  # x_j: (terms, B, m_j, m_j)
+        m2, (x1, x2) = c.m[1], self.xs  # x_j: (terms, B, m_j, m_j)
         q = -(-c.k // m2)
         first = x1[..., :q].permute(1, 3, 2, 0)[:, :, None]  # (B, q, 1, m1, terms): X_{t,1}[i, p]
         if scale is not None:
