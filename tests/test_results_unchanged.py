@@ -98,3 +98,22 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
         assert json.loads(record_path.read_text())["hyperparameters"]["lr"] == spec.trainer.lr
         matched.add(folder)
     assert matched == set(by_folder)  # every committed record is a job of today's preset
+
+
+def test_a_setting_added_later_matches_its_old_behaviour_only(tmp_path):
+    """Runs recorded before adapter.fold existed were made with fold=float32: found again under it, refused
+    under another value (with the difference named)."""
+    from qpeft.errors import QpeftError
+    from qpeft.run_folder import SETTINGS_NAME, RunFolder, run_settings
+
+    folder = RunFolder(tmp_path)
+    (tmp_path / "record.json").write_text("{}")
+    old = run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8}, {})
+    (tmp_path / SETTINGS_NAME).write_text(json.dumps(old))
+    folder.check_settings(
+        run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8, "fold": "float32"}, {})
+    )
+    with pytest.raises(QpeftError, match="adapter_cfg.fold: 'float32' there, 'autocast' now"):
+        folder.check_settings(
+            run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8, "fold": "autocast"}, {})
+        )

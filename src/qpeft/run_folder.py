@@ -23,6 +23,8 @@ SETTINGS_NAME = "settings.json"
 TRAINED_NAME = "trained.safetensors"
 # trainer settings outside the protocol's that change a run's result (the rest: speed, logging, storage)
 RESULT_TRAINER_KEYS = ("sampling", "scheduler", "grad_accum", "max_steps", "eval_limit", "precision")
+# settings added after runs were recorded, with the value those runs were made with (absent there = this)
+ADDED_LATER = {"adapter_cfg": {"fold": "float32"}}
 
 
 def run_settings(hyperparameters: dict, adapter_cfg: dict, trainer: dict) -> dict:
@@ -86,11 +88,15 @@ class RunFolder:
         stored = self.stored_settings()
         if stored is None or stored == settings:
             return
+
+        def stored_value(group: str, key: str):
+            return stored.get(group, {}).get(key, ADDED_LATER.get(group, {}).get(key))
+
         diffs = [
-            f"{group}.{key}: {stored.get(group, {}).get(key)!r} there, {settings[group].get(key)!r} now"
+            f"{group}.{key}: {stored_value(group, key)!r} there, {settings[group].get(key)!r} now"
             for group in settings
             for key in sorted(settings[group])
-            if stored.get(group, {}).get(key) != settings[group].get(key)
+            if stored_value(group, key) != settings[group].get(key)
         ]
         if diffs:
             raise QpeftError(
