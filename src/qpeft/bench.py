@@ -37,6 +37,7 @@ Writes results/bench/<device>.csv and .md; the last line printed is the quantum 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import datetime
 import gc
@@ -241,19 +242,26 @@ class KernelCount(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops = 0
+        self.by_name: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         returns = func._schema.returns
         if not any(r.alias_info is not None and not r.alias_info.is_write for r in returns):
             self.ops += 1
+            self.by_name[func.overloadpacket.__name__] += 1
         return func(*args, **(kwargs or {}))
 
 
 def kernel_ops(fn, *args) -> int:
     """The aten ops (views excluded) that fn(*args) dispatches: see KernelCount."""
+    return kernel_op_names(fn, *args).total()
+
+
+def kernel_op_names(fn, *args) -> collections.Counter[str]:
+    """kernel_ops by aten op name (e.g. "bmm", "slice_backward")."""
     with KernelCount() as count:
         fn(*args)
-    return count.ops
+    return count.by_name
 
 
 def profile_step(b: Bench, inputs: dict, device: torch.device) -> None:

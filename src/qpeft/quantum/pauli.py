@@ -294,8 +294,14 @@ class PauliCircuit(nn.Module):
         return x
 
 
+def _first_columns(x: Tensor, q: int) -> Tensor:
+    """x[..., :q], and x itself when that is all of it (a slice costs a zero-filled gradient in backward)."""
+    return x if q == x.shape[-1] else x[..., :q]
+
+
 class KronSum:
-    """U = sum_t (x)_j X_{t,j} for a batch of B circuits of one plan: `xs[j]` is (terms, B, m_j, m_j)."""
+    """U = sum_t (x)_j X_{t,j} for a batch of B circuits of one plan: `xs[j]` is (terms, B, m_j, m_j), except
+    that xs[0] may hold only the first q = ceil(k / (m_2 ... m_g)) columns, all that U[:, :k] reads of it."""
 
     def __init__(self, circuit: PauliCircuit, xs: list[Tensor], batch: int):
         self.circuit, self.xs, self.batch = circuit, xs, batch
@@ -303,6 +309,15 @@ class KronSum:
     def row(self, i: int) -> KronSum:
         """Circuit i of the batch alone (a view)."""
         return KronSum(self.circuit, [x[:, i : i + 1] for x in self.xs], 1)
+
+    def rows(self) -> list[KronSum]:
+        """Every circuit of the batch alone, as views of one `unbind` per factor: the gradients of all rows
+        meet in one stack in backward, where `row(i)` for each i costs a zero-filled slice gradient and an
+        add apiece (kernel launches, for a bank of many matrices). Group 0's factors are cut to the q columns
+        that U's first k columns read (see `apply`), once for the bank rather than per row."""
+        q = -(-self.circuit.k // math.prod(self.circuit.m[1:]))
+        unbound = [x.unbind(1) for x in (_first_columns(self.xs[0], q), *self.xs[1:])]
+        return [KronSum(self.circuit, [u[i].unsqueeze(1) for u in unbound], 1) for i in range(self.batch)]
 
     def dense(self, scale: Tensor | None = None, transposed: bool = False) -> Tensor:
         """(B, n, k): U[(i_1..i_g), c] = sum_t prod_j X_{t,j}[i_j, digit_j(c)], one outer product per term.
@@ -337,7 +352,7 @@ class KronSum:
         c, B = self.circuit, self.batch
         m2, (x1, x2) = c.m[1], self.xs  # x_j: (terms, B, m_j, m_j)
         q = -(-c.k // m2)
-        first = x1[..., :q].permute(1, 3, 2, 0)[:, :, None]  # (B, q, 1, m1, terms): X_{t,1}[i, p]
+        first = _first_columns(x1, q).permute(1, 3, 2, 0)[:, :, None]  # (B, q, 1, m1, terms): X_{t,1}[i, p]
         if scale is not None:
             scale = scale.reshape(-1, c.k)
             if q * m2 != c.k:
@@ -363,12 +378,12 @@ class KronSum:
         if len(circuit.m) == 2:
             (m1, m2), (x1, x2) = circuit.m, self.xs
             z = torch.matmul(x2.transpose(0, 1).reshape(B, 1, terms * m2, m2), m.view(B, q, m2, c))
-            first = x1[..., :q].permute(1, 2, 3, 0).reshape(B, m1, q * terms)  # columns (p, t)
+            first = _first_columns(x1, q).permute(1, 2, 3, 0).reshape(B, m1, q * terms)  # columns (p, t)
             return torch.bmm(first, z.view(B, q * terms, m2 * c)).view(B, circuit.n, c)
         sizes = [q, *circuit.m[1:]]
         z = m[None]  # (1, B, ...) broadcast against the terms
         for j in reversed(range(len(sizes))):
-            x = self.xs[j] if j else self.xs[0][..., :q]
+            x = self.xs[j] if j else _first_columns(self.xs[0], q)
             pre, post = math.prod(sizes[:j]), math.prod(sizes[j + 1 :]) * c
             z = torch.matmul(x[:, :, None], z.reshape(z.shape[0], B, pre, sizes[j], post))
             sizes[j] = circuit.m[j]

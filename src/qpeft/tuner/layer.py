@@ -83,22 +83,22 @@ class _DeltaWeight:
         return KronSum(circuit, list(ops), 1)
 
     def _dense(self, circuit: PauliCircuit | None, ops: tuple[Tensor, ...]) -> Tensor:
-        return ops[0] if circuit is None else self._kron(circuit, ops).dense()[0]
+        return ops[0] if circuit is None else self._kron(circuit, ops).dense().squeeze(0)
 
     def _scaled_transpose(self, circuit: PauliCircuit | None, ops: tuple[Tensor, ...], lam: Tensor) -> Tensor:
         """lam[:, None] * F^T (K, n): the operand KronSum.apply takes."""
         if circuit is None:
             return lam[:, None] * ops[0].T
-        return self._kron(circuit, ops).dense(scale=lam, transposed=True)[0]
+        return self._kron(circuit, ops).dense(scale=lam, transposed=True).squeeze(0)
 
     def __call__(self, *operands: Tensor) -> Tensor:
         u_ops, v_ops, lam = operands[: self.num_u], operands[self.num_u : -1], operands[-1]
         if self.how == "u":
             lam_vt = self._scaled_transpose(self.v_circuit, v_ops, lam)
-            return self._kron(self.u_circuit, u_ops).apply(lam_vt[None])[0]
+            return self._kron(self.u_circuit, u_ops).apply(lam_vt[None]).squeeze(0)
         if self.how == "v":
             lam_ut = self._scaled_transpose(self.u_circuit, u_ops, lam)
-            return self._kron(self.v_circuit, v_ops).apply(lam_ut[None])[0].T
+            return self._kron(self.v_circuit, v_ops).apply(lam_ut[None]).squeeze(0).T
         return (self._dense(self.u_circuit, u_ops) * lam) @ self._dense(self.v_circuit, v_ops).T
 
 
@@ -424,9 +424,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
     def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
-        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: the
-        low-rank factors per dtype by ("low_rank", dtype), each matrix's product plan by ("plan", row), and under
-        no_grad each folded dW by ("dw", row)) of adapter `name`, computed or cached."""
+        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: each
+        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by ("low_rank", dtype), each matrix's
+        product plan by ("plan", row), and under no_grad each folded dW by ("dw", row)) of adapter `name`,
+        computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -443,11 +444,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if cached is None or cached[0] != key:
             # every bank at once unless layers may fold their update (then a full-rank layer builds the one factor
             # it needs); under no_grad the cache serves every batch until a parameter changes
-            cached = self._cache[name] = (
-                key,
-                state.compute(quantise, every_bank=not self._may_fold(state)),
-                {},
-            )
+            computed = state.compute(quantise, every_bank=not self._may_fold(state))
+            # each sum's circuits as rows of one unbind: their gradients meet in one stack per bank in backward
+            store = {("rows", bank): kron.rows() for bank, kron in computed[2].items()}
+            store.update({("lam", k): lam.unbind(0) for k, lam in computed[1].items()})
+            cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
     def _may_fold(self, state: QuantumAdapterState) -> bool:
@@ -468,17 +469,17 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         )
 
     @staticmethod
-    def _factor(us: dict, sums: dict, key: str, row: int) -> Tensor:
+    def _factor(us: dict, store: dict, key: str, row: int) -> Tensor:
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
         products (a full-rank bank in a pass that may fold; not cached, so a checkpointed block rebuilds it).
         Elementwise ops only: float32 whatever the autocast."""
-        return us[key][row] if key in us else sums[key].row(row).dense()[0]
+        return us[key][row] if key in us else store["rows", key][row].dense().squeeze(0)
 
     def factors(self, name: str, row: int) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, float32: dW = U diag(lam_eff) V^T."""
-        us, lams, sums, _ = self._factors(name, quantise=None)
+        us, _, _, store = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        return self._factor(us, sums, ku, ru), self._factor(us, sums, kv, rv), lams[kl][rl]
+        return self._factor(us, store, ku, ru), self._factor(us, store, kv, rv), store["lam", kl][rl]
 
     def low_rank_factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(U, V diag(lam_eff)) of matrix `row` in `dtype`, what the low-rank path multiplies by.
@@ -488,11 +489,15 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         backward) to the step, fewer kernel launches than LoRA's layer (tests/test_tuner.py). Any other dtype,
         or a full-rank bank not built batched (a pass that may fold), is formed for this matrix alone, inside
         the layer (a checkpointed block must recompute what it formed)."""
-        us, lams, sums, store = self._factors(name, quantise=None)
+        us, _, _, store = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         banks = store.get(("low_rank", dtype), {})
-        U = banks[ku][ru] if ku in banks else self._factor(us, sums, ku, ru).to(dtype)
-        V = banks[kv][rv] if kv in banks else (self._factor(us, sums, kv, rv) * lams[kl][rl]).to(dtype)
+        U = banks[ku][ru] if ku in banks else self._factor(us, store, ku, ru).to(dtype)
+        V = (
+            banks[kv][rv]
+            if kv in banks
+            else (self._factor(us, store, kv, rv) * store["lam", kl][rl]).to(dtype)
+        )
         return U, V
 
     def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
@@ -512,7 +517,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if ("plan", row) not in store:
             state = self.quantum_adapters[name]
             (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
-            kron_u, kron_v = (sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv)))
+            kron_u, kron_v = (
+                sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv))
+            )  # shapes
             store["plan", row] = (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
         return store["plan", row]
 
@@ -522,7 +529,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         """dW of matrix `row` as a function of a few tensors of this pass: `build(*operands)` forms it (float32,
         by the cheapest plan). The operands are the factors' own tensors (a batched row, or the Kronecker
         factors of a sum) and lam, so a folded layer can form dW again in backward instead of saving it."""
-        us, lams, sums, _ = self._factors(name, quantise)
+        us, _, _, store = self._factors(name, quantise)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         _, how, _ = self.product_plan(name, row, quantise)
         sides = []
@@ -531,11 +538,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             if key in us and not applied:
                 sides.append((None, (us[key][r],)))
             else:
-                kron = sums[key].row(r)
+                kron = store["rows", key][r]
                 sides.append((kron.circuit, tuple(kron.xs)))
         (u_circuit, u_ops), (v_circuit, v_ops) = sides
         build = _DeltaWeight(how, u_circuit, len(u_ops), v_circuit)
-        return build, (*u_ops, *v_ops, lams[kl][rl])
+        return build, (*u_ops, *v_ops, store["lam", kl][rl])
 
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
         """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
