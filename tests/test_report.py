@@ -158,6 +158,24 @@ def test_latest_bench_of_each_backbone_is_shown(tmp_path):
     assert "| newer |" in text and "| older |" not in text and "[b.md](" in text
 
 
+def test_latest_bench_of_each_dtype_is_shown(tmp_path):
+    """A later bf16 bench of the same backbone and device does not hide the fp32 one (files without a dtype
+    are fp32: the bench wrote none before it had --dtype)."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    head = "# Bench: bb on dev\n\n- date: {}, wall 1.0 min\n{}\n| method |\n|---|\n| {} |\n"
+    fp32 = "- device: dev, torch threads: 1, dtype: fp32\n"
+    bf16 = "- device: dev, torch threads: 1, dtype: bf16\n"
+    (bench / "a.md").write_text(head.format("2026-01-01T00:00:00", "", "fp32 undated dtype"))
+    (bench / "b.md").write_text(head.format("2026-01-02T00:00:00", fp32, "fp32 newer"))
+    (bench / "c.md").write_text(head.format("2026-01-03T00:00:00", bf16, "bf16 newest"))
+    put(tmp_path / "records", "synth", "sst2", "lora_r8", "lora", 0, 0.9, 10)
+    report, _ = build(tmp_path, tmp_path / "records", bench=bench)
+    text = report.read_text()
+    assert "| fp32 newer |" in text and "| bf16 newest |" in text and "| fp32 undated dtype |" not in text
+    assert "[a.md](" in text
+
+
 def test_committed_report_is_current(tmp_path):
     """results/report.md is what `make report` builds from the committed results (rebuild it if this fails)."""
     import shutil

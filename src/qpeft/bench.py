@@ -237,7 +237,8 @@ class KernelCount(TorchDispatchMode):
     """Counts the aten ops dispatched while active, views excluded (ops whose outputs alias an input without
     writing it: view, transpose, unbind, ...). On a GPU nearly every counted op is one kernel launch, so for a
     launch-bound step (a base-size model at batch 32 x 128 on an H200) the count is what the step costs; on
-    any device it is exact and repeatable, unlike a time."""
+    any device it is exact and repeatable, unlike a time. `_unsafe_view` (a reshape whose result autograd
+    does not track as a view) is counted though it launches nothing, as in every committed count."""
 
     def __init__(self):
         super().__init__()

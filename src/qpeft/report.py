@@ -348,8 +348,9 @@ def efficiency_figure(
 
 
 def latest_benches(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The latest bench report (by its `- date:` line) of each `# Bench: <backbone> on <device>`, and the rest."""
-    latest: dict[str, tuple[str, Path]] = {}
+    """The latest bench report (by its `- date:` line) of each `# Bench: <backbone> on <device>` and dtype (a
+    bf16 bench does not replace the fp32 one), and the rest."""
+    latest: dict[tuple[str, str], tuple[str, Path]] = {}
     undated = []
     for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
         text = path.read_text(encoding="utf-8")
@@ -358,8 +359,10 @@ def latest_benches(folder: Path) -> tuple[list[Path], list[Path]]:
         if not (title and date):
             undated.append(path)
             continue
-        if title.group(1) not in latest or date.group(1) > latest[title.group(1)][0]:
-            latest[title.group(1)] = (date.group(1), path)
+        dtype = re.search(r"^- device: .*dtype: (\w+)", text, flags=re.M)
+        key = (title.group(1), dtype.group(1) if dtype else "fp32")  # reports before --dtype were fp32
+        if key not in latest or date.group(1) > latest[key][0]:
+            latest[key] = (date.group(1), path)
     shown = [latest[k][1] for k in sorted(latest)]
     rest = [p for p in sorted(folder.glob("*.md")) if p not in shown] if folder.is_dir() else []
     return shown, rest
@@ -458,7 +461,7 @@ def build_report(
     if not shown:
         lines += [f"No bench report under `{Path(bench).as_posix()}` (`make bench` writes one).", ""]
     else:
-        lines += ["The latest report (by its date line) of each backbone and device:", ""]
+        lines += ["The latest report (by its date line) of each backbone, device and dtype:", ""]
     for path in shown:
         lines += [
             f"From `{path.as_posix()}`:",

@@ -425,9 +425,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
 
     def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
         """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: each
-        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by ("low_rank", dtype), each matrix's
-        product plan by ("plan", row), and under no_grad each folded dW by ("dw", row)) of adapter `name`,
-        computed or cached."""
+        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by
+        ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded dW by
+        ("dw", row)) of adapter `name`, computed or cached."""
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -517,10 +517,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if ("plan", row) not in store:
             state = self.quantum_adapters[name]
             (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
-            kron_u, kron_v = (
-                sums[key].row(r) if key in sums else None for key, r in ((ku, ru), (kv, rv))
-            )  # shapes
-            store["plan", row] = (k, *_product_plan(d_out, d_in, k, kron_u, kron_v))
+            rows = [store["rows", key][r] if key in sums else None for key, r in ((ku, ru), (kv, rv))]
+            store["plan", row] = (k, *_product_plan(d_out, d_in, k, *rows))
         return store["plan", row]
 
     def delta_weight_operands(
