@@ -313,10 +313,12 @@ class KronSum:
     def rows(self) -> list[KronSum]:
         """Every circuit of the batch alone, as views of one `unbind` per factor: the gradients of all rows
         meet in one stack in backward, where `row(i)` for each i costs a zero-filled slice gradient and an
-        add apiece (kernel launches, for a bank of many matrices). Group 0's factors are cut to the q columns
-        that U's first k columns read (see `apply`), once for the bank rather than per row."""
+        add apiece (kernel launches, for a bank of many matrices). Once for the bank rather than per row: group
+        0's factors are cut to the q columns that U's first k columns read (see `apply`), and each factor is
+        laid out circuit-major, so that a row's terms are contiguous and `apply`'s reshapes of them are views."""
         q = -(-self.circuit.k // math.prod(self.circuit.m[1:]))
-        unbound = [x.unbind(1) for x in (_first_columns(self.xs[0], q), *self.xs[1:])]
+        xs = (_first_columns(self.xs[0], q), *self.xs[1:])
+        unbound = [x.transpose(0, 1).contiguous().unbind(0) for x in xs]  # B x (terms, m_j, m_j)
         return [KronSum(self.circuit, [u[i].unsqueeze(1) for u in unbound], 1) for i in range(self.batch)]
 
     def dense(self, scale: Tensor | None = None, transposed: bool = False) -> Tensor:
