@@ -445,8 +445,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             # every bank at once unless layers may fold their update (then a full-rank layer builds the one factor
             # it needs); under no_grad the cache serves every batch until a parameter changes
             computed = state.compute(quantise, every_bank=not self._may_fold(state))
-            # each sum's circuits as rows of one unbind: their gradients meet in one stack per bank in backward
-            store = {("rows", bank): kron.rows() for bank, kron in computed[2].items()}
+            # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
+            # made now for the banks that layers will build from (no batched U), so that a checkpointed block
+            # finds them made; for the others when first asked (_kron_row)
+            us, _, sums = computed
+            store = {("rows", bank): kron.rows() for bank, kron in sums.items() if bank not in us}
             store.update({("lam", k): lam.unbind(0) for k, lam in computed[1].items()})
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
@@ -469,17 +472,25 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         )
 
     @staticmethod
-    def _factor(us: dict, store: dict, key: str, row: int) -> Tensor:
+    def _kron_row(sums: dict, store: dict, key: str, row: int) -> KronSum:
+        """Row `row` of bank `key`'s sum of Kronecker products, from the per-pass store (KronSum.rows)."""
+        if ("rows", key) not in store:
+            store["rows", key] = sums[key].rows()
+        return store["rows", key][row]
+
+    @classmethod
+    def _factor(cls, us: dict, sums: dict, store: dict, key: str, row: int) -> Tensor:
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
         products (a full-rank bank in a pass that may fold; not cached, so a checkpointed block rebuilds it).
         Elementwise ops only: float32 whatever the autocast."""
-        return us[key][row] if key in us else store["rows", key][row].dense().squeeze(0)
+        return us[key][row] if key in us else cls._kron_row(sums, store, key, row).dense().squeeze(0)
 
     def factors(self, name: str, row: int) -> tuple[Tensor, Tensor, Tensor]:
         """(U, V, lam_eff) of matrix `row` of adapter `name`, float32: dW = U diag(lam_eff) V^T."""
-        us, _, _, store = self._factors(name, quantise=None)
+        us, _, sums, store = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        return self._factor(us, store, ku, ru), self._factor(us, store, kv, rv), store["lam", kl][rl]
+        U, V = self._factor(us, sums, store, ku, ru), self._factor(us, sums, store, kv, rv)
+        return U, V, store["lam", kl][rl]
 
     def low_rank_factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(U, V diag(lam_eff)) of matrix `row` in `dtype`, what the low-rank path multiplies by.
@@ -489,15 +500,14 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         backward) to the step, fewer kernel launches than LoRA's layer (tests/test_tuner.py). Any other dtype,
         or a full-rank bank not built batched (a pass that may fold), is formed for this matrix alone, inside
         the layer (a checkpointed block must recompute what it formed)."""
-        us, _, _, store = self._factors(name, quantise=None)
+        us, _, sums, store = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         banks = store.get(("low_rank", dtype), {})
-        U = banks[ku][ru] if ku in banks else self._factor(us, store, ku, ru).to(dtype)
-        V = (
-            banks[kv][rv]
-            if kv in banks
-            else (self._factor(us, store, kv, rv) * store["lam", kl][rl]).to(dtype)
-        )
+        U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
+        if kv in banks:
+            V = banks[kv][rv]
+        else:
+            V = (self._factor(us, sums, store, kv, rv) * store["lam", kl][rl]).to(dtype)
         return U, V
 
     def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
@@ -516,9 +526,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         _, _, sums, store = self._factors(name, quantise)
         if ("plan", row) not in store:
             state = self.quantum_adapters[name]
-            (d_out, d_in, k), (ku, ru, kv, rv, _, _) = state.shapes[row], state.index[row]
-            rows = [store["rows", key][r] if key in sums else None for key, r in ((ku, ru), (kv, rv))]
-            store["plan", row] = (k, *_product_plan(d_out, d_in, k, *rows))
+            (d_out, d_in, k), (ku, _, kv, _, _, _) = state.shapes[row], state.index[row]
+            # a row's cost is its bank's per circuit
+            store["plan", row] = (k, *_product_plan(d_out, d_in, k, sums.get(ku), sums.get(kv)))
         return store["plan", row]
 
     def delta_weight_operands(
@@ -527,7 +537,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         """dW of matrix `row` as a function of a few tensors of this pass: `build(*operands)` forms it (float32,
         by the cheapest plan). The operands are the factors' own tensors (a batched row, or the Kronecker
         factors of a sum) and lam, so a folded layer can form dW again in backward instead of saving it."""
-        us, _, _, store = self._factors(name, quantise)
+        us, _, sums, store = self._factors(name, quantise)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
         _, how, _ = self.product_plan(name, row, quantise)
         sides = []
@@ -536,7 +546,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             if key in us and not applied:
                 sides.append((None, (us[key][r],)))
             else:
-                kron = store["rows", key][r]
+                kron = self._kron_row(sums, store, key, r)
                 sides.append((kron.circuit, tuple(kron.xs)))
         (u_circuit, u_ops), (v_circuit, v_ops) = sides
         build = _DeltaWeight(how, u_circuit, len(u_ops), v_circuit)
