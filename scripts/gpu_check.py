@@ -1,4 +1,4 @@
-"""Verify a qpeft install on one GPU: every method through run.py on the paper's backbone shapes, then the bench.
+"""Verify a qpeft install on one GPU: the bench, then every method through run.py on the paper's backbone shapes.
 
     python scripts/gpu_check.py           # on one GPU; meant to finish within 8 min (not yet timed on one)
     python scripts/gpu_check.py --tiny    # the same paths on tiny random models (CPU smoke test, minutes)
