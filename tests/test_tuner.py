@@ -530,16 +530,20 @@ def test_fold_under_autocast_when_asked(conv1d, dtype):
     hub = folding.base_model.model.qpeft_hub
     with torch.autocast("cpu", dtype=dtype):
         hub.begin_pass(folding, (x,))
-        ((_, (us, lams, sums), store),) = hub._cache.values()
-        of_the_pass = [*us.values(), *lams.values(), *(t for s in sums.values() for t in s.xs)]
-        of_the_pass += [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
-        exclude = [x, *folding.parameters(), *low_rank.parameters(), *of_the_pass]
+        exclude = [x, *folding.parameters(), *low_rank.parameters(), *tensors_of_the_pass(hub, dtype)]
         folded = saved_bytes(lambda: folding.base_model.model[0](x), exclude)
         low_rank.base_model.model.qpeft_hub.begin_pass(low_rank, (x,))
-        ((_, _, store),) = low_rank.base_model.model.qpeft_hub._cache.values()
-        exclude += [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
+        exclude += tensors_of_the_pass(low_rank.base_model.model.qpeft_hub, dtype)
         unfolded = saved_bytes(lambda: low_rank.base_model.model[0](x), exclude)
     assert folded < unfolded
+
+
+def tensors_of_the_pass(hub: nn.Module, dtype: torch.dtype | None = None) -> list[Tensor]:
+    """What the hub computed for the whole pass when it began (factors, lam, sums, and the low-rank banks cast
+    to `dtype`): alive anyway, so not a layer's to save for backward."""
+    ((_, (us, lams, sums), store),) = hub._cache.values()
+    tensors = [*us.values(), *lams.values(), *(t for s in sums.values() for t in s.xs)]
+    return tensors + [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
 
 
 def saved_bytes(fn, exclude: list[Tensor]) -> int:
@@ -573,9 +577,7 @@ def test_folded_update_saves_no_weight_sized_tensor(d_in, d_out):
     assert adapted._update_weight_pays(x, "default")
     hub, base = adapted.hub, adapted.base_layer
     hub.begin_pass(model, (x,))  # the pass's factors, computed once for all layers: not the layer's to save
-    ((_, (us, lams, sums), _),) = hub._cache.values()
-    of_the_pass = [*us.values(), *lams.values(), *(x for s in sums.values() for x in s.xs)]
-    exclude, weight_bytes = [x, *model.parameters(), *of_the_pass], d_out * d_in * 4
+    exclude, weight_bytes = [x, *model.parameters(), *tensors_of_the_pass(hub)], d_out * d_in * 4
     folded = saved_bytes(lambda: adapted(x), exclude)
     autograd = saved_bytes(
         lambda: nn.functional.linear(x, base.weight + hub.delta_weight("default", 0), base.bias), exclude

@@ -139,12 +139,13 @@ class _FoldedLinear(torch.autograd.Function):
             leaves = [op.detach().requires_grad_(t) for op, t in zip(operands, trains)]
             dw = ctx.build(*leaves)
         with _no_autocast(x.device):
-            g = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
+            flat = grad_out.reshape(-1, grad_out.shape[-1])
+            g = flat.to(x.dtype)
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = (g @ (weight + dw.detach()).to(x.dtype)).view(x.shape).to(ctx.x_dtype)
             grad_dw = (g.T @ x.reshape(-1, x.shape[-1])).to(dw.dtype)
-            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+            grad_b = flat.sum(0) if ctx.needs_input_grad[2] else None
             trained = [leaf for leaf in leaves if leaf.requires_grad]
             grads = iter(torch.autograd.grad(dw, trained, grad_dw) if trained else ())
         grad_ops = [next(grads) if t else None for t in trains]
@@ -448,9 +449,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
             # made now for the banks that layers will build from (no batched U), so that a checkpointed block
             # finds them made; for the others when first asked (_kron_row)
-            us, _, sums = computed
+            us, lams, sums = computed
             store = {("rows", bank): kron.rows() for bank, kron in sums.items() if bank not in us}
-            store.update({("lam", k): lam.unbind(0) for k, lam in computed[1].items()})
+            store.update({("lam", k): lam.unbind(0) for k, lam in lams.items()})
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
