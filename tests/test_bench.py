@@ -45,5 +45,9 @@ def test_default_methods_bench_autocast_variants_under_bf16_only():
     code twice in float32: the default list leaves it out there and keeps it for --dtype bf16."""
     fp32, bf16 = bench.parse([]).methods, bench.parse(["--dtype", "bf16"]).methods
     assert bench.AUTOCAST_ONLY and not set(bench.AUTOCAST_ONLY) & set(fp32)
-    assert bf16 == list(bench.METHODS) and fp32 == [m for m in bench.METHODS if m not in bench.AUTOCAST_ONLY]
+    named = [m for m in bench.METHODS if m not in bench.ON_REQUEST]
+    assert bf16 == named and fp32 == [m for m in named if m not in bench.AUTOCAST_ONLY]
     assert bench.parse(["--methods", "quantum_kfull_l1_fold"]).methods == ["quantum_kfull_l1_fold"]
+    # the float32 low-rank path at full rank: only when named (the GPU check names it)
+    assert bench.ON_REQUEST and not set(bench.ON_REQUEST) & set(fp32 + bf16)
+    assert bench.parse(["--methods", "quantum_kfull_l1_unfolded"]).methods == ["quantum_kfull_l1_unfolded"]

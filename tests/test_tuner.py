@@ -21,6 +21,7 @@ from peft import PeftModel, get_peft_model, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import qpeft
 from qpeft.errors import QpeftError
@@ -927,3 +928,81 @@ def test_folded_layers_take_their_rows_without_per_matrix_gradient_copies(autoca
     assert per_matrix["bmm"] >= 6, per_matrix  # the layers did fold (KronSum.apply, forward and backward)
     for name in ("slice_backward", "select_backward", "index_select_backward", "index_add"):
         assert per_matrix.get(name, 0) == 0, (name, per_matrix)
+
+
+def test_layers_share_the_pass_factors_and_see_later_changes(monkeypatch):
+    """Within the model's forward the layers take the factors begin_pass validated (the cache check walks the
+    adapter's parameters: one walk per pass, not one per layer, which a launch-bound GPU step pays for in host
+    time); after the pass, a layer called on its own checks the cache again and sees parameters that changed."""
+    from qpeft.tuner.layer import QuantumAdapterState
+
+    base, model = make(dict(r=4))
+    perturb(model)
+    x, y = inputs()
+    walks = collections.Counter()
+    watched = QuantumAdapterState.watched
+    monkeypatch.setattr(QuantumAdapterState, "watched", lambda self: walks.update(["walk"]) or watched(self))
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert walks["walk"] == 1  # three adapted layers, one walk
+    layer = model.base_model.model.lin1
+    h = torch.relu(base.lin0(x))
+    model.eval()
+    with torch.no_grad():
+        before = layer(h)
+        for p in hub_of(model).parameters():
+            p.add_(0.1)
+        after = layer(h)  # called alone: the cache is checked, the new parameters used
+        U, V, lam = hub_of(model).factors("default", layer.quantum_row["default"])
+        expected = base.lin1(h) + h @ (U @ torch.diag(lam) @ V.T).T
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pass_that_raises_leaves_no_stale_factors():
+    """end_pass runs even when the forward raises, so a later call of a layer alone checks the cache."""
+    _, model = make(dict(r=4))
+    hub = hub_of(model)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(4, 11))  # wrong width: lin0 raises after begin_pass
+    assert hub._live == {}
+
+
+class AllOps(TorchDispatchMode):
+    """Every aten op dispatched while active, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "method,dtype",
+    [(m, d) for d in ("fp32", "bf16") for m in ("quantum_k8_l1", "quantum_kfull_l1", "quantum_taylor_k1")]
+    + [("quantum_kfull_l1_fold", "bf16")],
+)
+def test_a_train_step_waits_for_the_device_no_more_than_the_frozen_model(method, dtype):
+    """Ops that make the host wait for a GPU (a tensor made from Python numbers is a host-to-device copy from
+    pageable memory, which waits for the stream; .item() and nonzero read back) stop it queueing kernels ahead
+    of the device, which a launch-bound step pays for. Counted on CPU, where the same aten ops are dispatched:
+    a quantum forward + backward has no more of them than head_only's (the backbone's own: DeBERTa's loss).
+    AdamW is left out: its step counters live on the host, so its .item() calls wait for nothing."""
+    from qpeft import bench
+
+    args = bench.parse(["--backbone", "tiny_deberta", "--methods", f"head_only,{method}", "--dtype", dtype])
+    cfg, benches, bare = bench.build(args, torch.device("cpu"))
+    batch = bench.make_inputs(cfg, bare.model, 2, 16, torch.device("cpu"))
+    waits = {}
+    for b in benches:
+        b.train_step(batch)  # the first pass may set up caches
+
+        with AllOps() as ops:  # not KernelCount: lift_fresh returns its input, a "view" that one skips
+            with b.autocast():
+                loss = b.model(**batch).loss
+            loss.backward()
+        waits[b.name] = {k: ops.names[k] for k in ("lift_fresh", "_local_scalar_dense", "nonzero")}
+    assert waits[method] == waits["head_only"], waits

@@ -107,6 +107,7 @@ class PauliCircuit(nn.Module):
         if not 1 <= k <= n:
             raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
         self.n, self.k, self.layers = n, k, layers
+        self._quarter_turns: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self.dims = dims = wire_dims(n)
         w = len(dims)
         self.num_params = pauli_num_params(n, layers)
@@ -162,6 +163,17 @@ class PauliCircuit(nn.Module):
             self.num_terms *= diags[0].shape[0] ** layers if diags else 1
         self.kron_pays = bool(dims) and self._kron_cost() < self._simulate_cost()
 
+    def _quarter_turn(self, like: Tensor) -> Tensor:
+        """[pi/2, 0] on `like`'s device and dtype, made once per pair, not per pass: a tensor made from Python
+        numbers is copied from the host, and on a GPU that copy waits for the stream (the host stops queueing
+        work). Not a buffer: a module cast to bf16 would round pi/2."""
+        key = (like.device, like.dtype)
+        if key not in self._quarter_turns:
+            with torch.inference_mode(False):  # usable by autograd even if first made under inference_mode
+                turn = torch.tensor([math.pi / 2, 0.0], dtype=like.dtype, device=like.device)
+                self._quarter_turns[key] = turn
+        return self._quarter_turns[key]
+
     def _simulate_cost(self) -> int:
         """Multiply-adds of simulate(): g GEMMs on the (n, k) state per slot after the first."""
         return (self.num_slots - 1) * self.n * self.k * sum(self.m)
@@ -181,8 +193,8 @@ class PauliCircuit(nn.Module):
         """Per group and slot, the (B, m, m) Kronecker product of the group's wires' generalized RY gates."""
         B, S = angles.shape[0], self.num_slots
         a = nn.functional.pad(angles, (0, 1))  # angle P := 0 -> identity gate
-        offset = a.new_tensor([math.pi / 2, 0.0])
-        cs = torch.sin(torch.add(offset, a[..., None], alpha=0.5))  # (B, P+1, 2): cos(t/2), sin(t/2)
+        # (B, P+1, 2): cos(t/2), sin(t/2)
+        cs = torch.sin(torch.add(self._quarter_turn(a), a[..., None], alpha=0.5))
         gates = {}
         for d in self.primes:
             P, Q, R = getattr(self, f"gates{d}").to(a.dtype)

@@ -369,10 +369,13 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._base_dtype: torch.dtype | None = None  # of the model's frozen weights, seen when a pass begins
         self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
+        # adapter -> (grad enabled, its _factors) for the forward pass under way: set by begin_pass, cleared by
+        # end_pass, so that the model's layers skip re-validating the cache (a walk over its parameters) each
+        self._live: dict[str, tuple[bool, tuple]] = {}
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
-        self._cache = {}  # .to() / .float() replace tensors
+        self._cache, self._live = {}, {}  # .to() / .float() replace tensors
         return super()._apply(*args, **kwargs)
 
     def build(self, adapter_name: str, config: QuantumConfig) -> None:
@@ -394,12 +397,19 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         for row, (layer, *_) in enumerate(specs):
             layer.quantum_row[adapter_name] = row
 
+    def attach_to(self, model: nn.Module) -> None:
+        """Hook `model`'s forward: begin_pass before it, end_pass after it (even if it raises)."""
+        model.register_forward_pre_hook(self.begin_pass)
+        model.register_forward_hook(self.end_pass, always_call=True)
+
     def detach_from(self, model: nn.Module) -> None:
-        """Remove this hub's forward-pre-hook from `model`. Found by owner rather than kept as a handle: a
-        handle survives copy.deepcopy pointing at the original model's hooks."""
-        for hook_id, hook in list(model._forward_pre_hooks.items()):
-            if getattr(hook, "__self__", None) is self:
-                del model._forward_pre_hooks[hook_id]
+        """Remove this hub's forward hooks from `model`. Found by owner rather than kept as handles: a handle
+        survives copy.deepcopy pointing at the original model's hooks."""
+        for hooks in (model._forward_pre_hooks, model._forward_hooks):
+            for hook_id, hook in list(hooks.items()):
+                if getattr(hook, "__self__", None) is self:
+                    del hooks[hook_id]
+                    model._forward_hooks_always_called.pop(hook_id, None)
 
     def begin_pass(self, module: nn.Module, args) -> None:
         """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
@@ -414,11 +424,17 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         float_base = frozen is not None and frozen.dtype.is_floating_point
         dtype = _compute_dtype(frozen.dtype, frozen.device.type) if float_base else None
+        self._live = {}
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
-                self._factors(name, quantise=None)
+                self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
                 if dtype is not None:
                     self._low_rank_banks(name, dtype)
+
+    def end_pass(self, module: nn.Module, args, output) -> None:
+        """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
+        forward, or recomputing a checkpointed block in backward) checks the cache again."""
+        self._live = {}
 
     def _quantise(self, state: QuantumAdapterState) -> bool:
         bits = state.config.quant_bits
@@ -429,6 +445,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by
         ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded dW by
         ("dw", row)) of adapter `name`, computed or cached."""
+        live = self._live.get(name)
+        if quantise is None and live is not None and live[0] == torch.is_grad_enabled():
+            return live[1]  # inside the model's forward: begin_pass computed or validated them
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
@@ -590,6 +609,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self._cache.pop(adapter_name, None)
+        self._live.pop(adapter_name, None)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
         """The hub has no base layer; its state follows the model's .to()."""
@@ -684,11 +704,12 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         if len(active) == 1 and self._update_weight_pays(x, active[0]):
             return self._forward_updated_weight(x, active[0])
         result = self.base_layer(x, *args, **kwargs)
+        dtype = _compute_dtype(x.dtype, x.device.type)
         for name in active:
-            U, V = self.hub.low_rank_factors(
-                name, self.quantum_row[name], _compute_dtype(x.dtype, x.device.type)
-            )
-            h = self.quantum_dropout[name](x) @ V  # (..., K) = x V diag(lam): costs what LoRA's path does
+            U, V = self.hub.low_rank_factors(name, self.quantum_row[name], dtype)
+            dropout = self.quantum_dropout[name]
+            # (..., K) = x V diag(lam): costs what LoRA's path does (no dropout module call: host time per layer)
+            h = (x if isinstance(dropout, nn.Identity) else dropout(x)) @ V
             # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
             flat = torch.addmm(
                 result.reshape(-1, result.shape[-1]),

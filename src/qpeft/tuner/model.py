@@ -57,7 +57,7 @@ class QuantumModel(BaseTuner):
         if not isinstance(hub, QuantumHub):
             hub = QuantumHub(adapter_name)
             self.model.add_module(HUB, hub)
-            self.model.register_forward_pre_hook(hub.begin_pass)
+            hub.attach_to(self.model)
         return hub
 
     def inject_adapter(
