@@ -902,7 +902,7 @@ def ops_per_matrix(config: Callable[[], object], autocast: bool) -> dict[str, fl
     "rank,autocast", [(8, False), (8, True), ("full", True)], ids=["k8_fp32", "k8_bf16", "kfull_bf16"]
 )
 def test_adapted_layer_launches_no_more_kernels_than_lora(rank, autocast):
-    """On a GPU a base-size model's step is launch-bound: an adapted matrix should add no more kernels than
+    """On a GPU a base-size model's step is host-bound: an adapted matrix should add no more kernels than
     peft's LoRA adds. Measured as the ops two more BERT layers (6 matrices each) add, per matrix, so that the
     circuits' own ops, once per pass, do not count. (The hub before lam was folded into the V's per bank:
     27 ops per matrix against LoRA's 18.3 in float32, 29 against 28.7 under autocast.) At full rank in
@@ -932,7 +932,7 @@ def test_folded_layers_take_their_rows_without_per_matrix_gradient_copies(autoca
 
 def test_layers_share_the_pass_factors_and_see_later_changes(monkeypatch):
     """Within the model's forward the layers take the factors begin_pass validated (the cache check walks the
-    adapter's parameters: one walk per pass, not one per layer, which a launch-bound GPU step pays for in host
+    adapter's parameters: one walk per pass, not one per layer, which a host-bound GPU step pays for in host
     time); after the pass, a layer called on its own checks the cache again and sees parameters that changed."""
     from qpeft.tuner.layer import QuantumAdapterState
 
@@ -988,7 +988,7 @@ class AllOps(TorchDispatchMode):
 def test_a_train_step_waits_for_the_device_no_more_than_the_frozen_model(method, dtype):
     """Ops that make the host wait for a GPU (a tensor made from Python numbers is a host-to-device copy from
     pageable memory, which waits for the stream; .item() and nonzero read back) stop it queueing kernels ahead
-    of the device, which a launch-bound step pays for. Counted on CPU, where the same aten ops are dispatched:
+    of the device, which a host-bound step pays for. Counted on CPU, where the same aten ops are dispatched:
     a quantum forward + backward has no more of them than head_only's (the backbone's own: DeBERTa's loss).
     AdamW is left out: its step counters live on the host, so its .item() calls wait for nothing."""
     from qpeft import bench

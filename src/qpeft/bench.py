@@ -21,8 +21,8 @@ method rotating), and reported as medians.
   oneDNN allocate outside torch's allocator, nor Python objects, and counts requested bytes (no allocator
   caching), so it is comparable between methods but is not the process RSS.
 - ops / step: the aten ops one (untimed) train step dispatches, views excluded (KernelCount): on a GPU
-  about one kernel launch each, so for a launch-bound step (a base-size model at batch 32 x 128 on an
-  H200) a proxy of its time that any device measures exactly.
+  about one kernel launch each, so for a host-bound step (a base-size model at batch 32 x 128 on an
+  H200: Python and dispatch per op) a proxy of its time that any device measures exactly.
 - inference: eval mode, no_grad, unmerged and merged (the method's `merge`), and the bare backbone (no
   adapter), interleaved the same way (one untimed round before the unmerged ones).
 
@@ -240,9 +240,9 @@ def step_peak_bytes(fn, inputs: dict, device: torch.device) -> int:
 
 class KernelCount(TorchDispatchMode):
     """Counts the aten ops dispatched while active, views excluded (ops whose outputs alias an input without
-    writing it: view, transpose, unbind, ...). On a GPU nearly every counted op is one kernel launch, so for a
-    launch-bound step (a base-size model at batch 32 x 128 on an H200) the count is what the step costs; on
-    any device it is exact and repeatable, unlike a time. `_unsafe_view` (a reshape whose result autograd
+    writing it: view, transpose, unbind, ...). On a GPU nearly every counted op is one kernel launch, and a
+    base-size model's step at batch 32 x 128 on an H200 is host-bound (Python and dispatch per op), so the
+    count is a proxy of what the step costs; on any device it is exact and repeatable, unlike a time. `_unsafe_view` (a reshape whose result autograd
     does not track as a view) is counted though it launches nothing, as in every committed count."""
 
     def __init__(self):
@@ -405,7 +405,7 @@ def markdown(rows: list[dict], args, dev: str, command: str, wall: float) -> str
         "- step peak MB: torch allocations during the first train step (AdamW state included) above those at its "
         "start (CUDA: max_memory_allocated; CPU: torch.profiler allocation events, excludes BLAS-internal buffers)",
         "- ops / step: aten ops one train step dispatches, views excluded (`qpeft.bench.KernelCount`); on a GPU "
-        "about one kernel launch each, what a launch-bound step costs",
+        "about one kernel launch each, a proxy of what a host-bound step costs",
         "",
     ]
     table = [[fmt(r[k]) for k, _ in cols] for r in rows]

@@ -414,6 +414,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
     def begin_pass(self, module: nn.Module, args) -> None:
         """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
         checkpointed block (a new graph when grad is enabled; the cache under no_grad)."""
+        self._live = {}
         self._pass_grad = torch.is_grad_enabled()
         if self._pass_grad:
             self._pass += 1
@@ -424,7 +425,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         float_base = frozen is not None and frozen.dtype.is_floating_point
         dtype = _compute_dtype(frozen.dtype, frozen.device.type) if float_base else None
-        self._live = {}
         for name in self.active_adapters:
             if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
                 self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
