@@ -320,7 +320,7 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
                     note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
                 memory, ops = (float(rows[name][method][k]) for k in ("mem_ratio_lora", "ops_ratio_lora"))
                 lines.append(
-                    f"- {method} / lora_r8 train step: {ratio:.2f} ({note}); step peak memory {memory:.2f}x, "
+                    f"- {method} / lora_r8 train step: {ratio:.3f} ({note}); step peak memory {memory:.2f}x, "
                     f"ops per step {ops:.2f}x"
                 )
         for bench, method, against, what in FOLD_LINES:

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 
 import pytest
@@ -1006,3 +1007,50 @@ def test_a_train_step_waits_for_the_device_no_more_than_the_frozen_model(method,
             loss.backward()
         waits[b.name] = {k: ops.names[k] for k in ("lift_fresh", "_local_scalar_dense", "nonzero")}
     assert waits[method] == waits["head_only"], waits
+
+
+def bert_step(rank: int | str, autocast_inside_forward: bool) -> tuple[nn.Module, Callable[[], Tensor]]:
+    """A tiny BERT adapted in place (inject_adapter_in_model: the hub hooks the model itself, as run.py's does)
+    and one bf16-autocast train step: autocast around the call, or inside the model's forward as accelerate (and
+    so the Trainer) puts it, where the hub's forward-pre-hook runs before it."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(tiny_bert_config())
+    model = inject_adapter_in_model(QuantumConfig(r=rank, target_modules=BERT_TARGETS), bert)
+    perturb(model)
+    if autocast_inside_forward:  # accelerate.Accelerator.prepare_model with mixed precision
+        wrapped = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward.__func__)
+        model.forward = types.MethodType(wrapped, model)
+    ids, labels = bert_batch()
+
+    def step() -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not autocast_inside_forward):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        return loss.detach()
+
+    return model, step
+
+
+@pytest.mark.parametrize("rank", [8, "full"])
+def test_autocast_inside_the_forward_gets_the_prepared_factors_from_the_second_pass(rank):
+    """The hook sees no autocast when the forward enters it: its first pass prepares float32 factors and each
+    layer forms its own bf16 ones alone (at full rank from the circuit's sum, per matrix and per pass: run.py's
+    bf16 steps took 2-4x LoRA's on an H200 while the bench's took 1.06x). From the second pass on the hook
+    prepares what the layers ran under: the same ops as with autocast entered around the call, the same loss."""
+    from qpeft.bench import kernel_op_names
+
+    ops, losses = {}, {}
+    for inside in (False, True):
+        model, step = bert_step(rank, inside)
+        step()  # the first pass: the layers' dtype is noted
+        ops[inside] = kernel_op_names(step)
+        losses[inside] = step()
+    assert ops[True] == ops[False], (ops[True] - ops[False], ops[False] - ops[True])
+    torch.testing.assert_close(losses[True], losses[False], atol=0, rtol=0)
+    # and back: a pass under no autocast at all stops expecting one
+    model.forward = types.MethodType(type(model).forward, model)
+    step_without = lambda: model(input_ids=bert_batch()[0], labels=bert_batch()[1]).loss.backward()  # noqa: E731
+    step_without()
+    assert hub_of(model)._layers_autocast is None

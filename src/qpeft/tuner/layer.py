@@ -372,6 +372,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # adapter -> (grad enabled, its _factors) for the forward pass under way: set by begin_pass, cleared by
         # end_pass, so that the model's layers skip re-validating the cache (a walk over its parameters) each
         self._live: dict[str, tuple[bool, tuple]] = {}
+        # the autocast dtype the layers ran under in the last pass although the hook saw no autocast: the model's
+        # forward entered it after the hook (accelerate, and so the Trainer, wrap `forward` in autocast)
+        self._layers_autocast: torch.dtype | None = None
+        self._expect_autocast = False  # while begin_pass prepares for _layers_autocast
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
@@ -425,11 +429,20 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         float_base = frozen is not None and frozen.dtype.is_floating_point
         dtype = _compute_dtype(frozen.dtype, frozen.device.type) if float_base else None
-        for name in self.active_adapters:
-            if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
-                self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
-                if dtype is not None:
-                    self._low_rank_banks(name, dtype)
+        # autocast entered inside the forward, after this hook: prepare what the layers ran under last pass
+        self._expect_autocast = self._layers_autocast is not None and not torch.is_autocast_enabled(
+            frozen.device.type if frozen is not None else "cpu"
+        )
+        if self._expect_autocast and float_base:
+            dtype = self._layers_autocast
+        try:
+            for name in self.active_adapters:
+                if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
+                    self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
+                    if dtype is not None:
+                        self._low_rank_banks(name, dtype)
+        finally:
+            self._expect_autocast = False
 
     def end_pass(self, module: nn.Module, args, output) -> None:
         """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
@@ -481,7 +494,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         built batched in advance.)"""
         full = (torch.float32, torch.float64)
         lam, fold = next(iter(state.lam.values())), state.config.fold
-        autocast = torch.is_autocast_enabled(lam.device.type)
+        autocast = self._expect_autocast or torch.is_autocast_enabled(lam.device.type)
         return (
             torch.is_grad_enabled()
             and fold != "never"
@@ -522,13 +535,23 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         the layer (a checkpointed block must recompute what it formed)."""
         us, _, sums, store = self._factors(name, quantise=None)
         ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        banks = store.get(("low_rank", dtype), {})
+        banks = store.get(("low_rank", dtype))
+        if banks is None:
+            banks = {}
+            if name in self._live:  # in the model's forward, but the pass prepared another dtype
+                self._note_layer_dtype(dtype, store["lam", kl][rl].device.type)
         U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
         if kv in banks:
             V = banks[kv][rv]
         else:
             V = (self._factor(us, sums, store, kv, rv) * store["lam", kl][rl]).to(dtype)
         return U, V
+
+    def _note_layer_dtype(self, dtype: torch.dtype, device_type: str) -> None:
+        """A layer computes in `dtype`, which the pass did not prepare: it forms its factors alone this pass.
+        If it runs under autocast the hook did not see (a forward wrapped in autocast, as accelerate does), the
+        next passes prepare that dtype; if under none, they stop expecting one."""
+        self._layers_autocast = dtype if torch.is_autocast_enabled(device_type) else None
 
     def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
         """Every batched bank of adapter `name` with lam folded into its V rows, cast to `dtype`, as rows."""
