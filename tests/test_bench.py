@@ -51,3 +51,19 @@ def test_default_methods_bench_autocast_variants_under_bf16_only():
     # the float32 low-rank path at full rank: only when named (the GPU check names it)
     assert bench.ON_REQUEST and not set(bench.ON_REQUEST) & set(fp32 + bf16)
     assert bench.parse(["--methods", "quantum_kfull_l1_unfolded"]).methods == ["quantum_kfull_l1_unfolded"]
+
+
+def test_the_narrow_deberta_stands_in_for_the_base_models_host_time(tmp_path):
+    """deberta_v3_narrow is DeBERTaV3-base's layout at width 64 (docs/gpu.md section 5): the same depth,
+    attention type and adapted matrices, so a step dispatches the same ops per layer, and the bench runs on it."""
+    base, narrow = bench.backbone_config("deberta_v3_base"), bench.backbone_config("deberta_v3_narrow")
+    assert list(narrow.targets) == list(base.targets) and list(narrow.head) == list(base.head)
+    same = ["model_type", "num_hidden_layers", "relative_attention", "share_att_key", "pos_att_type"]
+    same += ["norm_rel_ebd", "position_biased_input", "type_vocab_size"]
+    for key in same:
+        assert narrow.arch[key] == base.arch[key], key
+    assert narrow.arch.hidden_size == 64
+    argv = ["--backbone", "deberta_v3_narrow", "--batch", "2", "--seq", "16", "--steps", "1", "--warmup", "1"]
+    argv += ["--infer-steps", "1", "--methods", "lora_r8,quantum_k8_l1", "--dtype", "bf16"]
+    rows = bench.main([*argv, "--out", str(tmp_path)])
+    assert int(rows[0]["adapter_params"]) == 72 * 8 * (64 + 64) + 24 * 8 * (256 - 64)  # LoRA r=8 on 72
