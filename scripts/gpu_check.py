@@ -1,6 +1,6 @@
 """Verify a qpeft install on one GPU: the bench, then every method through run.py on the paper's backbone shapes.
 
-    python scripts/gpu_check.py           # on one GPU; about 5 min on an H200
+    python scripts/gpu_check.py           # on one GPU; about 5 min on an H200 (estimated from two partial runs)
     python scripts/gpu_check.py --tiny    # the same paths on tiny random models (CPU smoke test, minutes)
 
 What it runs (random weights, no Hugging Face Hub, no real data: a synthetic SST-2 and CIFAR-10 folder is
