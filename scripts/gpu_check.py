@@ -265,7 +265,6 @@ TINY_BENCH_METHODS = {
 # per bench: (method, the target on its train-step ratio to LoRA r=8)
 TARGETS = {
     "bench": [("quantum_k8_l1", 1.05), ("quantum_kfull_l1", 1.2), ("quantum_kfull_l1_fold", 1.2)],
-    "bench-fp32": [],
 }
 # (bench, method, the method it is set against, what the line says): what decides adapter.fold's default
 FOLD_LINES = [
@@ -311,7 +310,7 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
         lines += [line for line in table.read_text().splitlines() if line.startswith("|")]
         with open(out / f"{name}.csv", newline="") as f:
             rows[name] = {r["method"]: r for r in csv.DictReader(f)}
-        for method, target in TARGETS[name]:
+        for method, target in TARGETS.get(name, []):
             if method in rows[name]:
                 ratio = float(rows[name][method]["train_ratio_lora"])
                 if args.tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128

@@ -375,7 +375,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # the autocast dtype the layers ran under in the last pass although the hook saw no autocast: the model's
         # forward entered it after the hook (accelerate, and so the Trainer, wrap `forward` in autocast)
         self._layers_autocast: torch.dtype | None = None
-        self._expect_autocast = False  # while begin_pass prepares for _layers_autocast
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
@@ -427,22 +426,18 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if self.disable_adapters:
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
-        float_base = frozen is not None and frozen.dtype.is_floating_point
-        dtype = _compute_dtype(frozen.dtype, frozen.device.type) if float_base else None
-        # autocast entered inside the forward, after this hook: prepare what the layers ran under last pass
-        self._expect_autocast = self._layers_autocast is not None and not torch.is_autocast_enabled(
-            frozen.device.type if frozen is not None else "cpu"
-        )
-        if self._expect_autocast and float_base:
-            dtype = self._layers_autocast
-        try:
-            for name in self.active_adapters:
-                if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
-                    self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
-                    if dtype is not None:
-                        self._low_rank_banks(name, dtype)
-        finally:
-            self._expect_autocast = False
+        dtype, expect_autocast = None, False
+        if frozen is not None and frozen.dtype.is_floating_point:
+            device = frozen.device.type
+            # autocast entered inside the forward, after this hook: prepare what the layers ran under last pass
+            expect_autocast = self._layers_autocast is not None and not torch.is_autocast_enabled(device)
+            dtype = self._layers_autocast if expect_autocast else _compute_dtype(frozen.dtype, device)
+        for name in self.active_adapters:
+            if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
+                factors = self._factors(name, quantise=None, expect_autocast=expect_autocast)
+                self._live[name] = (self._pass_grad, factors)
+                if dtype is not None:
+                    self._low_rank_banks(name, dtype)
 
     def end_pass(self, module: nn.Module, args, output) -> None:
         """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
@@ -453,7 +448,9 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         bits = state.config.quant_bits
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
-    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
+    def _factors(
+        self, name: str, quantise: bool | None, expect_autocast: bool = False
+    ) -> tuple[dict, dict, dict, dict]:
         """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: each
         sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by
         ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded dW by
@@ -477,7 +474,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if cached is None or cached[0] != key:
             # every bank at once unless layers may fold their update (then a full-rank layer builds the one factor
             # it needs); under no_grad the cache serves every batch until a parameter changes
-            computed = state.compute(quantise, every_bank=not self._may_fold(state))
+            computed = state.compute(quantise, every_bank=not self._may_fold(state, expect_autocast))
             # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
             # made now for the banks that layers will build from (no batched U), so that a checkpointed block
             # finds them made; for the others when first asked (_kron_row)
@@ -487,14 +484,14 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
-    def _may_fold(self, state: QuantumAdapterState) -> bool:
+    def _may_fold(self, state: QuantumAdapterState, expect_autocast: bool = False) -> bool:
         """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
         enabled, float32 or float64 weights, no adapter dropout, and no autocast unless the config's `fold`
         allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides what is
         built batched in advance.)"""
         full = (torch.float32, torch.float64)
         lam, fold = next(iter(state.lam.values())), state.config.fold
-        autocast = self._expect_autocast or torch.is_autocast_enabled(lam.device.type)
+        autocast = expect_autocast or torch.is_autocast_enabled(lam.device.type)
         return (
             torch.is_grad_enabled()
             and fold != "never"
@@ -538,20 +535,17 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         banks = store.get(("low_rank", dtype))
         if banks is None:
             banks = {}
-            if name in self._live:  # in the model's forward, but the pass prepared another dtype
-                self._note_layer_dtype(dtype, store["lam", kl][rl].device.type)
+            if name in self._live:  # in the model's forward, but the pass prepared another dtype: the layer
+                # forms its factors alone; the next passes prepare the autocast dtype the hook did not see (a
+                # forward wrapped in autocast, as accelerate does), or stop expecting one if there is none
+                autocast = torch.is_autocast_enabled(store["lam", kl][rl].device.type)
+                self._layers_autocast = dtype if autocast else None
         U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
         if kv in banks:
             V = banks[kv][rv]
         else:
             V = (self._factor(us, sums, store, kv, rv) * store["lam", kl][rl]).to(dtype)
         return U, V
-
-    def _note_layer_dtype(self, dtype: torch.dtype, device_type: str) -> None:
-        """A layer computes in `dtype`, which the pass did not prepare: it forms its factors alone this pass.
-        If it runs under autocast the hook did not see (a forward wrapped in autocast, as accelerate does), the
-        next passes prepare that dtype; if under none, they stop expecting one."""
-        self._layers_autocast = dtype if torch.is_autocast_enabled(device_type) else None
 
     def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
         """Every batched bank of adapter `name` with lam folded into its V rows, cast to `dtype`, as rows."""
