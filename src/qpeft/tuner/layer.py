@@ -11,7 +11,9 @@ any layer runs, keeps the factors outside gradient-checkpointed blocks, so non-r
 recomputes a block with the very same factor tensors and gives the same gradients. A bank whose matrices are
 all full rank is built differently while training: the pre-hook computes its sums of Kronecker products, and
 each layer builds from them only the factor its folded update needs (an op of the layer, so a checkpointed
-block recomputes it).
+block recomputes it); or, when the layers do not fold (under autocast), the pre-hook forms the bank from the
+sums, cast to the GEMM dtype, keeping no float32 copy, and each layer runs as one autograd op that saves no
+more than its input (_FactoredLinear).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+import weakref
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
@@ -153,6 +156,72 @@ class _FoldedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, *grad_ops
 
 
+class _FactoredLinear(torch.autograd.Function):
+    """y = x W^T + b + ((x V) diag(lam)) U^T, or `result` + the update when the base layer ran on its own,
+    saving for backward only what the GEMMs' input gradients need: x, U, V, lam, and W as the parameter itself.
+
+    x, U and V come in the GEMM dtype (autocast's or the weights'): the hub casts each bank once per pass, and
+    x once per pass for all the layers that read it (query, key and value: QuantumHub.cast_input), where peft's
+    LoRA layers save a copy each. Plain autograd would save more, all of it per layer:
+
+    - x V (T x K) for U's and lam's gradients: at full rank as large as x (453 MB on DeBERTaV3-base at batch
+      32 x 128 in bf16). It is formed again in backward instead: one more GEMM.
+    - the bf16 copy of W that autocast makes for the input gradient (the frozen weights: 170 MB there). W is
+      cast again in backward instead: one elementwise op per layer.
+
+    lam multiplies U (U diag(lam) formed in float32, rounded once), not the (T, K) product, and its gradient is
+    sum_o (g^T x V)[o, k] U[o, k], summed in float32: no (T, K) elementwise op either way. Every operand is cast explicitly, so an enclosing autocast changes nothing
+    (and is not switched off: host time per layer)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        result: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        u: Tensor,
+        v: Tensor,
+        lam: Tensor,
+    ) -> Tensor:
+        ctx.x_shape = x.shape
+        dtype = x.dtype
+        flat = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(flat, weight, u, v, lam)
+        if result is None:  # the base layer too: linear(x, W, b) as autocast runs it
+            w = weight.to(dtype)
+            base = flat @ w.T if bias is None else torch.addmm(bias.to(dtype), flat, w.T)
+        else:
+            base = result.reshape(-1, result.shape[-1])
+        # U diag(lam) in float32 (u is promoted), rounded once
+        out = torch.addmm(base, (flat @ v).to(base.dtype), (u * lam).T.to(base.dtype))
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        flat, weight, u, v, lam = ctx.saved_tensors
+        needs_x, needs_result, needs_w, needs_b, needs_u, needs_v, needs_lam = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = grad_u = grad_v = grad_lam = None
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(flat.dtype)
+        if needs_u or needs_lam:
+            gh = g.T @ (flat @ v)  # (d_out, K): x V formed again
+            grad_u = (gh * lam).to(u.dtype) if needs_u else None
+            if needs_lam:  # summed in lam's dtype (float32 at least: gh is bf16 under autocast)
+                grad_lam = (gh.to(torch.promote_types(lam.dtype, torch.float32)) * u).sum(0)
+        if needs_x or needs_v:
+            dh = g @ (u * lam).to(flat.dtype)  # (T, K): the gradient of x V
+            grad_v = flat.T @ dh if needs_v else None
+            if needs_x:  # W cast again rather than saved
+                grad_x = dh @ v.T if weight is None else torch.addmm(g @ weight.to(flat.dtype), dh, v.T)
+                grad_x = grad_x.view(ctx.x_shape)
+        if needs_w:
+            grad_w = (g.T @ flat).to(weight.dtype)
+        if needs_b:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return grad_x, grad_out if needs_result else None, grad_w, grad_b, grad_u, grad_v, grad_lam
+
+
 class QuantumAdapterState(nn.Module):
     """The trainable state of one adapter: a circuit bank per distinct (n, K), lam (M, K) and a mask per K.
 
@@ -192,8 +261,8 @@ class QuantumAdapterState(nn.Module):
         for (d_out, _, k), (*_, kl, _) in zip(shapes, self.index):
             row_scales.setdefault(kl, []).append(config.scale(k, d_out))
         self.scale: dict[str, Tensor] = {}
-        # per bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a row
-        # of ones): lam is folded into the V factors in one op per bank (QuantumHub.low_rank_factors)
+        # per narrow bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a
+        # row of ones): there lam is folded into the V factors in one op per bank (QuantumHub._low_rank_banks)
         owners: dict[str, tuple[str, dict[int, int]]] = {}  # V bank -> (its lam key, {bank row: lam row})
         for *_, kv, rv, kl, rl in self.index:
             owners.setdefault(kv, (kl, {}))[1][rv] = rl
@@ -301,11 +370,10 @@ class QuantumAdapterState(nn.Module):
             lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
         return us, lams, sums
 
-    def _scale_on(self, key: str, device: torch.device) -> Tensor:
-        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
-        if self.scale[key].device != device:
-            self.scale[key] = self.scale[key].to(device)
-        return self.scale[key]
+    def full_rank(self, row: int) -> bool:
+        """Whether matrix `row` reads full-rank banks only (then its layer applies lam itself: _FactoredLinear)."""
+        ku, _, kv, *_ = self.index[row]
+        return ku in self.full_rank_banks and kv in self.full_rank_banks
 
     def lam_of_rows(self, key: str, lams: dict[str, Tensor]) -> Tensor:
         """(B, 1, K): for each row of bank `key`, the lam_eff of the matrix whose V it is, ones for U rows."""
@@ -315,6 +383,12 @@ class QuantumAdapterState(nn.Module):
             rows = rows.to(lam.device)
             self.lam_rows[key] = (kl, rows)
         return torch.cat([lam, lam.new_ones(1, lam.shape[1])]).index_select(0, rows)[:, None]
+
+    def _scale_on(self, key: str, device: torch.device) -> Tensor:
+        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
+        if self.scale[key].device != device:
+            self.scale[key] = self.scale[key].to(device)
+        return self.scale[key]
 
     @torch.no_grad()
     def update_rank_mask(self, global_step: int) -> None:
@@ -372,13 +446,15 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # adapter -> (grad enabled, its _factors) for the forward pass under way: set by begin_pass, cleared by
         # end_pass, so that the model's layers skip re-validating the cache (a walk over its parameters) each
         self._live: dict[str, tuple[bool, tuple]] = {}
+        # id(x) -> (a weak reference to x, its version, x cast to the GEMM dtype), for the pass under way
+        self._casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
         # the autocast dtype the layers ran under in the last pass although the hook saw no autocast: the model's
         # forward entered it after the hook (accelerate, and so the Trainer, wrap `forward` in autocast)
         self._layers_autocast: torch.dtype | None = None
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
-        self._cache, self._live = {}, {}  # .to() / .float() replace tensors
+        self._cache, self._live, self._casts = {}, {}, {}  # .to() / .float() replace tensors
         return super()._apply(*args, **kwargs)
 
     def build(self, adapter_name: str, config: QuantumConfig) -> None:
@@ -417,7 +493,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
     def begin_pass(self, module: nn.Module, args) -> None:
         """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
         checkpointed block (a new graph when grad is enabled; the cache under no_grad)."""
-        self._live = {}
+        self._live, self._casts = {}, {}
         self._pass_grad = torch.is_grad_enabled()
         if self._pass_grad:
             self._pass += 1
@@ -433,28 +509,44 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             expect_autocast = self._layers_autocast is not None and not torch.is_autocast_enabled(device)
             dtype = self._layers_autocast if expect_autocast else _compute_dtype(frozen.dtype, device)
         for name in self.active_adapters:
-            if name in self.quantum_adapters and not self.quantum_adapters[name].is_meta:
-                factors = self._factors(name, quantise=None, expect_autocast=expect_autocast)
-                self._live[name] = (self._pass_grad, factors)
+            state = self.quantum_adapters[name] if name in self.quantum_adapters else None
+            if state is not None and not state.is_meta:
+                self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
                 if dtype is not None:
-                    self._low_rank_banks(name, dtype)
+                    self._low_rank_banks(name, dtype, not self._may_fold(state, expect_autocast))
 
     def end_pass(self, module: nn.Module, args, output) -> None:
         """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
         forward, or recomputing a checkpointed block in backward) checks the cache again."""
-        self._live = {}
+        self._live, self._casts = {}, {}
+
+    def cast_input(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """x in the GEMM dtype. Within the model's forward one copy per input tensor, shared by the layers that
+        read it (query, key and value read the same hidden states): autograd saves it once, where peft's LoRA
+        layers (and autocast) make and save a copy per layer. Outside the forward (or while a checkpointed
+        block is recomputed) each call casts its own."""
+        if x.dtype == dtype:
+            return x
+        if not self._live:
+            return x.to(dtype)
+        seen = self._casts.get(id(x))
+        if seen is not None and seen[0]() is x and seen[1] == x._version and seen[2].dtype == dtype:
+            return seen[2]
+        cast = x.to(dtype)
+        self._casts[id(x)] = (weakref.ref(x), x._version, cast)
+        return cast
 
     def _quantise(self, state: QuantumAdapterState) -> bool:
         bits = state.config.quant_bits
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
-    def _factors(
-        self, name: str, quantise: bool | None, expect_autocast: bool = False
-    ) -> tuple[dict, dict, dict, dict]:
+    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
         """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: each
-        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the low-rank factors per dtype by
-        ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded dW by
-        ("dw", row)) of adapter `name`, computed or cached."""
+        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the banks cast for the low-rank path per
+        dtype by ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded
+        dW by ("dw", row)) of adapter `name`, computed or cached. With grad enabled the full-rank Pauli banks are
+        sums only: a folding layer builds the factor it needs, and the low-rank path's cast banks are formed
+        from the sums (_low_rank_banks), so that no float32 copy of them stays alive through the step."""
         live = self._live.get(name)
         if quantise is None and live is not None and live[0] == torch.is_grad_enabled():
             return live[1]  # inside the model's forward: begin_pass computed or validated them
@@ -472,9 +564,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         )
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
-            # every bank at once unless layers may fold their update (then a full-rank layer builds the one factor
-            # it needs); under no_grad the cache serves every batch until a parameter changes
-            computed = state.compute(quantise, every_bank=not self._may_fold(state, expect_autocast))
+            # under no_grad every bank at once: the cache serves every batch until a parameter changes
+            computed = state.compute(quantise, every_bank=not grad)
             # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
             # made now for the banks that layers will build from (no batched U), so that a checkpointed block
             # finds them made; for the others when first asked (_kron_row)
@@ -484,11 +575,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
-    def _may_fold(self, state: QuantumAdapterState, expect_autocast: bool = False) -> bool:
+    def _may_fold(self, state: QuantumAdapterState, expect_autocast: bool) -> bool:
         """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
         enabled, float32 or float64 weights, no adapter dropout, and no autocast unless the config's `fold`
-        allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides what is
-        built batched in advance.)"""
+        allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides whether
+        the full-rank banks are cast for the low-rank path in advance.)"""
         full = (torch.float32, torch.float64)
         lam, fold = next(iter(state.lam.values())), state.config.fold
         autocast = expect_autocast or torch.is_autocast_enabled(lam.device.type)
@@ -522,40 +613,64 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         U, V = self._factor(us, sums, store, ku, ru), self._factor(us, sums, store, kv, rv)
         return U, V, store["lam", kl][rl]
 
-    def low_rank_factors(self, name: str, row: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(U, V diag(lam_eff)) of matrix `row` in `dtype`, what the low-rank path multiplies by.
+    def low_rank_factors(
+        self, name: str, row: int, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What the low-rank path multiplies by for matrix `row`, in `dtype`: (U, V, lam_eff) for a full-rank
+        matrix (lam float32, applied by the layer's _FactoredLinear), (U, V diag(lam_eff), None) for the others.
 
-        Formed per bank when the pass begins, for the dtype the layers will compute in: one multiply folds lam
-        into every V of the bank and one cast serves all its rows, so a layer adds only its two GEMMs (and their
-        backward) to the step, fewer kernel launches than LoRA's layer (tests/test_tuner.py). Any other dtype,
-        or a full-rank bank not built batched (a pass that may fold), is formed for this matrix alone, inside
-        the layer (a checkpointed block must recompute what it formed)."""
+        The factors are cast per bank when the pass begins, for the dtype the layers will compute in: one cast
+        serves all rows of a bank, and for a narrow bank (K=8) the same op folds lam into its V rows, so such a
+        layer adds only its two GEMMs (and their backward) to the step, fewer kernel launches than LoRA's layer
+        (tests/test_tuner.py). Any other dtype, or a full-rank bank not cast in advance (a pass that may fold),
+        is formed for this matrix alone, inside the layer (a checkpointed block must recompute what it formed)."""
         us, _, sums, store = self._factors(name, quantise=None)
-        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        banks = store.get(("low_rank", dtype))
+        state = self.quantum_adapters[name]
+        ku, ru, kv, rv, kl, rl = state.index[row]
+        banks, lam = store.get(("low_rank", dtype)), store["lam", kl][rl]
         if banks is None:
             banks = {}
             if name in self._live:  # in the model's forward, but the pass prepared another dtype: the layer
                 # forms its factors alone; the next passes prepare the autocast dtype the hook did not see (a
                 # forward wrapped in autocast, as accelerate does), or stop expecting one if there is none
-                autocast = torch.is_autocast_enabled(store["lam", kl][rl].device.type)
+                autocast = torch.is_autocast_enabled(lam.device.type)
                 self._layers_autocast = dtype if autocast else None
+        full = state.full_rank_banks
         U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
-        if kv in banks:
+        if kv in banks:  # lam folded in if the bank is narrow
             V = banks[kv][rv]
         else:
-            V = (self._factor(us, sums, store, kv, rv) * store["lam", kl][rl]).to(dtype)
-        return U, V
+            V = self._factor(us, sums, store, kv, rv)
+            V = (V if kv in full else V * lam).to(dtype)
+        if state.full_rank(row):
+            return U, V, lam
+        # (a narrow matrix whose V bank is full rank, with mixed shapes: lam for this matrix alone)
+        return U, V * lam.to(dtype) if kv in full else V, None
 
-    def _low_rank_banks(self, name: str, dtype: torch.dtype) -> None:
-        """Every batched bank of adapter `name` with lam folded into its V rows, cast to `dtype`, as rows."""
-        us, lams, _, store = self._factors(name, quantise=None)
-        if ("low_rank", dtype) not in store:
-            state = self.quantum_adapters[name]
-            store["low_rank", dtype] = {
-                key: (u * state.lam_of_rows(key, lams) if key in state.lam_rows else u).to(dtype).unbind(0)
-                for key, u in us.items()
-            }
+    def _low_rank_banks(self, name: str, dtype: torch.dtype, full_rank: bool) -> None:
+        """The banks of adapter `name` cast to `dtype`, as rows: a narrow bank with lam folded into its V rows
+        (float32, then cast), a full-rank one alone; with `full_rank` also the full-rank Pauli banks not built
+        batched, formed from their sums. Their float32 forms are not kept: nothing saves them for backward (a
+        cast needs no input there, and their layers apply lam to the cast factors), so only the cast copy lives
+        through the step (at full rank on DeBERTaV3-base, 486 MB of float32 factors against 243 MB in bf16)."""
+        us, lams, sums, store = self._factors(name, quantise=None)
+        if ("low_rank", dtype) in store:
+            return
+        state, banks = self.quantum_adapters[name], {}
+        for key in state.banks:
+            if key not in state.full_rank_banks:  # narrow: always built batched
+                u = us[key] * state.lam_of_rows(key, lams) if key in state.lam_rows else us[key]
+                banks[key] = u.to(dtype).unbind(0)
+            elif key in us:  # full rank, built batched (no_grad, Taylor)
+                banks[key] = us[key].to(dtype).unbind(0)
+            elif full_rank:
+                # laid out (B, K, n): one batched contraction (float32: a matmul, so autocast off), whose backward
+                # saves only the sum's small factors (dense()'s per-term products save (B, m, K) tensors: 68 MB on
+                # DeBERTaV3-base)
+                with _no_autocast(sums[key].xs[0].device):
+                    dense = sums[key].dense(transposed=True)
+                banks[key] = dense.to(dtype).transpose(1, 2).unbind(0)
+        store["low_rank", dtype] = banks
 
     def product_plan(self, name: str, row: int, quantise: bool | None = None) -> tuple[int, str, int]:
         """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see _product_plan);
@@ -720,33 +835,56 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         active = [name for name in self.active_adapters if name in self.quantum_row]
         if len(active) == 1 and self._update_weight_pays(x, active[0]):
             return self._forward_updated_weight(x, active[0])
-        result = self.base_layer(x, *args, **kwargs)
         dtype = _compute_dtype(x.dtype, x.device.type)
+        if len(active) == 1 and self._plain_base(active[0]):
+            name = active[0]
+            x_c = self.hub.cast_input(x, dtype)  # shared with the other layers that read x
+            U, V, lam = self.hub.low_rank_factors(name, self.quantum_row[name], dtype)
+            if lam is not None:  # full rank: the base GEMM in the same op (x V and a bf16 W are not saved)
+                weight = self.base_layer.weight.T if self.fan_in_fan_out else self.base_layer.weight
+                return _FactoredLinear.apply(x_c, None, weight, self.base_layer.bias, U, V, lam)
+            return self._add_narrow(self.base_layer(x_c, *args, **kwargs), x_c, U, V)
+        result = self.base_layer(x, *args, **kwargs)
         for name in active:
-            U, V = self.hub.low_rank_factors(name, self.quantum_row[name], dtype)
-            dropout = self.quantum_dropout[name]
-            # (..., K) = x V diag(lam): costs what LoRA's path does (no dropout module call: host time per layer)
-            h = (x if isinstance(dropout, nn.Identity) else dropout(x)) @ V
-            # result + h @ U^T as one GEMM with beta=1 (no extra pass over the d_out-wide output)
-            flat = torch.addmm(
-                result.reshape(-1, result.shape[-1]),
-                h.reshape(-1, h.shape[-1]).to(result.dtype),
-                U.T.to(result.dtype),
-            )
-            result = flat.view(result.shape)
+            U, V, lam = self.hub.low_rank_factors(name, self.quantum_row[name], dtype)
+            dropout = self.quantum_dropout[name]  # (not called when Identity: host time per layer)
+            x_c = self.hub.cast_input(x if isinstance(dropout, nn.Identity) else dropout(x), dtype)
+            if lam is None:
+                result = self._add_narrow(result, x_c, U, V)
+            else:
+                result = _FactoredLinear.apply(x_c, result, None, None, U, V, lam)
         return result
+
+    @staticmethod
+    def _add_narrow(result: Tensor, x: Tensor, U: Tensor, V: Tensor) -> Tensor:
+        """result + (x V) U^T, V carrying lam, as one GEMM with beta=1 (no extra pass over the d_out-wide output).
+        Plain autograd: it saves x V, (T, K), which for a narrow K costs less than _FactoredLinear's host time."""
+        h = x @ V
+        flat = torch.addmm(
+            result.reshape(-1, result.shape[-1]),
+            h.reshape(-1, h.shape[-1]).to(result.dtype),
+            U.T.to(result.dtype),
+        )
+        return flat.view(result.shape)
+
+    def _plain_base(self, name: str) -> bool:
+        """Whether the base layer is an nn.Linear or GPT-2 Conv1D (x W^T + b) and the adapter reads the same input
+        (no dropout): then the adapted layer may compute the base GEMM itself."""
+        if not isinstance(self.quantum_dropout[name], nn.Identity) or self.base_layer.weight.dim() != 2:
+            return False
+        return isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out
 
     def _update_weight_pays(self, x: Tensor, name: str) -> bool:
         """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
 
-        The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's
-        size); forming dW costs 4 P (dW, formed again in backward, and its two factor gradients; P = d_out K d_in
-        for the dense product, far less when a Pauli factor is applied as its sum of Kronecker products) and
-        its gradient g^T x T d_out d_in. So for a wide K (full rank) and a large batch the update is folded into
-        the weight; for LoRA-like K never. Only for float32 / float64 weights, and under autocast only when the
-        config's `fold` is "autocast" (W + dW is then rounded to bf16 / fp16 once, which a small dW may not
-        move: the trade AMP makes with a float32 master weight); only for a plain nn.Linear or Conv1D and
-        without adapter dropout (one shared input)."""
+        The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's size;
+        a full-rank matrix's _FactoredLinear forms x V once more, T K d_in); forming dW costs 4 P (dW, formed
+        again in backward, and its two factor gradients; P = d_out K d_in for the dense product, far less when a
+        Pauli factor is applied as its sum of Kronecker products) and its gradient g^T x T d_out d_in. So for a
+        wide K (full rank) and a large batch the update is folded into the weight; for LoRA-like K never. Only
+        for float32 / float64 weights, and under autocast only when the config's `fold` is "autocast" (W + dW is
+        then rounded to bf16 / fp16 once, which a small dW may not move: the trade AMP makes with a float32
+        master weight); only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
         weight, fold = self.base_layer.weight, self.hub.quantum_adapters[name].config.fold
         if fold == "never" or weight.dtype not in (torch.float32, torch.float64):
             return False
@@ -755,13 +893,13 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
                 return False
         elif x.dtype != weight.dtype:
             return False
-        if not isinstance(self.quantum_dropout[name], nn.Identity):
-            return False
-        if weight.dim() != 2 or not (isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out):
+        if not self._plain_base(name):
             return False
         k, _, product = self.hub.product_plan(name, self.quantum_row[name])
         rows, d_in, d_out = x.numel() // self.in_features, self.in_features, self.out_features
-        return 3 * rows * k * (d_in + d_out) > 4 * product + rows * d_out * d_in
+        full_rank = self.hub.quantum_adapters[name].full_rank(self.quantum_row[name])
+        low_rank = 3 * rows * k * (d_in + d_out) + (rows * k * d_in if full_rank else 0)
+        return low_rank > 4 * product + rows * d_out * d_in
 
     def _forward_updated_weight(self, x: Tensor, name: str) -> Tensor:
         """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding. dW is
