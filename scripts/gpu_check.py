@@ -284,6 +284,29 @@ FOLD_LINES = [
 ]
 
 
+def target_lines(bench: str, rows: dict[str, dict], tiny: bool) -> list[str]:
+    """One summary line per target method of `bench` in `rows` (its CSV rows by method): the train-step ratio
+    to LoRA's against its target and the step peak memory against MEMORY_TARGET (on a tiny model the targets,
+    set for the GPU setting, are not judged)."""
+    lines = []
+    for method, target in TARGETS.get(bench, []):
+        if method not in rows:
+            continue
+        ratio, memory, ops = (
+            float(rows[method][k]) for k in ("train_ratio_lora", "mem_ratio_lora", "ops_ratio_lora")
+        )
+        if tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128
+            note, memory_note = f"tiny model: the target <= {target} is for the GPU setting", ""
+        else:
+            note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
+            memory_note = f" ({'meets' if memory <= MEMORY_TARGET else 'MISSES'} <= {MEMORY_TARGET})"
+        lines.append(
+            f"- {method} / lora_r8 train step: {ratio:.3f} ({note}); step peak memory {memory:.3f}x"
+            f"{memory_note}, ops per step {ops:.2f}x"
+        )
+    return lines
+
+
 def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
     """The benches (bf16, then float32), alone on the device; (summary lines, ok)."""
     script = REPO / "scripts" / "bench.py"
@@ -311,20 +334,7 @@ def run_bench(args, out: Path, env: dict) -> tuple[list[str], bool]:
         lines += [line for line in table.read_text().splitlines() if line.startswith("|")]
         with open(out / f"{name}.csv", newline="") as f:
             rows[name] = {r["method"]: r for r in csv.DictReader(f)}
-        for method, target in TARGETS.get(name, []):
-            if method in rows[name]:
-                ratio = float(rows[name][method]["train_ratio_lora"])
-                memory, ops = (float(rows[name][method][k]) for k in ("mem_ratio_lora", "ops_ratio_lora"))
-                if args.tiny:  # the targets are set for the GPU, DeBERTaV3-base shape, batch 32 x 128
-                    note = f"tiny model: the target <= {target} is for the GPU setting"
-                    memory_note = ""
-                else:
-                    note = f"{'meets' if ratio <= target else 'MISSES'} the target <= {target}"
-                    memory_note = f" ({'meets' if memory <= MEMORY_TARGET else 'MISSES'} <= {MEMORY_TARGET})"
-                lines.append(
-                    f"- {method} / lora_r8 train step: {ratio:.3f} ({note}); step peak memory {memory:.3f}x"
-                    f"{memory_note}, ops per step {ops:.2f}x"
-                )
+        lines += target_lines(name, rows[name], args.tiny)
         for bench, method, against, what in FOLD_LINES:
             if bench == name and {method, against} <= rows[name].keys():
                 a, b = rows[name][method], rows[name][against]

@@ -84,3 +84,21 @@ def test_gpu_check_bad_settings_and_time_limit(tmp_path):
     for shape in ("vit", "mistral"):
         for method, row in rows(summary, shape).items():
             assert row.count("not run: past --time-limit") == 2, (method, row)
+
+
+def test_target_lines_judge_the_step_and_the_memory():
+    """On the GPU setting each target method's line says whether its train step and its step peak memory meet
+    their targets (step: the method's own; memory: at most LoRA's); on a tiny model neither is judged."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    csv_rows = {
+        "quantum_k8_l1": {"train_ratio_lora": "1.04", "mem_ratio_lora": "0.99", "ops_ratio_lora": "0.8"},
+        "quantum_kfull_l1": {"train_ratio_lora": "1.25", "mem_ratio_lora": "1.28", "ops_ratio_lora": "0.8"},
+    }
+    k8, full = check.target_lines("bench", csv_rows, tiny=False)
+    assert "1.040 (meets the target <= 1.05)" in k8 and "memory 0.990x (meets <= 1.0)" in k8
+    assert "1.250 (MISSES the target <= 1.2)" in full and "memory 1.280x (MISSES <= 1.0)" in full
+    (tiny_k8, _) = check.target_lines("bench", csv_rows, tiny=True)
+    assert "tiny model" in tiny_k8 and "meets" not in tiny_k8 and "MISSES" not in tiny_k8
+    assert check.target_lines("bench-fp32", csv_rows, tiny=False) == []
