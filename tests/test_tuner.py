@@ -663,6 +663,21 @@ def test_factored_linear_gradients_match_finite_differences(base):
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("rank", [8, "full"])
+def test_inference_mode_under_autocast(rank):
+    """inference_mode makes tensors without a version counter, which the shared input cast cannot check: the
+    layers cast their own there, and give what no_grad gives."""
+    model = get_peft_model(tiny_bert(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
+    perturb(model)
+    model.eval()
+    ids, _ = bert_batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=ids).logits
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
 class QKVBlock(nn.Module):
     """Three layers that read the same input (an attention's query, key and value), a LayerNorm (float32 under
     autocast), and a wider layer after it."""

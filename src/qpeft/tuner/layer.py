@@ -524,10 +524,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         """x in the GEMM dtype. Within the model's forward one copy per input tensor, shared by the layers that
         read it (query, key and value read the same hidden states): autograd saves it once, where peft's LoRA
         layers (and autocast) make and save a copy per layer. Outside the forward (or while a checkpointed
-        block is recomputed) each call casts its own."""
+        block is recomputed), and for a tensor made under inference_mode (it has no version counter to tell
+        an in-place change), each call casts its own."""
         if x.dtype == dtype:
             return x
-        if not self._live:
+        if not self._live or x.is_inference():
             return x.to(dtype)
         seen = self._casts.get(id(x))
         if seen is not None and seen[0]() is x and seen[1] == x._version and seen[2].dtype == dtype:
