@@ -170,8 +170,8 @@ class _FactoredLinear(torch.autograd.Function):
       cast again in backward instead: one elementwise op per layer.
 
     lam multiplies U (U diag(lam) formed in float32, rounded once), not the (T, K) product, and its gradient is
-    sum_o (g^T x V)[o, k] U[o, k], summed in float32: no (T, K) elementwise op either way. Every operand is cast explicitly, so an enclosing autocast changes nothing
-    (and is not switched off: host time per layer)."""
+    sum_o (g^T x V)[o, k] U[o, k], summed in float32: no (T, K) elementwise op either way. Every operand is cast
+    explicitly, so an enclosing autocast changes nothing (and is not switched off: host time per layer)."""
 
     @staticmethod
     def forward(
@@ -370,6 +370,12 @@ class QuantumAdapterState(nn.Module):
             lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
         return us, lams, sums
 
+    def _scale_on(self, key: str, device: torch.device) -> Tensor:
+        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
+        if self.scale[key].device != device:
+            self.scale[key] = self.scale[key].to(device)
+        return self.scale[key]
+
     def full_rank(self, row: int) -> bool:
         """Whether matrix `row` reads full-rank banks only (then its layer applies lam itself: _FactoredLinear)."""
         ku, _, kv, *_ = self.index[row]
@@ -383,12 +389,6 @@ class QuantumAdapterState(nn.Module):
             rows = rows.to(lam.device)
             self.lam_rows[key] = (kl, rows)
         return torch.cat([lam, lam.new_ones(1, lam.shape[1])]).index_select(0, rows)[:, None]
-
-    def _scale_on(self, key: str, device: torch.device) -> Tensor:
-        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
-        if self.scale[key].device != device:
-            self.scale[key] = self.scale[key].to(device)
-        return self.scale[key]
 
     @torch.no_grad()
     def update_rank_mask(self, global_step: int) -> None:
