@@ -678,6 +678,67 @@ def test_inference_mode_under_autocast(rank):
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
+class DoubledLinear(nn.Linear):
+    """A Linear subclass with a forward of its own, as a quantised or otherwise special Linear has."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * super().forward(x)
+
+
+class LinearPair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plain, self.doubled = nn.Linear(10, 20), DoubledLinear(20, 12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.doubled(self.plain(x))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("rank,fold", [(4, "float32"), ("full", "float32"), ("full", "never")])
+def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, autocast, monkeypatch):
+    """An adapted layer computes the frozen GEMM itself (the fold, _FactoredLinear) only when calling its base
+    layer would do nothing more: a forward hook on the base layer fires and its change to the output is kept,
+    and a Linear subclass's own forward runs. Each layer's output is base_layer(x) + x dW^T, dW the dense
+    reference (get_delta_weight); without the hook, a plain Linear's GEMM is indeed taken over at full rank."""
+    import qpeft.tuner.layer as layer_module
+
+    gemm_inside = []  # per full-rank op: did it compute the base layer's GEMM itself?
+    folded, factored = layer_module._FoldedLinear.apply, layer_module._FactoredLinear.apply
+    monkeypatch.setattr(
+        layer_module._FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a)
+    )
+    monkeypatch.setattr(
+        layer_module._FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LinearPair(), QuantumConfig(r=rank, target_modules=["plain", "doubled"], fold=fold)
+    )
+    perturb(model)
+    model.train()
+    plain, doubled = model.base_model.model.plain, model.base_model.model.doubled
+    x = torch.randn(64, 10)  # enough rows for the fold to pay at full rank (fold="float32", no autocast)
+
+    def forward():
+        gemm_inside.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(x)
+
+    forward().float().sum().backward()  # (the graph the ops build is used)
+    # the plain Linear's GEMM is taken over (at K=4 by the fold only: without autocast), the subclass's never
+    assert gemm_inside.count(True) == (1 if rank == "full" or not autocast else 0)
+    calls = []
+    plain.base_layer.register_forward_hook(lambda module, args, out: calls.append(module) or out + 1.0)
+    out = forward()
+    assert calls == [plain.base_layer] and True not in gemm_inside
+    with torch.no_grad():
+        h = plain.base_layer(x) + x @ plain.get_delta_weight("default").T
+        expected = doubled.base_layer(h) + h @ doubled.get_delta_weight("default").T
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.float(), expected, **tol)
+
+
 class QKVBlock(nn.Module):
     """Three layers that read the same input (an attention's query, key and value), a LayerNorm (float32 under
     autocast), and a wider layer after it."""

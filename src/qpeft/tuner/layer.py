@@ -26,6 +26,7 @@ import weakref
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 from qpeft.errors import QpeftError
 from qpeft.quantum import (
@@ -41,6 +42,10 @@ from qpeft.tuner.config import QuantumConfig
 
 HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
 PERIOD = 4 * math.pi  # RY(theta) uses theta/2: the rotation angle theta/2 is quantised over [-pi, pi)
+
+
+# the forwards that compute x W^T + b alone: a layer running one may have its GEMM computed by the adapter
+_GEMM_FORWARDS = (nn.Linear.forward, Conv1D.forward)
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -869,11 +874,18 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         return flat.view(result.shape)
 
     def _plain_base(self, name: str) -> bool:
-        """Whether the base layer is an nn.Linear or GPT-2 Conv1D (x W^T + b) and the adapter reads the same input
-        (no dropout): then the adapted layer may compute the base GEMM itself."""
-        if not isinstance(self.quantum_dropout[name], nn.Identity) or self.base_layer.weight.dim() != 2:
+        """Whether calling the base layer would compute x W^T + b and nothing else, and the adapter reads the same
+        input (no dropout): then the adapted layer may compute the base GEMM itself. So the base layer runs
+        nn.Linear's or GPT-2 Conv1D's own forward (not a subclass's: a quantised or otherwise special Linear keeps
+        its forward), and has no hooks and no forward replaced on the instance (accelerate's offloading does
+        that), which calling it would run. (Global module hooks are not looked at.)"""
+        base = self.base_layer
+        if not isinstance(self.quantum_dropout[name], nn.Identity) or base.weight.dim() != 2:
             return False
-        return isinstance(self.base_layer, nn.Linear) or self.fan_in_fan_out
+        if type(base).forward not in _GEMM_FORWARDS or "forward" in base.__dict__:
+            return False
+        hooks = (base._forward_hooks, base._forward_pre_hooks, base._backward_hooks, base._backward_pre_hooks)
+        return not any(hooks)
 
     def _update_weight_pays(self, x: Tensor, name: str) -> bool:
         """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
