@@ -1254,3 +1254,43 @@ def test_autocast_inside_the_forward_gets_the_prepared_factors_from_the_second_p
     step_without = lambda: model(input_ids=bert_batch()[0], labels=bert_batch()[1]).loss.backward()  # noqa: E731
     step_without()
     assert hub_of(model)._layers_autocast is None
+
+
+@pytest.mark.parametrize("rank,autocast", [(8, False), ("full", True)])
+def test_torch_compile_trains_as_eager_without_recompiling_each_step(rank, autocast):
+    """trainer.torch_compile: a compiled model (Dynamo, the eager backend: what is traced and guarded, without
+    Inductor's compile time) trains and evaluates as the eager one, and stops recompiling after warm-up (train,
+    eval and train again). The hub's per-pass state runs outside the graphs (QuantumLinear._forward_adapted and
+    the hub's hooks: torch.compiler.disable); traced, its pass counter was guarded, so every step recompiled."""
+    import torch._dynamo
+
+    ids, labels = bert_batch()
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = get_peft_model(tiny_bert(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
+        perturb(model)
+        call = torch.compile(model, backend="eager") if compiled else model
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        losses, logits = [], []
+        for step in range(8):
+            # from step 4 on (after train, eval, train) a recompile raises
+            with torch._dynamo.config.patch(error_on_recompile=compiled and step >= 4):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    if step % 3 == 1:
+                        model.eval()
+                        with torch.no_grad():
+                            logits.append(call(input_ids=ids).logits.float())
+                        continue
+                    model.train()
+                    loss = call(input_ids=ids, labels=labels).loss
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs.append((losses, logits))
+    torch._dynamo.reset()
+    (eager_losses, eager_logits), (compiled_losses, compiled_logits) = runs
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-6, abs=1e-6)
+    for got, want in zip(compiled_logits, eager_logits):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -495,6 +495,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                     del hooks[hook_id]
                     model._forward_hooks_always_called.pop(hook_id, None)
 
+    @torch.compiler.disable  # eager under torch.compile: Dynamo would guard on the pass counter, recompiling each step
     def begin_pass(self, module: nn.Module, args) -> None:
         """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
         checkpointed block (a new graph when grad is enabled; the cache under no_grad)."""
@@ -520,6 +521,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                 if dtype is not None:
                     self._low_rank_banks(name, dtype, not self._may_fold(state, expect_autocast))
 
+    @torch.compiler.disable
     def end_pass(self, module: nn.Module, args, output) -> None:
         """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
         forward, or recomputing a checkpointed block in backward) checks the cache again."""
@@ -837,6 +839,13 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
+        return self._forward_adapted(x, *args, **kwargs)
+
+    # Run eagerly under torch.compile (a graph break; ~0.3 us per call otherwise): the hub's per-pass caches,
+    # keyed by matrix row and input tensor, would make Dynamo recompile this frame for every layer and pass until
+    # its recompile limit, after which it runs eagerly anyway. The model around the layers still compiles.
+    @torch.compiler.disable
+    def _forward_adapted(self, x: Tensor, *args, **kwargs) -> Tensor:
         self.hub.check_not_reentrant()
         active = [name for name in self.active_adapters if name in self.quantum_row]
         if len(active) == 1 and self._update_weight_pays(x, active[0]):
