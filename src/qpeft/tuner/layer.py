@@ -893,8 +893,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             return False
         if type(base).forward not in _GEMM_FORWARDS or "forward" in base.__dict__:
             return False
-        hooks = (base._forward_hooks, base._forward_pre_hooks, base._backward_hooks, base._backward_pre_hooks)
-        return not any(hooks)
+        return not (
+            base._forward_hooks or base._forward_pre_hooks or base._backward_hooks or base._backward_pre_hooks
+        )
 
     def _update_weight_pays(self, x: Tensor, name: str) -> bool:
         """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
