@@ -449,6 +449,14 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
     assert (cast == exact.to(torch.bfloat16)).float().mean() > 0.99  # a bf16 matmul: ~half would differ
     model(x).sum().backward()  # float32: the layer folds, so no bank is cast
     assert "n192_k48" not in hub._cache["default"][2].get(("low_rank", torch.float32), {})
+    # eval: the no_grad cache, which serves every batch until a parameter changes, holds the cast bank only too
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    (_, (us, _, _), store) = hub._cache["default"]
+    assert "n192_k48" not in us and store["low_rank", torch.bfloat16]["n192_k48"][0].dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), model(x), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("conv1d", [False, True])
