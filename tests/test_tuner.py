@@ -747,6 +747,46 @@ def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, aut
     torch.testing.assert_close(out.float(), expected, **tol)
 
 
+@pytest.mark.parametrize("hook", ["forward", "forward_pre"])
+@pytest.mark.parametrize("rank,fold", [(4, "float32"), ("full", "float32"), ("full", "never")])
+def test_a_global_module_hook_sees_every_base_layer_called(rank, fold, hook, monkeypatch):
+    """A hook registered for every module (torch.nn.modules.module.register_module_forward_hook, as profilers
+    and activation loggers do) fires for each adapted layer's base layer: the adapted layers call it instead of
+    computing its GEMM themselves, and the output stays base_layer(x) + x dW^T."""
+    import qpeft.tuner.layer as layer_module
+
+    gemm_inside = []
+    folded, factored = layer_module._FoldedLinear.apply, layer_module._FactoredLinear.apply
+    monkeypatch.setattr(
+        layer_module._FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a)
+    )
+    monkeypatch.setattr(
+        layer_module._FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LinearPair(), QuantumConfig(r=rank, target_modules=["plain", "doubled"], fold=fold)
+    )
+    perturb(model)
+    plain, doubled = model.base_model.model.plain, model.base_model.model.doubled
+    x = torch.randn(64, 10)
+    seen = []
+    register = getattr(torch.nn.modules.module, f"register_module_{hook}_hook")
+    record = lambda module, *rest: seen.append(module) and None  # noqa: E731
+    handle = register(record)
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    assert plain.base_layer in seen and doubled.base_layer in seen and True not in gemm_inside
+    with torch.no_grad():
+        h = plain.base_layer(x) + x @ plain.get_delta_weight("default").T
+        expected = doubled.base_layer(h) + h @ doubled.get_delta_weight("default").T
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    model(x)  # the hook removed: a plain Linear's GEMM is taken over again where it pays
+    assert gemm_inside.count(True) == 1
+
+
 class QKVBlock(nn.Module):
     """Three layers that read the same input (an attention's query, key and value), a LayerNorm (float32 under
     autocast), and a wider layer after it."""

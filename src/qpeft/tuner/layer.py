@@ -887,14 +887,23 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         input (no dropout): then the adapted layer may compute the base GEMM itself. So the base layer runs
         nn.Linear's or GPT-2 Conv1D's own forward (not a subclass's: a quantised or otherwise special Linear keeps
         its forward), and has no hooks and no forward replaced on the instance (accelerate's offloading does
-        that), which calling it would run. (Global module hooks are not looked at.)"""
+        that), which calling it would run; nor may any global module hook be registered
+        (`torch.nn.modules.module.register_module_forward_hook` and the like: they run for every module called)."""
         base = self.base_layer
         if not isinstance(self.quantum_dropout[name], nn.Identity) or base.weight.dim() != 2:
             return False
         if type(base).forward not in _GEMM_FORWARDS or "forward" in base.__dict__:
             return False
+        hooks = torch.nn.modules.module  # the global hooks live in that module's dicts
         return not (
-            base._forward_hooks or base._forward_pre_hooks or base._backward_hooks or base._backward_pre_hooks
+            base._forward_hooks
+            or base._forward_pre_hooks
+            or base._backward_hooks
+            or base._backward_pre_hooks
+            or hooks._global_forward_hooks
+            or hooks._global_forward_pre_hooks
+            or hooks._global_backward_hooks
+            or hooks._global_backward_pre_hooks
         )
 
     def _update_weight_pays(self, x: Tensor, name: str) -> bool:
