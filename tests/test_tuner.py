@@ -702,16 +702,11 @@ class LinearPair(nn.Module):
         return self.doubled(self.plain(x))
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-@pytest.mark.parametrize("rank,fold", [(4, "float32"), ("full", "float32"), ("full", "never")])
-def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, autocast, monkeypatch):
-    """An adapted layer computes the frozen GEMM itself (the fold, _FactoredLinear) only when calling its base
-    layer would do nothing more: a forward hook on the base layer fires and its change to the output is kept,
-    and a Linear subclass's own forward runs. Each layer's output is base_layer(x) + x dW^T, dW the dense
-    reference (get_delta_weight); without the hook, a plain Linear's GEMM is indeed taken over at full rank."""
+def gemm_takeovers(monkeypatch) -> list[bool]:
+    """A list that gets, per full-rank or folded op, whether it computed the base layer's GEMM itself."""
     import qpeft.tuner.layer as layer_module
 
-    gemm_inside = []  # per full-rank op: did it compute the base layer's GEMM itself?
+    gemm_inside = []
     folded, factored = layer_module._FoldedLinear.apply, layer_module._FactoredLinear.apply
     monkeypatch.setattr(
         layer_module._FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a)
@@ -719,6 +714,17 @@ def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, aut
     monkeypatch.setattr(
         layer_module._FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
     )
+    return gemm_inside
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("rank,fold", [(4, "float32"), ("full", "float32"), ("full", "never")])
+def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, autocast, monkeypatch):
+    """An adapted layer computes the frozen GEMM itself (the fold, _FactoredLinear) only when calling its base
+    layer would do nothing more: a forward hook on the base layer fires and its change to the output is kept,
+    and a Linear subclass's own forward runs. Each layer's output is base_layer(x) + x dW^T, dW the dense
+    reference (get_delta_weight); without the hook, a plain Linear's GEMM is indeed taken over at full rank."""
+    gemm_inside = gemm_takeovers(monkeypatch)
     torch.manual_seed(0)
     model = get_peft_model(
         LinearPair(), QuantumConfig(r=rank, target_modules=["plain", "doubled"], fold=fold)
@@ -753,16 +759,7 @@ def test_a_global_module_hook_sees_every_base_layer_called(rank, fold, hook, mon
     """A hook registered for every module (torch.nn.modules.module.register_module_forward_hook, as profilers
     and activation loggers do) fires for each adapted layer's base layer: the adapted layers call it instead of
     computing its GEMM themselves, and the output stays base_layer(x) + x dW^T."""
-    import qpeft.tuner.layer as layer_module
-
-    gemm_inside = []
-    folded, factored = layer_module._FoldedLinear.apply, layer_module._FactoredLinear.apply
-    monkeypatch.setattr(
-        layer_module._FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a)
-    )
-    monkeypatch.setattr(
-        layer_module._FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
-    )
+    gemm_inside = gemm_takeovers(monkeypatch)
     torch.manual_seed(0)
     model = get_peft_model(
         LinearPair(), QuantumConfig(r=rank, target_modules=["plain", "doubled"], fold=fold)
