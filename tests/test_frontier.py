@@ -47,6 +47,21 @@ def test_every_point_of_the_preset_is_a_valid_distinct_run():
     assert {s.trainer.lr for s in specs} == {8e-4}  # one learning rate for every method and task
 
 
+def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
+    """experiment=frontier_minilm_lr: VeRA and FourierFT at two budgets each, their own lr on a grid, the head and
+    everything else at the study's protocol, recorded in the study's tree, in folders of their own."""
+    runs, fixed = jobs.expand(["experiment=frontier_minilm_lr"])
+    specs = [run_spec(compose_cfg(fixed + run)) for run in runs]
+    assert len(specs) == 4 * 4 * 2 * 3  # settings x lrs x tasks x seeds
+    assert len({(s.task.name, s.adapter["name"], s.seed) for s in specs}) == len(specs)
+    assert {s.adapter["adapter_lr"] for s in specs} == {0.004, 0.02, 0.1, 0.5}
+    assert {s.adapter["method"] for s in specs} == {"vera", "fourierft"}
+    assert {s.trainer.lr for s in specs} == {8e-4} and {s.trainer.heldout for s in specs} == {500}
+    study = {(s.task.name, s.adapter["name"]) for s in (run_spec(compose_cfg(o)) for o in preset_jobs())}
+    assert not study & {(s.task.name, s.adapter["name"]) for s in specs}
+    assert {s.experiment for s in specs} == {"frontier_minilm"}
+
+
 def test_jobs_lists_the_preset(capsys):
     jobs.main(["experiment=frontier_minilm", "output_root=/nonexistent"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("180 jobs (0 finished")
@@ -123,6 +138,42 @@ def test_table_and_figures_choose_on_the_heldout_slice(tmp_path):
     assert "is `quantum_kfull_l1_width` (80.00)" in md
     assert "| SST-2 | LoRA | `lora_r8` | 8,000 | 1.0 | 85.00 ± 0.00 | 85.00 ± 0.00 | 2 |" in md
     assert "| 80.0 |" in md  # 8,000 / 100 parameters
+
+
+def test_vera_and_fourierft_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
+    """Per task and budget the adapter lr with the best held-out score on the seeds every lr has; dev only
+    reports; the seeds the chosen lr lacks are listed as run.py commands; the figure draws the chosen line."""
+    for task in ("sst2", "stsb"):
+        record(tmp_path, task, "lora_r8", "lora", 8000, 0, 0.85, 0.85)
+        for seed in (0, 1, 2):
+            record(tmp_path, task, "vera_r64", "vera", 500, seed, 0.60, 0.60)
+        # seed 0 of the grid: 0.1 is best on dev, 0.02 on the held-out slice
+        record(tmp_path, task, "vera_r64_alr0.02", "vera", 500, 0, 0.70, 0.80, adapter_lr=0.02)
+        record(tmp_path, task, "vera_r64_alr0.1", "vera", 500, 0, 0.90, 0.75, adapter_lr=0.1)
+    record(tmp_path, "sst2", "vera_r64_alr0.02", "vera", 500, 1, 0.72, 0.5, adapter_lr=0.02)  # not compared
+    # FourierFT: the shared lr wins, so nothing is left to run
+    record(tmp_path, "sst2", "fourierft_n100", "fourierft", 300, 0, 0.60, 0.70)
+    record(tmp_path, "sst2", "fourierft_n100_alr0.1", "fourierft", 300, 0, 0.80, 0.65, adapter_lr=0.1)
+    frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
+    md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
+    section = md.split("## VeRA and FourierFT at their own learning rate")[1]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
+    assert rows == [
+        "| SST-2 | `fourierft_n100` | trainer.lr (shared): 70.00, 0.1: 65.00 (0) | trainer.lr (shared) | 60.00 | 1 |",
+        "| SST-2 | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 71.00 ± 1.41 | 2 |",
+        "| STS-B | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 70.00 | 1 |",
+    ]
+    commands = [ln.strip() for ln in section.splitlines() if "run.py" in ln]
+    assert commands == [
+        "python run.py -m experiment=frontier_minilm_lr task=glue/sst2 adapter=frontier/vera_r64_alr "
+        "adapter.adapter_lr=0.02 seed=2",
+        "python run.py -m experiment=frontier_minilm_lr task=glue/stsb adapter=frontier/vera_r64_alr "
+        "adapter.adapter_lr=0.02 seed=1,2",
+    ]
+    frontier.main(["--records", str(tmp_path), "--pending"])
+    assert capsys.readouterr().out.splitlines() == [c.removeprefix("python ") for c in commands]
+    assert "| SST-2 | VeRA, own lr | `vera_r64_alr0.1` |" in md  # every grid point is in the main table
+    assert (tmp_path / "figures" / "frontier_sst2.png").stat().st_size > 0
 
 
 def test_records_without_a_heldout_metric_are_refused(tmp_path):

@@ -16,6 +16,7 @@ from qpeft import adapters, params
 from qpeft.adapters import METHODS, AdapterSettings, Method, get_method, register, settings_from_config
 from qpeft.config import run_spec
 from qpeft.errors import QpeftError
+from qpeft.hf_trainer import use_param_groups
 from qpeft.tuner.optim import decay_parameter_names
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -319,6 +320,49 @@ def test_methods_without_own_groups_leave_the_optimiser_to_the_trainer():
     for settings in ({"method": "lora", "r": 2}, {"method": "full"}, {"method": "vera", "r": 4}):
         model, method = adapt(settings)
         assert method.optimizer_groups(model, 1e-3, 0.01) is None
+
+
+@pytest.mark.parametrize(
+    "settings,prefix",
+    [
+        ({"method": "vera", "r": 16}, "vera_lambda_"),
+        ({"method": "fourierft", "n_frequency": 50}, "fourierft_"),
+    ],
+)
+def test_adapter_lr_moves_the_adapter_at_its_own_lr_and_the_head_at_the_trainers(tmp_path, settings, prefix):
+    """adapter.adapter_lr: through the Trainer's own optimiser class, one AdamW step moves every adapter entry
+    by adapter_lr (Adam's first step is lr * sign(grad), after decoupled decay) and every head entry by the
+    Trainer's lr; nothing trainable is left out of the optimiser."""
+    model, method = adapt({**settings, "adapter_lr": 0.05})
+    if settings["method"] == "vera":
+        with torch.no_grad():  # lambda_b starts at 0, which gives lambda_d no gradient
+            for n, p in model.named_parameters():
+                if "vera_lambda_b" in n:
+                    p.normal_()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
+    )
+    trainer = Trainer(model=model, args=args)
+    use_param_groups(trainer, method.optimizer_groups(model, args.learning_rate, args.weight_decay))
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    # scaled: Adam's step does not depend on the gradient's scale but for its eps (1e-8), and VeRA's query / key
+    # lambdas get gradients of ~1e-7 here
+    (1e4 * model(**batch()).loss).backward()
+    trainer.optimizer.step()
+    kinds = set()
+    for n, p in trained.items():
+        kind = "adapter" if prefix in n else "head" if "modules_to_save" in n else n
+        kinds.add(kind)
+        lr = {"adapter": 0.05, "head": 1e-3}[kind]
+        wd = 0.0 if n.endswith("bias") else 0.1
+        expected = -lr * (p.grad.sign() + wd * before[n])
+        live = p.grad.abs() > 1e-6
+        assert live.sum() > 0, n
+        torch.testing.assert_close((p.detach() - before[n])[live], expected[live], rtol=0.02, atol=1e-3 * lr)
+    assert kinds == {"adapter", "head"}
+    n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in trained.values())
 
 
 @pytest.mark.parametrize("name", ["full", "head_only", "bitfit"])

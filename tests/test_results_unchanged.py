@@ -87,8 +87,10 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
 
     by_folder = {p.parent.relative_to(RECORDS): p for p in find_records(RECORDS / preset)}
     matched = set()
-    for job in jobs.expand([f"experiment={preset}"])[0]:
-        spec = run_spec(compose_cfg([f"experiment={preset}", *job]))
+    # the frontier study's tree also holds its lr grid for VeRA and FourierFT (experiment=frontier_minilm_lr)
+    presets = [preset] + (["frontier_minilm_lr"] if preset == "frontier_minilm" else [])
+    for job in [[f"experiment={p}", *job] for p in presets for job in jobs.expand([f"experiment={p}"])[0]]:
+        spec = run_spec(compose_cfg(job))
         folder = Path(spec.run_dir).relative_to("outputs")
         if folder not in by_folder:
             continue  # a job of the preset not (yet) run

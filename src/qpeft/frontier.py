@@ -31,7 +31,11 @@ REFERENCE_TAG = "lora_r8"  # the paper's claim is counted against LoRA r=8
 BAND = (5, 25)  # "5 to 25-fold reduction in trainable parameters compared to LoRA"
 FAMILY_ORDER = ["LoRA", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable", "Pauli, rank mask"]
 FAMILY_ORDER += ["Pauli, paper rule"]
-FAMILY_ORDER += ["Taylor", "VeRA", "FourierFT", "TinyLoRA", "head only"]
+FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA", "head only"]
+OWN_LR = (
+    "VeRA",
+    "FourierFT",
+)  # methods with adapter.adapter_lr (experiment=frontier_minilm_lr): one chosen per point
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
     "Pauli L=1": ("D", "-", "tab:red"),
@@ -43,6 +47,8 @@ STYLES = {  # marker, line style, colour
     "Taylor": ("s", "-", "tab:purple"),
     "VeRA": ("^", "-", "tab:green"),
     "FourierFT": ("v", "-", "tab:olive"),
+    "VeRA, lr chosen on held-out": ("^", "-.", "darkgreen"),
+    "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
     "TinyLoRA": ("P", "-", "tab:cyan"),
 }
 
@@ -58,6 +64,9 @@ class Point:
     dev: list[float] = field(default_factory=list)  # main metric on the dev set, one per seed
     heldout: list[float] = field(default_factory=list)  # main metric on the held-out training slice
     seeds: list[int] = field(default_factory=list)
+    adapter_lr: float | None = (
+        None  # VeRA / FourierFT: their parameters' own lr (None: the protocol's, trainer.lr)
+    )
 
     @staticmethod
     def stat(values: list[float]) -> tuple[float, float]:
@@ -92,7 +101,8 @@ def family(record: Record) -> str:
         raise QpeftError(
             f"record of {record.task}/{record.adapter_tag}: method {method} has no frontier family"
         )
-    return names[method]
+    own_lr = names[method] in OWN_LR and cfg.get("adapter_lr") is not None
+    return f"{names[method]}, own lr" if own_lr else names[method]
 
 
 def collect(records: list[tuple[Path, Record]]) -> list[Point]:
@@ -100,7 +110,10 @@ def collect(records: list[tuple[Path, Record]]) -> list[Point]:
     for path, r in records:
         key = (r.task, r.adapter_tag)
         if key not in points:
-            points[key] = Point(r.task, r.adapter_tag, family(r), int(r.adapter_params or 0))
+            cfg = r.adapter_cfg or {}
+            points[key] = Point(
+                r.task, r.adapter_tag, family(r), int(r.adapter_params or 0), adapter_lr=cfg.get("adapter_lr")
+            )
         p = points[key]
         p.seeds.append(r.seed)
         p.dev.append(r.metrics[r.main_metric])
@@ -123,6 +136,97 @@ def chosen_quantum(points: list[Point]) -> tuple[str, float] | None:
             by_tag.setdefault(p.tag, []).append(Point.stat(p.heldout)[0])
     scores = {t: float(np.mean(v)) for t, v in by_tag.items() if len(v) == len(tasks)}
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
+
+
+@dataclass
+class LrChoice:
+    """VeRA's or FourierFT's own learning rate at one budget on one task, chosen on the held-out slice."""
+
+    task: str
+    method: str  # "VeRA" / "FourierFT"
+    candidates: list[tuple[Point, float]]  # every lr tried, with its held-out mean over `seeds` (x100)
+    seeds: list[int]  # the seeds every candidate has: the choice compares these only
+    chosen: Point
+
+
+def chosen_lrs(points: list[Point]) -> list[LrChoice]:
+    """For each task and VeRA / FourierFT budget (parameter count) run at more than one lr: the lr (the study's
+    shared one, or an adapter.adapter_lr) with the best held-out score over the seeds all of them have; a tie
+    goes to the smaller lr. Budgets whose candidates share no seed are left out."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        method = p.family.removesuffix(", own lr")
+        if method in OWN_LR:
+            groups.setdefault((p.task, method, p.params), []).append(p)
+    choices = []
+    for (task, method, _), members in sorted(groups.items()):
+        seeds = sorted(set.intersection(*(set(p.seeds) for p in members)))
+        if len(members) < 2 or not seeds:
+            continue
+        members.sort(key=lambda p: p.adapter_lr or 0.0)  # the shared lr (None) first: it is the smallest
+        scored = [(p, float(np.mean([p.heldout[p.seeds.index(s)] for s in seeds])) * 100) for p in members]
+        best = max(scored, key=lambda ps: ps[1])  # max keeps the first of equals: the smaller lr
+        choices.append(LrChoice(task, method, scored, seeds, best[0]))
+    return choices
+
+
+def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
+    """The choices as a markdown table, and the run.py commands for the seeds a chosen lr still lacks."""
+    if not choices:
+        return []
+    headers = ["task", "setting", "held-out (seeds)", "chosen", "dev of the chosen", "seeds"]
+    rows = []
+    for c in choices:
+        tried = ", ".join(f"{_lr(p.adapter_lr, shared_lr)}: {h:.2f}" for p, h in c.candidates)
+        seeds = "+".join(map(str, c.seeds))
+        base = c.chosen.tag.split("_alr")[0]
+        rows.append(
+            [
+                TASK_LABELS.get(c.task, c.task),
+                f"`{base}`",
+                f"{tried} ({seeds})",
+                _lr(c.chosen.adapter_lr, shared_lr),
+                _pm(Point.stat(c.chosen.dev)),
+                str(len(c.chosen.seeds)),
+            ]
+        )
+    lines = [
+        "## VeRA and FourierFT at their own learning rate",
+        "",
+        "`experiment=frontier_minilm_lr`: their parameters at `adapter.adapter_lr` (the head at the shared lr), "
+        "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "
+        "mean over the seeds every lr has), and its dev score is reported over all the seeds it has. The figures "
+        "draw the chosen points as the dash-dotted lines.",
+        "",
+        markdown(headers, rows, align="llllrr").rstrip("\n"),
+        "",
+    ]
+    todo = pending_runs(choices)
+    if todo:
+        lines += [
+            "Seeds still to run at the chosen lr (`python -m qpeft.frontier --pending` lists them):",
+            "",
+        ]
+        lines += [f"    python {args}" for args in todo] + [""]
+    return lines
+
+
+def pending_runs(choices: list[LrChoice]) -> list[str]:
+    """run.py's arguments for the seeds a chosen adapter lr lacks (the seeds any lr of its budget has)."""
+    runs = []
+    for c in choices:
+        seeds = sorted({s for p, _ in c.candidates for s in p.seeds} - set(c.chosen.seeds))
+        if seeds and c.chosen.adapter_lr is not None:
+            runs.append(
+                f"run.py -m experiment=frontier_minilm_lr task=glue/{c.task} "
+                f"adapter=frontier/{c.chosen.tag.split('_alr')[0]}_alr adapter.adapter_lr={c.chosen.adapter_lr:g} "
+                f"seed={','.join(map(str, seeds))}"
+            )
+    return runs
+
+
+def _lr(adapter_lr: float | None, shared_lr: str) -> str:
+    return f"{adapter_lr:g}" if adapter_lr is not None else f"{shared_lr} (shared)"
 
 
 def table_rows(points: list[Point]) -> tuple[list[str], list[list[str]], list[list[object]]]:
@@ -162,7 +266,23 @@ def _pm(stat: tuple[float, float]) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def figure(points: list[Point], task: str, path: Path, title: str) -> None:
+def _draw(ax, members: list[Point], label: str):
+    """One line of the figure: the dev mean ± std of each point, in parameter order; its legend handle."""
+    from matplotlib.lines import Line2D
+
+    marker, line, colour = STYLES[label]
+    xs = [p.params for p in members]
+    stats = [Point.stat(p.dev) for p in members]
+    ys, errs = [s[0] for s in stats], [0.0 if math.isnan(s[1]) else s[1] for s in stats]
+    if line != "none":
+        ax.plot(xs, ys, linestyle=line, color=colour, linewidth=1.1, zorder=2)
+    ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=colour, mfc="white", ms=5.5, capsize=2, zorder=3)
+    for p, x, y in zip(members, xs, ys):
+        ax.annotate(_short(p.tag), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+    return Line2D([], [], marker=marker, linestyle=line, color=colour, mfc="white", label=label)
+
+
+def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[LrChoice] = ()) -> None:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -190,16 +310,15 @@ def figure(points: list[Point], task: str, path: Path, title: str) -> None:
             ax.axhline(y, color="0.3", linestyle="--", linewidth=1.0, zorder=1)
             handles.append(Line2D([], [], color="0.3", linestyle="--", label="head only"))
             continue
-        marker, line, colour = STYLES[fam]
-        xs = [p.params for p in members]
-        stats = [Point.stat(p.dev) for p in members]
-        ys, errs = [s[0] for s in stats], [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-        if line != "none":
-            ax.plot(xs, ys, linestyle=line, color=colour, linewidth=1.1, zorder=2)
-        ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=colour, mfc="white", ms=5.5, capsize=2, zorder=3)
-        for p, x, y in zip(members, xs, ys):
-            ax.annotate(_short(p.tag), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
-        handles.append(Line2D([], [], marker=marker, linestyle=line, color=colour, mfc="white", label=fam))
+        if fam.endswith(", own lr"):
+            continue  # the lr grid: only its chosen points are drawn, below
+        handles.append(_draw(ax, members, fam))
+    for method in OWN_LR:
+        members = sorted(
+            (c.chosen for c in chosen if c.task == task and c.method == method), key=lambda p: p.params
+        )
+        if members:
+            handles.append(_draw(ax, members, f"{method}, lr chosen on held-out"))
     metric_name = "accuracy" if task != "stsb" else "(Pearson + Spearman) / 2"
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (head apart)")
@@ -216,14 +335,22 @@ def _short(tag: str) -> str:
     return tag.removeprefix("quantum_").removesuffix("_width").removesuffix("_o8")
 
 
-def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[Path]:
+def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]:
     records, _ = load_records([records_root])
     records = [(p, r) for p, r in records if r.experiment == preset]
     if not records:
         raise QpeftError(f"no records of experiment {preset} under {records_root}: run `make frontier` first")
+    return records
+
+
+def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[Path]:
+    records = preset_records(records_root, preset)
     points = collect(records)
     headers, rows, raw = table_rows(points)
     choice = chosen_quantum(points)
+    lr_choices = chosen_lrs(points)
+    shared_lrs = {(r.hyperparameters or {}).get("lr") for _, r in records} - {None}
+    shared_lr = f"{shared_lrs.pop():g}" if len(shared_lrs) == 1 else "trainer.lr"
     tasks = sorted({p.task for p in points})
     seeds = sorted({s for p in points for s in p.seeds})
     lines = [
@@ -244,6 +371,7 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
             f"is `{choice[0]}` ({choice[1]:.2f}).",
             "",
         ]
+    lines += lr_choice_lines(lr_choices, shared_lr)
     # <preset>_points: `make tables` writes <preset>.md in its own layout
     out_md, out_csv = tables / f"{preset}_points.md", tables / f"{preset}_points.csv"
     tables.mkdir(parents=True, exist_ok=True)
@@ -259,7 +387,11 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
         path = figures / f"{stem}_{task}.png"
         label = TASK_LABELS.get(task, task)
         figure(
-            points, task, path, f"{label}, all-MiniLM-L6 ({preset}): dev metric against adapter parameters"
+            points,
+            task,
+            path,
+            f"{label}, all-MiniLM-L6 ({preset}): dev metric against adapter parameters",
+            lr_choices,
         )
         written.append(path)
     return written
@@ -271,8 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="frontier_minilm")
     ap.add_argument("--tables", default="results/tables")
     ap.add_argument("--figures", default="results/figures")
+    ap.add_argument(
+        "--pending",
+        action="store_true",
+        help="only print, one per line, run.py's arguments for the seeds a chosen VeRA / FourierFT lr still lacks",
+    )
     args = ap.parse_args(argv)
     try:
+        if args.pending:
+            for run in pending_runs(chosen_lrs(collect(preset_records(Path(args.records), args.preset)))):
+                print(run)
+            return 0
         written = build(Path(args.records), args.preset, Path(args.tables), Path(args.figures))
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)

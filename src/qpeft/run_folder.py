@@ -24,7 +24,7 @@ TRAINED_NAME = "trained.safetensors"
 # trainer settings outside the protocol's that change a run's result (the rest: speed, logging, storage)
 RESULT_TRAINER_KEYS = ("sampling", "scheduler", "grad_accum", "max_steps", "eval_limit", "precision")
 # settings added after runs were recorded, with the value those runs were made with (absent there = this)
-ADDED_LATER = {"adapter_cfg": {"fold": "float32"}}
+ADDED_LATER = {"adapter_cfg": {"fold": "float32", "adapter_lr": None}}
 
 
 def run_settings(hyperparameters: dict, adapter_cfg: dict, trainer: dict) -> dict:

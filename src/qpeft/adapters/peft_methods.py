@@ -62,6 +62,7 @@ from qpeft.adapters.base import (
     target_modules,
 )
 from qpeft.errors import QpeftError
+from qpeft.tuner.optim import decay_parameter_names
 
 
 class PeftModelThroughTuner(PeftModel):
@@ -579,7 +580,45 @@ class BoftMethod(PeftMethod):
 
 
 @dataclass
-class VeraSettings(AdapterSettings):
+class OwnLrSettings(AdapterSettings):
+    """Settings of a method whose few trained parameters may take their own learning rate: VeRA's and
+    FourierFT's papers train them at 10-100x the classifier head's lr (their GLUE tables list the two apart)."""
+
+    adapter_lr: float | None = option(
+        None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapter_lr is not None:
+            require(
+                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
+            )
+
+
+class OwnLrMethod(PeftMethod):
+    """A peft method with `adapter.adapter_lr`: its parameters in their own optimiser groups at that lr."""
+
+    settings_class: ClassVar[type[OwnLrSettings]]
+
+    def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
+        """With adapter_lr set: the adapter's parameters at adapter_lr, the head's (peft's modules_to_save) at
+        `lr`; weight decay by the Trainer's rule in both (all but biases and norms). None: the Trainer's."""
+        adapter_lr = self.settings.adapter_lr
+        if adapter_lr is None:
+            return None
+        head = list(model.peft_config["default"].modules_to_save or [])
+        decay = decay_parameter_names(model)
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                key = (lr if in_head(name, head) else adapter_lr, weight_decay if name in decay else 0.0)
+                groups.setdefault(key, []).append(p)
+        return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+
+
+@dataclass
+class VeraSettings(OwnLrSettings):
     r: int = option(256, "rank of the shared random projections A (r x d_in), B (d_out x r)")
     d_initial: float = option(0.1, "initial value of every lambda_d entry (VeRA paper Table 6c: <= 0.1)")
     projection_prng_key: int = option(0, "seed of the frozen random projections A, B (shared by all layers)")
@@ -594,7 +633,7 @@ class VeraSettings(AdapterSettings):
 
 
 @register("vera")
-class VeraMethod(PeftMethod):
+class VeraMethod(OwnLrMethod):
     """VeRA (Kopiczko et al., ICLR 2024): dW = diag(lambda_b) B diag(lambda_d) A, with A, B frozen random
     matrices shared by all layers (peft draws them for the largest target shape and slices them per layer)
     and only lambda_b (d_out) and lambda_d (r) trained: d_out + r parameters per adapted matrix."""
@@ -614,7 +653,7 @@ class VeraMethod(PeftMethod):
 
 
 @dataclass
-class FourierFTSettings(AdapterSettings):
+class FourierFTSettings(OwnLrSettings):
     n_frequency: int = option(1000, "trained spectral coefficients per adapted matrix (<= d_out * d_in)")
     scaling: float = option(150.0, "scale of dW = scaling * Re(IDFT2(spectrum)), like LoRA's alpha")
     random_loc_seed: int = option(777, "seed of the frequencies' random locations")
@@ -627,7 +666,7 @@ class FourierFTSettings(AdapterSettings):
 
 
 @register("fourierft")
-class FourierFTMethod(PeftMethod):
+class FourierFTMethod(OwnLrMethod):
     """FourierFT (Gao et al., ICML 2024): dW = scaling * Re(IDFT2(S)), S a d_out x d_in spectrum zero except at
     n_frequency random locations (shared seed) whose values train: n_frequency parameters per matrix."""
 
