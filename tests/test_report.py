@@ -138,6 +138,18 @@ def test_frontier_section_lists_the_pareto_front(tmp_path):
     assert row.split("|")[2].strip() == ", ".join(front)
 
 
+def test_the_front_leaves_out_settings_tried_on_fewer_seeds(tmp_path):
+    """A setting run on one seed of three (an lr grid's unchosen point) is drawn but not put on the front, even
+    with the best score for the fewest parameters: the front would otherwise select on the score it shows."""
+    for seed in (0, 1):
+        put(tmp_path / "records", "frontier_x", "sst2", "lora_r8", "lora", seed, 0.80, 8000)
+        put(tmp_path / "records", "frontier_x", "sst2", "vera_lr1", "vera", seed, 0.70, 500)
+    put(tmp_path / "records", "frontier_x", "sst2", "vera_lr2", "vera", 0, 0.95, 500)  # one seed, best
+    text = build(tmp_path, tmp_path / "records")[0].read_text()
+    row = next(ln for ln in text.split("\n## Frontier\n")[1].splitlines() if ln.startswith("| SST-2"))
+    assert row.split("|")[2].strip() == "vera_lr1, lora_r8"
+
+
 def test_pareto_against_brute_force():
     rng = np.random.default_rng(3)
     for _ in range(50):

@@ -202,7 +202,8 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
 
 
 def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str | None):
-    """(x, y, yerr, label, method) per row of ours with adapter parameters; key None = the row's Avg."""
+    """(x, lo, hi, y, yerr, label, method, seeds) per row of ours with adapter parameters (x the median count,
+    lo / hi its range); key None = the row's Avg, whose seeds are the fewest of its cells."""
     params: dict[tuple[str, str], list[int]] = {}
     method: dict[tuple[str, str], str | None] = {}
     for _, rec in records:
@@ -215,8 +216,9 @@ def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str
             continue
         if key is None:
             y, err = row.summary.get("avg"), None
+            n = min((stat.n for stat in row.stats.values()), default=0)
         elif key in row.stats:
-            y, err = row.stats[key].mean, row.stats[key].std
+            y, err, n = row.stats[key].mean, row.stats[key].std, row.stats[key].n
         else:
             continue
         counts = params.get((row.backbone, row.label), [])
@@ -231,6 +233,7 @@ def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str
                 err,
                 row.label,
                 method[row.backbone, row.label],
+                n,
             )
         )
     return out
@@ -249,7 +252,8 @@ def efficiency_figure(
     Each method has its own marker; the head alone (0 parameters) is a dashed floor; published rows are
     stars at their published count. With `envelope` (frontier presets), the settings of one method are
     joined in parameter order by its line style, and the Pareto front (most score for the fewest
-    parameters) is drawn and returned per panel as [(panel title, [labels on the front])].
+    parameters, over the settings run on the panel's most seeds) is drawn and returned per panel as
+    [(panel title, [labels on the front])].
     """
     panels: list[tuple[str, str | None]] = [
         (_panel_title(col, key, metric), key) for col, key, metric in _shown_parts(table, seeds)
@@ -276,7 +280,7 @@ def efficiency_figure(
             ys = [p[3] for p in pts]
             if envelope:  # a frontier sweep: one method's settings in parameter order
                 ax.plot(xs, ys, linestyle=line, color="0.55", linewidth=0.9, zorder=1)
-            for x, lo, hi, y, err, label, _ in pts:
+            for x, lo, hi, y, err, label, *_ in pts:
                 ax.errorbar(
                     x,
                     y,
@@ -302,7 +306,10 @@ def efficiency_figure(
                     row.label, (x, float(value)), xytext=(3, -8), textcoords="offset points", fontsize=5.5
                 )
         if envelope and points:
-            front = pareto([(p[0], p[3], p[5]) for p in points])
+            # over the settings run on the panel's most seeds: a setting tried on fewer (an lr grid's point that
+            # was not chosen, qpeft.frontier) would put a selection on this very score on the front
+            most = max(p[7] for p in points)
+            front = pareto([(p[0], p[3], p[5]) for p in points if p[7] == most])
             ax.step(
                 [p[0] for p in front],
                 [p[1] for p in front],
@@ -438,6 +445,11 @@ def build_report(
             )
             written.append(path)
             lines += [f"### {g.preset}", "", f"![{g.preset}: Pareto front]({_rel(path, here)})", ""]
+            lines += [
+                "The front is taken over the settings run on every seed of the panel; those tried on fewer "
+                "seeds (an lr grid's points that were not chosen) are drawn, not put on it.",
+                "",
+            ]
             rows = [[name, ", ".join(front)] for name, front in fronts]
             lines += [
                 render.markdown(["panel", "on the front (fewest parameters first)"], rows).rstrip("\n"),
