@@ -32,10 +32,8 @@ BAND = (5, 25)  # "5 to 25-fold reduction in trainable parameters compared to Lo
 FAMILY_ORDER = ["LoRA", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable", "Pauli, rank mask"]
 FAMILY_ORDER += ["Pauli, paper rule"]
 FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA", "head only"]
-OWN_LR = (
-    "VeRA",
-    "FourierFT",
-)  # methods with adapter.adapter_lr (experiment=frontier_minilm_lr): one chosen per point
+# methods with adapter.adapter_lr (experiment=frontier_minilm_lr): one lr chosen per task and budget
+OWN_LR = ("VeRA", "FourierFT")
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
     "Pauli L=1": ("D", "-", "tab:red"),
@@ -64,9 +62,8 @@ class Point:
     dev: list[float] = field(default_factory=list)  # main metric on the dev set, one per seed
     heldout: list[float] = field(default_factory=list)  # main metric on the held-out training slice
     seeds: list[int] = field(default_factory=list)
-    adapter_lr: float | None = (
-        None  # VeRA / FourierFT: their parameters' own lr (None: the protocol's, trainer.lr)
-    )
+    # VeRA / FourierFT: their parameters' own lr (None: the protocol's, trainer.lr)
+    adapter_lr: float | None = None
 
     @staticmethod
     def stat(values: list[float]) -> tuple[float, float]:

@@ -582,7 +582,7 @@ class BoftMethod(PeftMethod):
 @dataclass
 class OwnLrSettings(AdapterSettings):
     """Settings of a method whose few trained parameters may take their own learning rate: VeRA's and
-    FourierFT's papers train them at 10-100x the classifier head's lr (their GLUE tables list the two apart)."""
+    FourierFT's papers train them at an lr of their own, listed apart from the classifier head's."""
 
     adapter_lr: float | None = option(
         None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
