@@ -377,6 +377,62 @@ def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
     assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("circuit_lr,angle_lr", [(None, 0.05), (0.2, 0.2)])
+def test_adapter_lr_moves_lam_and_angles_at_their_own_lr_and_the_head_at_the_trainers(
+    tmp_path, circuit_lr, angle_lr
+):
+    """adapter_lr: lam steps by adapter_lr, the angles by the lr circuit_lr gives (null: adapter_lr; a number
+    stays), the head (cls) by the Trainer's lr, through the Trainer's own AdamW; nothing trainable left out."""
+    from transformers import Trainer, TrainingArguments
+
+    from qpeft.adapters.quantum_method import QuantumMethod, QuantumSettings
+    from qpeft.hf_trainer import use_param_groups
+
+    method = QuantumMethod(
+        QuantumSettings(
+            method="quantum",
+            name="q",
+            targets=MLP_TARGETS,
+            rank=4,
+            alpha=8.0,
+            circuit_lr=circuit_lr,
+            adapter_lr=0.05,
+        )
+    )
+    torch.manual_seed(0)
+    model = method.apply(MLP(), MLP_TARGETS, ["cls"], 40)
+    hub = qa._state(model)
+    with torch.no_grad():
+        for lam in hub.lam.values():
+            lam.normal_()  # lam = 0 would give the angles no gradient
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
+    )
+    trainer = Trainer(model=model, args=args)
+    use_param_groups(trainer, method.optimizer_groups(model, args.learning_rate, args.weight_decay))
+    angles, lams = list(hub.banks.parameters()), list(hub.lam.values())
+    head = list(model.cls.parameters())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert len(trained) == len(angles) + len(lams) + len(head)
+    before = [p.detach().clone() for p in trained]
+    x, y = data()
+    nn.functional.cross_entropy(model(x), y).backward()
+    trainer.optimizer.step()
+    for p, p0 in zip(trained, before):
+        if any(p is a for a in angles):
+            lr, wd = angle_lr, 0.0
+        elif any(p is a for a in lams):
+            lr, wd = 0.05, 0.1
+        else:
+            lr, wd = 1e-3, 0.0 if p is model.cls.bias else 0.1
+        expected = -lr * (p.grad.sign() + wd * p0)
+        live = p.grad.abs() > 1e-6
+        assert live.sum() > 0
+        torch.testing.assert_close((p.detach() - p0)[live], expected[live], rtol=0.02, atol=1e-3 * lr)
+    n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in trained)
+
+
 def test_param_groups_match_the_trainer_overrides():
     """The library's groups (what a Method class hands the optimiser) and the Trainer overrides agree."""
     _, model = mlp(cfg(circuit_lr=0.05))

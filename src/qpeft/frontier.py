@@ -29,11 +29,13 @@ from qpeft.tables.render import csv_text, markdown
 TASK_LABELS = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC", "cola": "CoLA", "rte": "RTE"}
 REFERENCE_TAG = "lora_r8"  # the paper's claim is counted against LoRA r=8
 BAND = (5, 25)  # "5 to 25-fold reduction in trainable parameters compared to LoRA"
-FAMILY_ORDER = ["LoRA", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable", "Pauli, rank mask"]
+FAMILY_ORDER = ["LoRA", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable"]
+FAMILY_ORDER += ["Pauli L=1, rank-stable, own lr", "Pauli, rank mask"]
 FAMILY_ORDER += ["Pauli, paper rule"]
 FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA", "head only"]
-# methods with adapter.adapter_lr (experiment=frontier_minilm_lr): one lr chosen per task and budget
-OWN_LR = ("VeRA", "FourierFT")
+# lines whose points also ran at an adapter.adapter_lr grid (experiment=frontier_minilm_lr, _pauli): one lr
+# chosen per task and budget
+OWN_LR = ("VeRA", "FourierFT", "Pauli L=1, rank-stable")
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
     "Pauli L=1": ("D", "-", "tab:red"),
@@ -45,6 +47,7 @@ STYLES = {  # marker, line style, colour
     "Taylor": ("s", "-", "tab:purple"),
     "VeRA": ("^", "-", "tab:green"),
     "FourierFT": ("v", "-", "tab:olive"),
+    "Pauli L=1, rank-stable, lr chosen on held-out": ("D", "none", "dimgray"),
     "VeRA, lr chosen on held-out": ("^", "-.", "darkgreen"),
     "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
     "TinyLoRA": ("P", "-", "tab:cyan"),
@@ -75,9 +78,13 @@ class Point:
 
 
 def family(record: Record) -> str:
-    """The line a record's setting belongs to."""
+    """The line a record's setting belongs to; with its own adapter_lr, that line's name + ", own lr"."""
     cfg = record.adapter_cfg or {}
-    method = record.adapter
+    base = _family(record.adapter, cfg, record)
+    return f"{base}, own lr" if cfg.get("adapter_lr") is not None else base
+
+
+def _family(method: str, cfg: dict, record: Record) -> str:
     if method == "quantum":
         if (cfg.get("scaling") or "rank") == "rank" and cfg.get("circuit_lr") is None:
             return "Pauli, paper rule"
@@ -98,8 +105,7 @@ def family(record: Record) -> str:
         raise QpeftError(
             f"record of {record.task}/{record.adapter_tag}: method {method} has no frontier family"
         )
-    own_lr = names[method] in OWN_LR and cfg.get("adapter_lr") is not None
-    return f"{names[method]}, own lr" if own_lr else names[method]
+    return names[method]
 
 
 def collect(records: list[tuple[Path, Record]]) -> list[Point]:
@@ -129,7 +135,7 @@ def chosen_quantum(points: list[Point]) -> tuple[str, float] | None:
     tasks = {p.task for p in points}
     by_tag: dict[str, list[float]] = {}
     for p in points:
-        if p.family.startswith("Pauli L="):
+        if p.family.startswith("Pauli L=") and p.adapter_lr is None:  # the shared lr's settings only
             by_tag.setdefault(p.tag, []).append(Point.stat(p.heldout)[0])
     scores = {t: float(np.mean(v)) for t, v in by_tag.items() if len(v) == len(tasks)}
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
@@ -137,17 +143,18 @@ def chosen_quantum(points: list[Point]) -> tuple[str, float] | None:
 
 @dataclass
 class LrChoice:
-    """VeRA's or FourierFT's own learning rate at one budget on one task, chosen on the held-out slice."""
+    """A method's own learning rate (VeRA, FourierFT, the Pauli default) at one budget on one task, chosen on the
+    held-out slice."""
 
     task: str
-    method: str  # "VeRA" / "FourierFT"
+    method: str  # a line of OWN_LR
     candidates: list[tuple[Point, float]]  # every lr tried, with its held-out mean over `seeds` (x100)
     seeds: list[int]  # the seeds every candidate has: the choice compares these only
     chosen: Point
 
 
 def chosen_lrs(points: list[Point]) -> list[LrChoice]:
-    """For each task and VeRA / FourierFT budget (parameter count) run at more than one lr: the lr (the study's
+    """For each task and OWN_LR budget (line and parameter count) run at more than one lr: the lr (the study's
     shared one, or an adapter.adapter_lr) with the best held-out score over the seeds all of them have; a tie
     goes to the smaller lr. Budgets whose candidates share no seed are left out."""
     groups: dict[tuple[str, str, int], list[Point]] = {}
@@ -188,9 +195,11 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
             ]
         )
     lines = [
-        "## VeRA and FourierFT at their own learning rate",
+        "## At their own learning rate: VeRA, FourierFT and the Pauli default",
         "",
-        "`experiment=frontier_minilm_lr`: their parameters at `adapter.adapter_lr` (the head at the shared lr), "
+        "`experiment=frontier_minilm_lr` (VeRA, FourierFT) and `frontier_minilm_lr_pauli` (Quantum-PEFT's default, "
+        "full-rank Pauli under the rank-stable rule): the adapter's parameters at `adapter.adapter_lr` (the "
+        "head at the shared lr), "
         "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "
         "mean over the seeds every lr has), and its dev score is reported over all the seeds it has. The figures "
         "draw the chosen points as the dash-dotted lines.",

@@ -171,6 +171,25 @@ def param_groups(model: nn.Module, cfg, lr: float, weight_decay: float) -> list[
     return quantum_param_groups(model, lr, _circuit_lr_setting(cfg), weight_decay)
 
 
+def others_at(groups: list[dict], model: nn.Module, lr: float) -> list[dict]:
+    """`groups` with every parameter that is not Quantum-PEFT's own (circuits, lam: the head) in groups at `lr`,
+    their weight decay unchanged."""
+    ours = {
+        id(p)
+        for hub in model.modules()
+        if isinstance(hub, QuantumHub)
+        for state in hub.quantum_adapters.values()
+        for p in state.parameters()
+    }
+    out = []
+    for g in groups:
+        mine = [p for p in g["params"] if id(p) in ours]
+        theirs = [p for p in g["params"] if id(p) not in ours]
+        out += [{**g, "params": mine}] if mine else []
+        out += [{**g, "params": theirs, "lr": lr}] if theirs else []
+    return out
+
+
 def merge(model: nn.Module) -> None:
     """Fold s U diag(lam) V^T into each base weight (quantised angles if quant_bits); W0 is kept for unmerge."""
     for layer in _layers(model):

@@ -59,6 +59,11 @@ class QuantumCommonSettings(AdapterSettings):
         "learning rate of the circuit parameters (null = lr; width = lr sqrt(3 n) / gain per bank of factor "
         "dimension n, docs/method.md 'Step sizes under AdamW'); no weight decay",
     )
+    adapter_lr: float | None = option(
+        None,
+        "lr of lam, and the lr circuit_lr derives from (null / width), the head keeping trainer.lr; null: "
+        "trainer.lr for all (as VeRA's and FourierFT's adapter_lr)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +102,10 @@ class QuantumCommonSettings(AdapterSettings):
         if self.circuit_lr is not None and self.circuit_lr != "width":
             require(
                 self.circuit_lr > 0, "circuit_lr", self.circuit_lr, "set adapter.circuit_lr > 0 (or null)"
+            )
+        if self.adapter_lr is not None:
+            require(
+                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
             )
 
 
@@ -153,10 +162,13 @@ class QuantumMethod(Method):
 
     def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
         """The circuit parameters in their own group (circuit_lr, no weight decay); the rest as the Trainer
-        groups them (weight decay on all but biases and norms)."""
-        return quantum.param_groups(
-            model, self._cfg(), lr, weight_decay
-        )  # the library's qpeft.quantum_param_groups
+        groups them (weight decay on all but biases and norms). With adapter_lr, lam and the circuits' base lr
+        are adapter_lr and the head's parameters are moved back to `lr`."""
+        adapter_lr = self.settings.adapter_lr
+        groups = quantum.param_groups(  # the library's qpeft.quantum_param_groups
+            model, self._cfg(), lr if adapter_lr is None else adapter_lr, weight_decay
+        )
+        return groups if adapter_lr is None else quantum.others_at(groups, model, lr)
 
     def adapter_params(self, model: nn.Module, head: list[str]) -> int:
         """Trainable outside the head, less the lam entries a rank mask keeps at zero (the adaptive mask: its
