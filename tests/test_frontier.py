@@ -62,6 +62,21 @@ def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
     assert {s.experiment for s in specs} == {"frontier_minilm"}
 
 
+def test_the_pauli_lr_grid_is_the_default_with_its_own_lr():
+    runs, fixed = jobs.expand(["experiment=frontier_minilm_lr_pauli"])
+    specs = [run_spec(compose_cfg(fixed + run)) for run in runs]
+    assert len(specs) == 3 * 2 * 3  # lrs x tasks x seeds
+    default = run_spec(
+        compose_cfg(["experiment=frontier_minilm", "adapter=quantum", "task=glue/sst2"])
+    ).adapter
+    for s in specs:
+        assert {k: v for k, v in s.adapter.items() if k not in ("name", "adapter_lr")} == {
+            k: v for k, v in default.items() if k not in ("name", "adapter_lr")
+        }
+    assert {s.adapter["adapter_lr"] for s in specs} == {0.00016, 0.004, 0.02}
+    assert {s.trainer.lr for s in specs} == {8e-4} and {s.experiment for s in specs} == {"frontier_minilm"}
+
+
 def test_jobs_lists_the_preset(capsys):
     jobs.main(["experiment=frontier_minilm", "output_root=/nonexistent"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("180 jobs (0 finished")
@@ -140,9 +155,10 @@ def test_table_and_figures_choose_on_the_heldout_slice(tmp_path):
     assert "| 80.0 |" in md  # 8,000 / 100 parameters
 
 
-def test_vera_and_fourierft_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
-    """Per task and budget the adapter lr with the best held-out score on the seeds every lr has; dev only
-    reports; the seeds the chosen lr lacks are listed as run.py commands; the figure draws the chosen line."""
+def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
+    """Per task and budget (VeRA, FourierFT, the Pauli default) the adapter lr with the best held-out score on the
+    seeds every lr has; dev only reports; the seeds the chosen lr lacks are listed as run.py commands; the figure
+    draws the chosen line; a Pauli point at its own lr is no candidate for the default setting."""
     for task in ("sst2", "stsb"):
         record(tmp_path, task, "lora_r8", "lora", 8000, 0, 0.85, 0.85)
         for seed in (0, 1, 2):
@@ -154,15 +170,36 @@ def test_vera_and_fourierft_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     # FourierFT: the shared lr wins, so nothing is left to run
     record(tmp_path, "sst2", "fourierft_n100", "fourierft", 300, 0, 0.60, 0.70)
     record(tmp_path, "sst2", "fourierft_n100_alr0.1", "fourierft", 300, 0, 0.80, 0.65, adapter_lr=0.1)
+    # the Pauli default: its own-lr point wins its lr choice, but is no candidate for the default setting
+    ws = {"scaling": "width_sqrt", "circuit_lr": "width", "rank_mask": None, "layers": 1}
+    for task in ("sst2", "stsb"):
+        record(tmp_path, task, "quantum_k8_l1_ws", "quantum", 100, 0, 0.70, 0.70, **ws)
+        record(tmp_path, task, "quantum_kfull_l1_ws", "quantum", 900, 0, 0.70, 0.72, **ws)
+        record(
+            tmp_path,
+            task,
+            "quantum_kfull_l1_ws_alr0.004",
+            "quantum",
+            900,
+            0,
+            0.75,
+            0.90,
+            adapter_lr=0.004,
+            **ws,
+        )
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
-    section = md.split("## VeRA and FourierFT at their own learning rate")[1]
+    section = md.split("## At their own learning rate: VeRA, FourierFT and the Pauli default")[1]
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
+    assert "is `quantum_kfull_l1_ws` (72.00)" in md
     assert rows == [
         "| SST-2 | `fourierft_n100` | trainer.lr (shared): 70.00, 0.1: 65.00 (0) | trainer.lr (shared) | 60.00 | 1 |",
+        "| SST-2 | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
         "| SST-2 | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 71.00 ± 1.41 | 2 |",
+        "| STS-B | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
         "| STS-B | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 70.00 | 1 |",
     ]
+    # (the Pauli point ran seed 0 only, at every lr: no seed is missing)
     commands = [ln.strip() for ln in section.splitlines() if "run.py" in ln]
     assert commands == [
         "python run.py -m experiment=frontier_minilm_lr task=glue/sst2 adapter=frontier/vera_r64_alr "
