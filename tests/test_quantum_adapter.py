@@ -334,28 +334,35 @@ def test_bfloat16_model_runs():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
-    """With circuit_lr the Trainer's AdamW moves each angle by circuit_lr on its first step (Adam's first
-    update is lr * sign(grad)), lam by lr; angles carry no weight decay."""
+def trainer_on_mlp(tmp_path, **settings):
+    """(model, hub, trainer): Quantum-PEFT (rank 4) on the MLP with lam drawn at random (lam = 0 would give the
+    angles no gradient), and a Trainer (lr 1e-3, weight decay 0.1) whose AdamW takes the method's groups."""
     from transformers import Trainer, TrainingArguments
 
     from qpeft.adapters.quantum_method import QuantumMethod, QuantumSettings
     from qpeft.hf_trainer import use_param_groups
 
     method = QuantumMethod(
-        QuantumSettings(method="quantum", name="q", targets=MLP_TARGETS, rank=4, alpha=8.0, circuit_lr=0.05)
+        QuantumSettings(method="quantum", name="q", targets=MLP_TARGETS, rank=4, alpha=8.0, **settings)
     )
     torch.manual_seed(0)
     model = method.apply(MLP(), MLP_TARGETS, ["cls"], 40)
     hub = qa._state(model)
     with torch.no_grad():
         for lam in hub.lam.values():
-            lam.normal_()  # lam = 0 would give the angles no gradient
+            lam.normal_()
     args = TrainingArguments(
         output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
     )
     trainer = Trainer(model=model, args=args)
     use_param_groups(trainer, method.optimizer_groups(model, args.learning_rate, args.weight_decay))
+    return model, hub, trainer
+
+
+def test_circuit_lr_gives_the_angles_their_own_adam_step(tmp_path):
+    """With circuit_lr the Trainer's AdamW moves each angle by circuit_lr on its first step (Adam's first
+    update is lr * sign(grad)), lam by lr; angles carry no weight decay."""
+    model, hub, trainer = trainer_on_mlp(tmp_path, circuit_lr=0.05)
     angles = list(hub.banks.parameters())
     lams = list(hub.lam.values())
     before = [p.detach().clone() for p in angles + lams]
@@ -383,33 +390,7 @@ def test_adapter_lr_moves_lam_and_angles_at_their_own_lr_and_the_head_at_the_tra
 ):
     """adapter_lr: lam steps by adapter_lr, the angles by the lr circuit_lr gives (null: adapter_lr; a number
     stays), the head (cls) by the Trainer's lr, through the Trainer's own AdamW; nothing trainable left out."""
-    from transformers import Trainer, TrainingArguments
-
-    from qpeft.adapters.quantum_method import QuantumMethod, QuantumSettings
-    from qpeft.hf_trainer import use_param_groups
-
-    method = QuantumMethod(
-        QuantumSettings(
-            method="quantum",
-            name="q",
-            targets=MLP_TARGETS,
-            rank=4,
-            alpha=8.0,
-            circuit_lr=circuit_lr,
-            adapter_lr=0.05,
-        )
-    )
-    torch.manual_seed(0)
-    model = method.apply(MLP(), MLP_TARGETS, ["cls"], 40)
-    hub = qa._state(model)
-    with torch.no_grad():
-        for lam in hub.lam.values():
-            lam.normal_()  # lam = 0 would give the angles no gradient
-    args = TrainingArguments(
-        output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
-    )
-    trainer = Trainer(model=model, args=args)
-    use_param_groups(trainer, method.optimizer_groups(model, args.learning_rate, args.weight_decay))
+    model, hub, trainer = trainer_on_mlp(tmp_path, circuit_lr=circuit_lr, adapter_lr=0.05)
     angles, lams = list(hub.banks.parameters()), list(hub.lam.values())
     head = list(model.cls.parameters())
     trained = [p for p in model.parameters() if p.requires_grad]
