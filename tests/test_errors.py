@@ -38,6 +38,7 @@ SETTINGS = [
     (["adapter=quantum", "adapter.fold=sometimes"], ["adapter.fold"]),
     (["adapter=quantum", "adapter.adapter_lr=0"], ["adapter.adapter_lr"]),
     (["adapter=vera", "adapter.adapter_lr=-1"], ["adapter.adapter_lr"]),
+    (["adapter=tinylora", "adapter.adapter_lr=0"], ["adapter.adapter_lr"]),
     (["adapter=oft", "adapter.block_size=7"], ["adapter.block_size"]),
     (["adapter=quantum", "trainer.batch_size=0"], ["trainer.batch_size"]),
     (["adapter=quantum", "+adapter.colour=red"], ["adapter.colour"]),

@@ -77,6 +77,44 @@ def test_the_pauli_lr_grid_is_the_default_with_its_own_lr():
     assert {s.trainer.lr for s in specs} == {8e-4} and {s.experiment for s in specs} == {"frontier_minilm"}
 
 
+@pytest.mark.parametrize(
+    "preset, study_adapters, lrs",
+    [
+        ("frontier_minilm_lr_lora", {"lora_r1": "lora_r1", "lora_r8": "lora"}, {0.00016, 0.004, 0.02}),
+        (
+            "frontier_minilm_lr_tinylora",
+            {
+                "tinylora_r2_u16": "frontier/tinylora_u16",
+                "tinylora_r2_u64": "tinylora",
+                "tinylora_r2_u64_tied": "frontier/tinylora_u64_tied",
+            },
+            {0.004, 0.02, 0.1, 0.5},
+        ),
+    ],
+)
+def test_the_lora_and_tinylora_lr_grids_are_the_study_settings_with_their_own_lr(preset, study_adapters, lrs):
+    """Each grid point is the study's own setting of that budget but for adapter_lr (and its name), the head at the
+    protocol's lr, in the study's tree, in folders no other run of the study uses."""
+    runs, fixed = jobs.expand([f"experiment={preset}"])
+    specs = [run_spec(compose_cfg(fixed + run)) for run in runs]
+    assert len(specs) == len(study_adapters) * len(lrs) * 2 * 3  # settings x lrs x tasks x seeds
+    assert len({(s.task.name, s.adapter["name"], s.seed) for s in specs}) == len(specs)
+    assert {s.adapter["adapter_lr"] for s in specs} == lrs
+    for s in specs:
+        base = s.adapter["name"].split("_alr")[0]
+        study = run_spec(
+            compose_cfg(
+                ["experiment=frontier_minilm", f"adapter={study_adapters[base]}", f"task=glue/{s.task.name}"]
+            )
+        ).adapter
+        assert study["name"] == base
+        assert {k: v for k, v in s.adapter.items() if k not in ("name", "adapter_lr")} == {
+            k: v for k, v in study.items() if k not in ("name", "adapter_lr")
+        }
+        assert study["adapter_lr"] is None
+    assert {s.trainer.lr for s in specs} == {8e-4} and {s.experiment for s in specs} == {"frontier_minilm"}
+
+
 def test_jobs_lists_the_preset(capsys):
     jobs.main(["experiment=frontier_minilm", "output_root=/nonexistent"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("180 jobs (0 finished")
@@ -156,7 +194,7 @@ def test_table_and_figures_choose_on_the_heldout_slice(tmp_path):
 
 
 def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
-    """Per task and budget (VeRA, FourierFT, the Pauli default) the adapter lr with the best held-out score on the
+    """Per task and budget (LoRA, VeRA, FourierFT, TinyLoRA, the Pauli default) the adapter lr with the best held-out score on the
     seeds every lr has; dev only reports; the seeds the chosen lr lacks are listed as run.py commands; the figure
     draws the chosen line; a Pauli point at its own lr is no candidate for the default setting."""
     for task in ("sst2", "stsb"):
@@ -167,6 +205,10 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
         record(tmp_path, task, "vera_r64_alr0.02", "vera", 500, 0, 0.70, 0.80, adapter_lr=0.02)
         record(tmp_path, task, "vera_r64_alr0.1", "vera", 500, 0, 0.90, 0.75, adapter_lr=0.1)
     record(tmp_path, "sst2", "vera_r64_alr0.02", "vera", 500, 1, 0.72, 0.5, adapter_lr=0.02)  # not compared
+    # LoRA r=8, the reference: its grid point 0.004 wins on the held-out slice of seed 0 (seed 1 ran at the shared
+    # lr only), so seed 1 is left to run there; the reference of `x fewer` stays the shared-lr row
+    record(tmp_path, "sst2", "lora_r8", "lora", 8000, 1, 0.84, 0.84)
+    record(tmp_path, "sst2", "lora_r8_alr0.004", "lora", 8000, 0, 0.86, 0.88, adapter_lr=0.004)
     # FourierFT: the shared lr wins, so nothing is left to run
     record(tmp_path, "sst2", "fourierft_n100", "fourierft", 300, 0, 0.60, 0.70)
     record(tmp_path, "sst2", "fourierft_n100_alr0.1", "fourierft", 300, 0, 0.80, 0.65, adapter_lr=0.1)
@@ -189,11 +231,14 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
         )
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
-    section = md.split("## At their own learning rate: VeRA, FourierFT and the Pauli default")[1]
+    section = md.split(
+        "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the Pauli default"
+    )[1]
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md
     assert rows == [
         "| SST-2 | `fourierft_n100` | trainer.lr (shared): 70.00, 0.1: 65.00 (0) | trainer.lr (shared) | 60.00 | 1 |",
+        "| SST-2 | `lora_r8` | trainer.lr (shared): 85.00, 0.004: 88.00 (0) | 0.004 | 86.00 | 1 |",
         "| SST-2 | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
         "| SST-2 | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 71.00 ± 1.41 | 2 |",
         "| STS-B | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
@@ -202,6 +247,8 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     # (the Pauli point ran seed 0 only, at every lr: no seed is missing)
     commands = [ln.strip() for ln in section.splitlines() if "run.py" in ln]
     assert commands == [
+        "python run.py -m experiment=frontier_minilm_lr task=glue/sst2 adapter=frontier/lora_r8_alr "
+        "adapter.adapter_lr=0.004 seed=1",
         "python run.py -m experiment=frontier_minilm_lr task=glue/sst2 adapter=frontier/vera_r64_alr "
         "adapter.adapter_lr=0.02 seed=2",
         "python run.py -m experiment=frontier_minilm_lr task=glue/stsb adapter=frontier/vera_r64_alr "

@@ -327,6 +327,8 @@ def test_methods_without_own_groups_leave_the_optimiser_to_the_trainer():
     [
         ({"method": "vera", "r": 16}, "vera_lambda_"),
         ({"method": "fourierft", "n_frequency": 50}, "fourierft_"),
+        ({"method": "lora", "r": 2}, "lora_"),
+        ({"method": "tinylora", "r": 2, "u": 4}, "tinylora_v"),
     ],
 )
 def test_adapter_lr_moves_the_adapter_at_its_own_lr_and_the_head_at_the_trainers(tmp_path, settings, prefix):
@@ -334,11 +336,10 @@ def test_adapter_lr_moves_the_adapter_at_its_own_lr_and_the_head_at_the_trainers
     by adapter_lr (Adam's first step is lr * sign(grad), after decoupled decay) and every head entry by the
     Trainer's lr; nothing trainable is left out of the optimiser."""
     model, method = adapt({**settings, "adapter_lr": 0.05})
-    if settings["method"] == "vera":
-        with torch.no_grad():  # lambda_b starts at 0, which gives lambda_d no gradient
-            for n, p in model.named_parameters():
-                if "vera_lambda_b" in n:
-                    p.normal_()
+    with torch.no_grad():  # VeRA's lambda_b and LoRA's B start at 0, which gives lambda_d and A no gradient
+        for n, p in model.named_parameters():
+            if "vera_lambda_b" in n or "lora_B" in n:
+                p.normal_()
     args = TrainingArguments(
         output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to=[], use_cpu=True
     )

@@ -29,13 +29,15 @@ from qpeft.tables.render import csv_text, markdown
 TASK_LABELS = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC", "cola": "CoLA", "rte": "RTE"}
 REFERENCE_TAG = "lora_r8"  # the paper's claim is counted against LoRA r=8
 BAND = (5, 25)  # "5 to 25-fold reduction in trainable parameters compared to LoRA"
-FAMILY_ORDER = ["LoRA", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable"]
+FAMILY_ORDER = ["LoRA", "LoRA, own lr", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable"]
 FAMILY_ORDER += ["Pauli L=1, rank-stable, own lr", "Pauli, rank mask"]
 FAMILY_ORDER += ["Pauli, paper rule"]
-FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA", "head only"]
-# lines whose points also ran at an adapter.adapter_lr grid (experiment=frontier_minilm_lr, _pauli): one lr
-# chosen per task and budget
-OWN_LR = ("VeRA", "FourierFT", "Pauli L=1, rank-stable")
+FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA"]
+FAMILY_ORDER += ["TinyLoRA, own lr", "head only"]
+# lines whose points also ran at an adapter.adapter_lr grid (experiment=frontier_minilm_lr, _pauli, _lora,
+# _tinylora): one lr chosen per task and budget
+LR_SECTION = "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the Pauli default"
+OWN_LR = ("LoRA", "VeRA", "FourierFT", "TinyLoRA", "Pauli L=1, rank-stable")
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
     "Pauli L=1": ("D", "-", "tab:red"),
@@ -47,10 +49,12 @@ STYLES = {  # marker, line style, colour
     "Taylor": ("s", "-", "tab:purple"),
     "VeRA": ("^", "-", "tab:green"),
     "FourierFT": ("v", "-", "tab:olive"),
+    "LoRA, lr chosen on held-out": ("o", "-.", "navy"),
     "Pauli L=1, rank-stable, lr chosen on held-out": ("D", "none", "dimgray"),
     "VeRA, lr chosen on held-out": ("^", "-.", "darkgreen"),
     "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
     "TinyLoRA": ("P", "-", "tab:cyan"),
+    "TinyLoRA, lr chosen on held-out": ("P", "-.", "darkcyan"),
 }
 
 
@@ -65,7 +69,7 @@ class Point:
     dev: list[float] = field(default_factory=list)  # main metric on the dev set, one per seed
     heldout: list[float] = field(default_factory=list)  # main metric on the held-out training slice
     seeds: list[int] = field(default_factory=list)
-    # VeRA / FourierFT: their parameters' own lr (None: the protocol's, trainer.lr)
+    # the adapter's own lr, adapter.adapter_lr (None: the protocol's, trainer.lr)
     adapter_lr: float | None = None
 
     @staticmethod
@@ -143,8 +147,7 @@ def chosen_quantum(points: list[Point]) -> tuple[str, float] | None:
 
 @dataclass
 class LrChoice:
-    """A method's own learning rate (VeRA, FourierFT, the Pauli default) at one budget on one task, chosen on the
-    held-out slice."""
+    """A method's own learning rate (a line of OWN_LR) at one budget on one task, chosen on the held-out slice."""
 
     task: str
     method: str  # a line of OWN_LR
@@ -195,9 +198,10 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
             ]
         )
     lines = [
-        "## At their own learning rate: VeRA, FourierFT and the Pauli default",
+        f"## {LR_SECTION}",
         "",
-        "`experiment=frontier_minilm_lr` (VeRA, FourierFT) and `frontier_minilm_lr_pauli` (Quantum-PEFT's default, "
+        "`experiment=frontier_minilm_lr` (VeRA, FourierFT), `frontier_minilm_lr_lora` (LoRA r=1, r=8), "
+        "`frontier_minilm_lr_tinylora` (TinyLoRA) and `frontier_minilm_lr_pauli` (Quantum-PEFT's default, "
         "full-rank Pauli under the rank-stable rule): the adapter's parameters at `adapter.adapter_lr` (the "
         "head at the shared lr), "
         "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "

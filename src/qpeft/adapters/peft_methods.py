@@ -181,11 +181,53 @@ def _smallest_width(layers: dict[str, nn.Module]) -> tuple[int, str]:
     return min((min(dims(m)), name) for name, m in layers.items())
 
 
+# --- a learning rate of the adapter's own ----------------------------------------------------------------
+
+
+@dataclass
+class OwnLrSettings(AdapterSettings):
+    """Settings of a method whose trained parameters may take their own learning rate, apart from the
+    classifier head's: VeRA's and FourierFT's papers list the two lrs apart; LoRA and TinyLoRA take it so that
+    a study can tune every method's lr on the same footing (docs/frontier.md)."""
+
+    adapter_lr: float | None = option(
+        None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapter_lr is not None:
+            require(
+                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
+            )
+
+
+class OwnLrMethod(PeftMethod):
+    """A peft method with `adapter.adapter_lr`: its parameters in their own optimiser groups at that lr."""
+
+    settings_class: ClassVar[type[OwnLrSettings]]
+
+    def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
+        """With adapter_lr set: the adapter's parameters at adapter_lr, the head's (peft's modules_to_save) at
+        `lr`; weight decay by the Trainer's rule in both (all but biases and norms). None: the Trainer's."""
+        adapter_lr = self.settings.adapter_lr
+        if adapter_lr is None:
+            return None
+        head = list(model.peft_config["default"].modules_to_save or [])
+        decay = decay_parameter_names(model)
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                key = (lr if in_head(name, head) else adapter_lr, weight_decay if name in decay else 0.0)
+                groups.setdefault(key, []).append(p)
+        return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+
+
 # --- LoRA ------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class LoraSettings(AdapterSettings):
+class LoraSettings(OwnLrSettings):
     r: int = option(8, "LoRA rank r (1 <= r <= the smallest target width)")
     alpha: float | None = option(None, "scale alpha / r; null = the task protocol's alpha (none: alpha = r)")
     dropout: float = option(0.0, "dropout on the adapter input, in [0, 1)")
@@ -198,7 +240,7 @@ class LoraSettings(AdapterSettings):
 
 
 @register("lora")
-class LoraMethod(PeftMethod):
+class LoraMethod(OwnLrMethod):
     """LoRA (Hu et al., 2022): dW = (alpha / r) B A."""
 
     settings_class = LoraSettings
@@ -580,44 +622,6 @@ class BoftMethod(PeftMethod):
 
 
 @dataclass
-class OwnLrSettings(AdapterSettings):
-    """Settings of a method whose few trained parameters may take their own learning rate: VeRA's and
-    FourierFT's papers train them at an lr of their own, listed apart from the classifier head's."""
-
-    adapter_lr: float | None = option(
-        None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.adapter_lr is not None:
-            require(
-                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
-            )
-
-
-class OwnLrMethod(PeftMethod):
-    """A peft method with `adapter.adapter_lr`: its parameters in their own optimiser groups at that lr."""
-
-    settings_class: ClassVar[type[OwnLrSettings]]
-
-    def optimizer_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
-        """With adapter_lr set: the adapter's parameters at adapter_lr, the head's (peft's modules_to_save) at
-        `lr`; weight decay by the Trainer's rule in both (all but biases and norms). None: the Trainer's."""
-        adapter_lr = self.settings.adapter_lr
-        if adapter_lr is None:
-            return None
-        head = list(model.peft_config["default"].modules_to_save or [])
-        decay = decay_parameter_names(model)
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                key = (lr if in_head(name, head) else adapter_lr, weight_decay if name in decay else 0.0)
-                groups.setdefault(key, []).append(p)
-        return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
-
-
-@dataclass
 class VeraSettings(OwnLrSettings):
     r: int = option(256, "rank of the shared random projections A (r x d_in), B (d_out x r)")
     d_initial: float = option(0.1, "initial value of every lambda_d entry (VeRA paper Table 6c: <= 0.1)")
@@ -690,7 +694,7 @@ class FourierFTMethod(OwnLrMethod):
 
 
 @dataclass
-class TinyLoraSettings(AdapterSettings):
+class TinyLoraSettings(OwnLrSettings):
     r: int = option(2, "rank of the frozen truncated SVD W ~ U S V^T (<= the smallest target width)")
     u: int = option(64, "trained vector v per group: R = sum_i v_i P_i, P_i fixed random r x r")
     weight_tying: float = option(
@@ -714,7 +718,7 @@ class TinyLoraSettings(AdapterSettings):
 
 
 @register("tinylora")
-class TinyLoraMethod(PeftMethod):
+class TinyLoraMethod(OwnLrMethod):
     """TinyLoRA ("Learning to Reason in 13 Parameters", arXiv:2602.04118; LoRA-XS with a projected core):
     dW = B R A with B = U sqrt(S), A = sqrt(S) V^T from the frozen rank-r SVD of W, R = sum_i v_i P_i. Only v
     trains: u parameters per group of layers, max(1, round(n_layers * (1 - weight_tying))) groups."""
