@@ -62,24 +62,18 @@ def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
     assert {s.experiment for s in specs} == {"frontier_minilm"}
 
 
-def test_the_pauli_lr_grid_is_the_default_with_its_own_lr():
-    runs, fixed = jobs.expand(["experiment=frontier_minilm_lr_pauli"])
-    specs = [run_spec(compose_cfg(fixed + run)) for run in runs]
-    assert len(specs) == 3 * 2 * 3  # lrs x tasks x seeds
-    default = run_spec(
-        compose_cfg(["experiment=frontier_minilm", "adapter=quantum", "task=glue/sst2"])
-    ).adapter
-    for s in specs:
-        assert {k: v for k, v in s.adapter.items() if k not in ("name", "adapter_lr")} == {
-            k: v for k, v in default.items() if k not in ("name", "adapter_lr")
-        }
-    assert {s.adapter["adapter_lr"] for s in specs} == {0.00016, 0.004, 0.02}
-    assert {s.trainer.lr for s in specs} == {8e-4} and {s.experiment for s in specs} == {"frontier_minilm"}
-
-
 @pytest.mark.parametrize(
     "preset, study_adapters, lrs",
     [
+        (
+            "frontier_minilm_lr_pauli",
+            {
+                "quantum_kfull_l1_ws": "quantum",  # the default
+                "quantum_k8_l1_ws": "frontier/pauli_k8_l1_ws",
+                "quantum_k64_l1_ws": "frontier/pauli_k64_l1_ws",
+            },
+            {0.00016, 0.004, 0.02},
+        ),
         ("frontier_minilm_lr_lora", {"lora_r1": "lora_r1", "lora_r8": "lora"}, {0.00016, 0.004, 0.02}),
         (
             "frontier_minilm_lr_tinylora",
@@ -92,7 +86,9 @@ def test_the_pauli_lr_grid_is_the_default_with_its_own_lr():
         ),
     ],
 )
-def test_the_lora_and_tinylora_lr_grids_are_the_study_settings_with_their_own_lr(preset, study_adapters, lrs):
+def test_the_pauli_lora_and_tinylora_lr_grids_are_the_study_settings_with_their_own_lr(
+    preset, study_adapters, lrs
+):
     """Each grid point is the study's own setting of that budget but for adapter_lr (and its name), the head at the
     protocol's lr, in the study's tree, in folders no other run of the study uses."""
     runs, fixed = jobs.expand([f"experiment={preset}"])

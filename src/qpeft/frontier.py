@@ -50,7 +50,7 @@ STYLES = {  # marker, line style, colour
     "VeRA": ("^", "-", "tab:green"),
     "FourierFT": ("v", "-", "tab:olive"),
     "LoRA, lr chosen on held-out": ("o", "-.", "navy"),
-    "Pauli L=1, rank-stable, lr chosen on held-out": ("D", "none", "dimgray"),
+    "Pauli L=1, rank-stable, lr chosen on held-out": ("D", "-.", "dimgray"),
     "VeRA, lr chosen on held-out": ("^", "-.", "darkgreen"),
     "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
     "TinyLoRA": ("P", "-", "tab:cyan"),
