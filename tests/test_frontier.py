@@ -276,3 +276,18 @@ def test_heldout_is_refused_outside_glue(task):
     fam.check_heldout(SimpleNamespace(heldout=None))
     with pytest.raises(QpeftError, match="trainer.heldout=null"):
         fam.check_heldout(SimpleNamespace(heldout=10))
+
+
+def test_a_run_that_learned_nothing_is_never_chosen(tmp_path):
+    """A constant prediction has no correlation (STS-B's Pearson is nan, as LoRA's at lr 2e-2 gave): such an lr
+    loses every choice, even as the first candidate (the shared lr) or as a default-setting candidate."""
+    nan = float("nan")
+    record(tmp_path, "stsb", "lora_r8", "lora", 8000, 0, nan, nan)
+    record(tmp_path, "stsb", "lora_r8_alr0.004", "lora", 8000, 0, 0.30, 0.20, adapter_lr=0.004)
+    ws = {"scaling": "width_sqrt", "circuit_lr": "width", "rank_mask": None, "layers": 1}
+    record(tmp_path, "stsb", "quantum_k8_l1_ws", "quantum", 100, 0, nan, nan, **ws)
+    record(tmp_path, "stsb", "quantum_k64_l1_ws", "quantum", 300, 0, 0.10, 0.10, **ws)
+    points = frontier.collect(frontier.preset_records(tmp_path, "frontier_minilm"))
+    (choice,) = frontier.chosen_lrs(points)
+    assert choice.chosen.tag == "lora_r8_alr0.004"
+    assert frontier.chosen_quantum(points)[0] == "quantum_k64_l1_ws"

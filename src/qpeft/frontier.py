@@ -142,7 +142,13 @@ def chosen_quantum(points: list[Point]) -> tuple[str, float] | None:
         if p.family.startswith("Pauli L=") and p.adapter_lr is None:  # the shared lr's settings only
             by_tag.setdefault(p.tag, []).append(Point.stat(p.heldout)[0])
     scores = {t: float(np.mean(v)) for t, v in by_tag.items() if len(v) == len(tasks)}
-    return max(scores.items(), key=lambda kv: kv[1]) if scores else None
+    return max(scores.items(), key=lambda kv: _ranked(kv[1])) if scores else None
+
+
+def _ranked(score: float) -> float:
+    """A score as choices rank it: nan (a correlation of constant predictions, a run that learned nothing) last;
+    max() would otherwise keep a leading nan, as nothing compares greater than it."""
+    return -math.inf if math.isnan(score) else score
 
 
 @dataclass
@@ -172,7 +178,7 @@ def chosen_lrs(points: list[Point]) -> list[LrChoice]:
             continue
         members.sort(key=lambda p: p.adapter_lr or 0.0)  # the shared lr (None) first: it is the smallest
         scored = [(p, float(np.mean([p.heldout[p.seeds.index(s)] for s in seeds])) * 100) for p in members]
-        best = max(scored, key=lambda ps: ps[1])  # max keeps the first of equals: the smaller lr
+        best = max(scored, key=lambda ps: _ranked(ps[1]))  # max keeps the first of equals: the smaller lr
         choices.append(LrChoice(task, method, scored, seeds, best[0]))
     return choices
 
