@@ -291,3 +291,7 @@ def test_a_run_that_learned_nothing_is_never_chosen(tmp_path):
     (choice,) = frontier.chosen_lrs(points)
     assert choice.chosen.tag == "lora_r8_alr0.004"
     assert frontier.chosen_quantum(points)[0] == "quantum_k64_l1_ws"
+    frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
+    md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
+    assert "| STS-B | LoRA | `lora_r8` | 8,000 | 1.0 | nan | nan | 1 |" in md
+    assert "`nan`: a seed predicted one constant" in md

@@ -375,7 +375,12 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
         f"Built by `python -m qpeft.frontier` from {len(records)} records ({', '.join(tasks)}; seeds "
         f"{', '.join(map(str, seeds))}). Metrics x100, mean ± sample std over the seeds a row has; `dev` is the "
         "full official dev set, `held-out` the 500 training examples each run held out (`trainer.heldout`). "
-        "`x fewer`: LoRA r=8's adapter parameters over the row's.",
+        "`x fewer`: LoRA r=8's adapter parameters over the row's."
+        + (
+            " `nan`: a seed predicted one constant, whose correlation is undefined (the run learned nothing)."
+            if any(math.isnan(v) for p in points for v in p.dev + p.heldout)
+            else ""
+        ),
         "",
         markdown(headers, rows, align="llllrrrr").rstrip("\n"),
         "",
