@@ -82,7 +82,7 @@ def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
                 "tinylora_r2_u64": "tinylora",
                 "tinylora_r2_u64_tied": "frontier/tinylora_u64_tied",
             },
-            {0.004, 0.02, 0.1, 0.5},
+            {0.00016, 0.004, 0.02},
         ),
     ],
 )
