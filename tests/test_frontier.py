@@ -228,7 +228,7 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     section = md.split(
-        "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the Pauli default"
+        "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the rank-stable Pauli points"
     )[1]
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md

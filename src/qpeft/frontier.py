@@ -36,7 +36,7 @@ FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own 
 FAMILY_ORDER += ["TinyLoRA, own lr", "head only"]
 # lines whose points also ran at an adapter.adapter_lr grid (experiment=frontier_minilm_lr, _pauli, _lora,
 # _tinylora): one lr chosen per task and budget
-LR_SECTION = "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the Pauli default"
+LR_SECTION = "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the rank-stable Pauli points"
 OWN_LR = ("LoRA", "VeRA", "FourierFT", "TinyLoRA", "Pauli L=1, rank-stable")
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
@@ -207,8 +207,8 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
         f"## {LR_SECTION}",
         "",
         "`experiment=frontier_minilm_lr` (VeRA, FourierFT), `frontier_minilm_lr_lora` (LoRA r=1, r=8), "
-        "`frontier_minilm_lr_tinylora` (TinyLoRA) and `frontier_minilm_lr_pauli` (Quantum-PEFT's default, "
-        "full-rank Pauli under the rank-stable rule): the adapter's parameters at `adapter.adapter_lr` (the "
+        "`frontier_minilm_lr_tinylora` (TinyLoRA) and `frontier_minilm_lr_pauli` (Pauli under the rank-stable rule "
+        "at K = 8, 64 and full rank, the default): the adapter's parameters at `adapter.adapter_lr` (the "
         "head at the shared lr), "
         "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "
         "mean over the seeds every lr has), and its dev score is reported over all the seeds it has. The figures "
