@@ -273,3 +273,15 @@ def test_eval_set_is_the_whole_dev_file_shortest_first(glue_dir):
     enc = tok([r["#1 String"] for r in rows], [r["#2 String"] for r in rows], truncation=True, max_length=128)
     expected = sorted((tuple(ids), int(r["Quality"])) for ids, r in zip(enc["input_ids"], rows))
     assert sorted(zip(map(tuple, ds["input_ids"]), ds["labels"])) == expected
+
+
+def test_progress_lines_show_every_optimiser_groups_lr(glue_dir, tmp_path):
+    """The Trainer logs its first optimiser group's lr; with adapter.adapter_lr the line shows the range over the
+    groups (here VeRA's own lr above the head's trainer.lr, decayed by the linear schedule alike)."""
+    args = [*TINY, "adapter=vera", "adapter.r=8", "trainer.train_limit=64", "trainer.max_steps=2"]
+    out = run_cli([*args, "trainer.lr=1e-3", "adapter.adapter_lr=0.05", f"output_root={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps = [ln for ln in out.stderr.splitlines() if ln.startswith("[qpeft] step 1/2")]
+    assert len(steps) == 1 and "groups)" in steps[0], out.stderr[-2000:]
+    low, high = steps[0].split("learning_rate ")[1].split(" (")[0].split("..")
+    assert float(high) / float(low) == pytest.approx(50, rel=1e-3)

@@ -55,12 +55,16 @@ class LogLines(TrainerCallback):
         self.total = total_steps
         self.start = time.time()
 
-    def on_log(self, args, state, control, logs=None, **kw):
+    def on_log(self, args, state, control, logs=None, optimizer=None, **kw):
         if not logs or not state.is_world_process_zero:
             return
-        shown = " ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "epoch"
-        )
+        items = {k: v for k, v in logs.items() if k != "epoch"}
+        # the Trainer logs the first optimiser group's lr; with groups of their own (adapter.adapter_lr, circuit_lr)
+        # that is one of several, so the line shows their range
+        lrs = sorted({g["lr"] for g in optimizer.param_groups}) if optimizer is not None else []
+        if "learning_rate" in items and len(lrs) > 1:
+            items["learning_rate"] = f"{lrs[0]:.4g}..{lrs[-1]:.4g} ({len(optimizer.param_groups)} groups)"
+        shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())
         elapsed = time.time() - self.start
         print(
             f"[qpeft] step {state.global_step}/{state.max_steps or self.total} epoch {state.epoch or 0:.2f} "
