@@ -156,6 +156,7 @@ def record(
         "adapter": method,
         "adapter_cfg": {"method": method, **cfg},
         "adapter_params": params,
+        "hyperparameters": {"lr": 8e-4},  # the protocol's, shared by every run
     }
     (folder / "record.json").write_text(json.dumps(rec))
 
@@ -205,6 +206,9 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     # lr only), so seed 1 is left to run there; the reference of `x fewer` stays the shared-lr row
     record(tmp_path, "sst2", "lora_r8", "lora", 8000, 1, 0.84, 0.84)
     record(tmp_path, "sst2", "lora_r8_alr0.004", "lora", 8000, 0, 0.86, 0.88, adapter_lr=0.004)
+    # LoRA r=1: a grid lr below the shared one ties with it on the held-out slice and wins, being the smaller
+    record(tmp_path, "sst2", "lora_r1", "lora", 1000, 0, 0.84, 0.84)
+    record(tmp_path, "sst2", "lora_r1_alr0.00016", "lora", 1000, 0, 0.80, 0.84, adapter_lr=0.00016)
     # FourierFT: the shared lr wins, so nothing is left to run
     record(tmp_path, "sst2", "fourierft_n100", "fourierft", 300, 0, 0.60, 0.70)
     record(tmp_path, "sst2", "fourierft_n100_alr0.1", "fourierft", 300, 0, 0.80, 0.65, adapter_lr=0.1)
@@ -233,12 +237,13 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md
     assert rows == [
-        "| SST-2 | `fourierft_n100` | trainer.lr (shared): 70.00, 0.1: 65.00 (0) | trainer.lr (shared) | 60.00 | 1 |",
-        "| SST-2 | `lora_r8` | trainer.lr (shared): 85.00, 0.004: 88.00 (0) | 0.004 | 86.00 | 1 |",
-        "| SST-2 | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
-        "| SST-2 | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 71.00 ± 1.41 | 2 |",
-        "| STS-B | `quantum_kfull_l1_ws` | trainer.lr (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
-        "| STS-B | `vera_r64` | trainer.lr (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 70.00 | 1 |",
+        "| SST-2 | `fourierft_n100` | 0.0008 (shared): 70.00, 0.1: 65.00 (0) | 0.0008 (shared) | 60.00 | 1 |",
+        "| SST-2 | `lora_r1` | 0.00016: 84.00, 0.0008 (shared): 84.00 (0) | 0.00016 | 80.00 | 1 |",
+        "| SST-2 | `lora_r8` | 0.0008 (shared): 85.00, 0.004: 88.00 (0) | 0.004 | 86.00 | 1 |",
+        "| SST-2 | `quantum_kfull_l1_ws` | 0.0008 (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
+        "| SST-2 | `vera_r64` | 0.0008 (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 71.00 ± 1.41 | 2 |",
+        "| STS-B | `quantum_kfull_l1_ws` | 0.0008 (shared): 72.00, 0.004: 90.00 (0) | 0.004 | 75.00 | 1 |",
+        "| STS-B | `vera_r64` | 0.0008 (shared): 60.00, 0.02: 80.00, 0.1: 75.00 (0) | 0.02 | 70.00 | 1 |",
     ]
     # (the Pauli point ran seed 0 only, at every lr: no seed is missing)
     commands = [ln.strip() for ln in section.splitlines() if "run.py" in ln]

@@ -71,6 +71,8 @@ class Point:
     seeds: list[int] = field(default_factory=list)
     # the adapter's own lr, adapter.adapter_lr (None: the protocol's, trainer.lr)
     adapter_lr: float | None = None
+    # the lr its adapter parameters trained at: adapter_lr, else the run's trainer.lr (None: not recorded)
+    lr: float | None = None
 
     @staticmethod
     def stat(values: list[float]) -> tuple[float, float]:
@@ -117,9 +119,10 @@ def collect(records: list[tuple[Path, Record]]) -> list[Point]:
     for path, r in records:
         key = (r.task, r.adapter_tag)
         if key not in points:
-            cfg = r.adapter_cfg or {}
+            adapter_lr = (r.adapter_cfg or {}).get("adapter_lr")
+            lr = adapter_lr if adapter_lr is not None else (r.hyperparameters or {}).get("lr")
             points[key] = Point(
-                r.task, r.adapter_tag, family(r), int(r.adapter_params or 0), adapter_lr=cfg.get("adapter_lr")
+                r.task, r.adapter_tag, family(r), int(r.adapter_params or 0), adapter_lr=adapter_lr, lr=lr
             )
         p = points[key]
         p.seeds.append(r.seed)
@@ -176,7 +179,7 @@ def chosen_lrs(points: list[Point]) -> list[LrChoice]:
         seeds = sorted(set.intersection(*(set(p.seeds) for p in members)))
         if len(members) < 2 or not seeds:
             continue
-        members.sort(key=lambda p: p.adapter_lr or 0.0)  # the shared lr (None) first: it is the smallest
+        members.sort(key=lambda p: (p.lr is not None, p.lr or 0.0))  # by lr (an unrecorded one first)
         scored = [(p, float(np.mean([p.heldout[p.seeds.index(s)] for s in seeds])) * 100) for p in members]
         best = max(scored, key=lambda ps: _ranked(ps[1]))  # max keeps the first of equals: the smaller lr
         choices.append(LrChoice(task, method, scored, seeds, best[0]))
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--pending",
         action="store_true",
-        help="only print, one per line, run.py's arguments for the seeds a chosen VeRA / FourierFT lr still lacks",
+        help="only print, one per line, run.py's arguments for the seeds a chosen adapter lr still lacks",
     )
     args = ap.parse_args(argv)
     try:
