@@ -306,7 +306,7 @@ def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[
     from matplotlib.lines import Line2D
 
     pts = [p for p in points if p.task == task]
-    fig = Figure(figsize=(7.5, 5.6))
+    fig = Figure(figsize=(7.5, 6.2))
     ax = fig.subplots()
     ref = next((p.params for p in pts if p.tag == REFERENCE_TAG), None)
     if ref:
@@ -344,8 +344,9 @@ def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[
     ax.set_ylabel(f"dev {metric_name} x100 (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", color="0.88", linewidth=0.6)
-    fig.legend(handles=handles, fontsize=7, loc="lower center", frameon=False, ncol=5)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    ncol = 4
+    fig.legend(handles=handles, fontsize=7, loc="lower center", frameon=False, ncol=ncol)
+    fig.tight_layout(rect=(0, 0.025 * math.ceil(len(handles) / ncol) + 0.01, 1, 1))  # room for the legend
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, metadata={"Software": None})
 
