@@ -170,7 +170,7 @@ def test_bad_settings_are_refused_when_composed(overrides, key):
 def test_an_unknown_option_is_refused_with_the_valid_ones():
     values = {"method": "lora", "name": "x", "targets": TARGETS, "r": 8, "foo": 1}
     with pytest.raises(
-        QpeftError, match=r"^unknown option adapter\.foo: valid options are alpha, dropout, lr,"
+        QpeftError, match=r"^unknown option adapter\.foo: valid options are adapter_lr, alpha, dropout, lr,"
     ):
         settings_from_config(values)
     with pytest.raises(QpeftError, match=r"^adapter\.method is not set"):
