@@ -61,6 +61,25 @@ class AdapterSettings:
         require(bool(self.targets), "targets", self.targets, "name at least one module to adapt")
 
 
+@dataclass
+class OwnLrSettings(AdapterSettings):
+    """Settings of a method whose trained parameters may take their own learning rate, apart from the
+    classifier head's: VeRA's and FourierFT's papers list the two lrs apart; LoRA, TinyLoRA and Quantum-PEFT
+    take it so that a study can tune every method's lr on the same footing (docs/frontier.md). Each method
+    builds its own optimiser groups from it."""
+
+    adapter_lr: float | None = option(
+        None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapter_lr is not None:
+            require(
+                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
+            )
+
+
 class Method(ABC):
     """One fine-tuning method: inject into a model, count, step, merge, group the optimiser, report.
 

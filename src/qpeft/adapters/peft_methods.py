@@ -54,6 +54,7 @@ from transformers.pytorch_utils import Conv1D
 from qpeft.adapters.base import (
     AdapterSettings,
     Method,
+    OwnLrSettings,
     check_fraction,
     in_head,
     option,
@@ -182,24 +183,6 @@ def _smallest_width(layers: dict[str, nn.Module]) -> tuple[int, str]:
 
 
 # --- a learning rate of the adapter's own ----------------------------------------------------------------
-
-
-@dataclass
-class OwnLrSettings(AdapterSettings):
-    """Settings of a method whose trained parameters may take their own learning rate, apart from the
-    classifier head's: VeRA's and FourierFT's papers list the two lrs apart; LoRA and TinyLoRA take it so that
-    a study can tune every method's lr on the same footing (docs/frontier.md)."""
-
-    adapter_lr: float | None = option(
-        None, "lr of the adapter's own parameters (the head keeps trainer.lr); null: trainer.lr for all"
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.adapter_lr is not None:
-            require(
-                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
-            )
 
 
 class OwnLrMethod(PeftMethod):

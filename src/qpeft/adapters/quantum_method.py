@@ -15,12 +15,12 @@ from typing import Literal
 from torch import nn
 
 from qpeft.adapters import quantum
-from qpeft.adapters.base import AdapterSettings, Method, check_fraction, option, register, require
+from qpeft.adapters.base import Method, OwnLrSettings, check_fraction, option, register, require
 from qpeft.errors import QpeftError
 
 
 @dataclass
-class QuantumCommonSettings(AdapterSettings):
+class QuantumCommonSettings(OwnLrSettings):
     """Options both mappings share."""
 
     rank: int | Literal["full"] = option(8, 'K: an int <= min(d_out, d_in), or "full" = min(d_out, d_in)')
@@ -102,10 +102,6 @@ class QuantumCommonSettings(AdapterSettings):
         if self.circuit_lr is not None and self.circuit_lr != "width":
             require(
                 self.circuit_lr > 0, "circuit_lr", self.circuit_lr, "set adapter.circuit_lr > 0 (or null)"
-            )
-        if self.adapter_lr is not None:
-            require(
-                self.adapter_lr > 0, "adapter_lr", self.adapter_lr, "set adapter.adapter_lr > 0 (or null)"
             )
 
 
