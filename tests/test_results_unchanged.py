@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from qpeft.records import Record, RecordError, find_records, load_record
+from qpeft.records import Record, RecordError, find_records, load_record, write_record
 from qpeft.tables import build_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,37 @@ def test_every_committed_record_round_trips():
         rec = load_record(path)
         assert rec.to_dict() == raw, path  # same keys, same values: nothing lost, nothing added
         assert rec.extra == {}, path  # every key of today's records is a field
+
+
+def _strict_json(text: str):
+    """JSON as a strict reader (jq, JavaScript) parses it: NaN and Infinity are no JSON tokens."""
+
+    def reject(token: str):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_every_committed_record_is_strict_json():
+    for path in find_records(RECORDS):
+        _strict_json(path.read_text())
+
+
+def test_an_undefined_metric_is_written_as_null_and_read_back_as_nan(tmp_path):
+    # STS-B's correlation is NaN when a run predicts one constant value
+    nan = float("nan")
+    rec = Record(
+        task="stsb", backbone="b", adapter_tag="t", seed=0, main_metric="pearson",
+        metrics={"pearson": nan, "spearman": 0.5}, score=nan, step_time_s=float("inf"),
+    )  # fmt: skip
+    path = tmp_path / "record.json"
+    write_record(path, rec)
+    raw = _strict_json(path.read_text())
+    assert raw["metrics"] == {"pearson": None, "spearman": 0.5}
+    assert raw["score"] is None and raw["step_time_s"] is None
+    back = load_record(path)
+    assert math.isnan(back.metrics["pearson"]) and back.metrics["spearman"] == 0.5
+    assert back.to_dict() == raw
 
 
 def test_older_record_without_optional_keys_loads(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -77,12 +78,13 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to disk: every field by name, the optional facts only when set."""
+        """The JSON object written to disk: every field by name, the optional facts only when set, and a NaN
+        or infinite number as null (strict JSON: jq and JavaScript reject Python's bare `NaN` token)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         for key in ("adapter_extra", "metrics_unavailable", "world_size", "adapter_file_bytes"):
             if out[key] is None:
                 del out[key]
-        return {**self.extra, **out}
+        return _finite_or_null({**self.extra, **out})
 
     @classmethod
     def from_dict(cls, data: Any, source: str | os.PathLike = "<record>") -> Record:
@@ -93,10 +95,12 @@ class Record:
         if missing:
             raise RecordError(f"malformed record {source}: missing keys {missing}")
         metrics = data["metrics"]
-        if not isinstance(metrics, dict) or not all(is_number(v) for v in metrics.values()):
+        if not isinstance(metrics, dict) or not all(v is None or is_number(v) for v in metrics.values()):
             raise RecordError(
                 f"malformed record {source}: 'metrics' must map names to numbers, got {metrics!r}"
             )
+        # null is an undefined metric (STS-B's correlation of a constant prediction): NaN in memory, as computed
+        data = {**data, "metrics": {k: math.nan if v is None else v for k, v in metrics.items()}}
         if data["main_metric"] not in metrics:
             raise RecordError(
                 f"malformed record {source}: main_metric '{data['main_metric']}' not in {sorted(metrics)}"
@@ -116,6 +120,17 @@ REQUIRED = tuple(
 )
 
 
+def _finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it (dicts, lists) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def is_number(x: object) -> bool:
     """An int or float (NaN included), not a bool."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -133,7 +148,7 @@ def write_record(path: str | os.PathLike, record: dict | Record) -> None:
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a record should be as readable as any other file
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, default=str)
+            json.dump(_finite_or_null(record), f, indent=1, sort_keys=True, default=str, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

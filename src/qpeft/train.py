@@ -28,7 +28,8 @@ from qpeft.run_folder import RunFolder, run_settings
 
 def summary_line(record: dict, path, retrained: bool = True) -> str:
     """The line a finished run prints (again when it is asked for and returned without retraining)."""
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+    # an undefined metric (NaN) is null in a record's JSON form
+    shown = ", ".join(f"{k} {'nan' if v is None else f'{v:.4f}'}" for k, v in record["metrics"].items())
     head = "done" if retrained else "finished already, not retrained"
     n = record["adapter_params"]
     lora = (record.get("adapter_extra") or {}).get("lora_r8_params")
