@@ -1,5 +1,6 @@
 """Real runs through run.py: MiniLM on real SST-2, resume after a kill, errors, record contents."""
 
+import csv
 import json
 import os
 import signal
@@ -251,10 +252,19 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     assert again.returncode == 0 and "finished already" in again.stdout
 
 
+def test_summary_line_shows_an_undefined_metric_as_nan():
+    """A record's JSON form holds an undefined metric (STS-B's correlation of a constant prediction) as null;
+    the summary line a finished run prints again shows it as nan instead of failing on it."""
+    from qpeft.train import summary_line
+
+    rec = {"task": "stsb", "backbone": "b", "adapter_tag": "t", "seed": 0, "adapter_params": 10}
+    line = summary_line({**rec, "metrics": {"pearson": None, "spearman": 0.5}}, "r.json", retrained=False)
+    assert "pearson nan, spearman 0.5000 | adapter params 10" in line
+
+
 def test_eval_set_is_the_whole_dev_file_shortest_first(glue_dir):
     """Dev sets come back sorted by length (less padding; the metrics ignore order) and hold exactly the rows
     of the official file, each with its own label: checked against a plain csv read of MRPC's dev.tsv."""
-    import csv
 
     from conftest import compose_cfg
     from transformers import AutoTokenizer
@@ -276,12 +286,21 @@ def test_eval_set_is_the_whole_dev_file_shortest_first(glue_dir):
 
 
 def test_progress_lines_show_every_optimiser_groups_lr(glue_dir, tmp_path):
-    """The Trainer logs its first optimiser group's lr; with adapter.adapter_lr the line shows the range over the
-    groups (here VeRA's own lr above the head's trainer.lr, decayed by the linear schedule alike)."""
+    """The Trainer logs its first optimiser group's lr; with adapter.adapter_lr the progress line shows the range
+    over the groups and metrics.csv adds it (learning_rate_min, _max) beside the Trainer's value. Here VeRA's own
+    lr is 50x the head's trainer.lr, both decayed by the linear schedule (no warmup): 1e-3..5e-2 at step 1,
+    half that at step 2, the lrs each step used (the groups already hold the next step's when the line is logged)."""
     args = [*TINY, "adapter=vera", "adapter.r=8", "trainer.train_limit=64", "trainer.max_steps=2"]
-    out = run_cli([*args, "trainer.lr=1e-3", "adapter.adapter_lr=0.05", f"output_root={tmp_path}"])
+    lrs = ["trainer.lr=1e-3", "adapter.adapter_lr=0.05", "trainer.warmup_ratio=0"]
+    out = run_cli([*args, *lrs, f"output_root={tmp_path}"])
     assert out.returncode == 0, out.stderr[-2000:]
-    steps = [ln for ln in out.stderr.splitlines() if ln.startswith("[qpeft] step 1/2")]
-    assert len(steps) == 1 and "groups)" in steps[0], out.stderr[-2000:]
-    low, high = steps[0].split("learning_rate ")[1].split(" (")[0].split("..")
-    assert float(high) / float(low) == pytest.approx(50, rel=1e-3)
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("[qpeft] step") and "learning_rate" in ln]
+    assert len(lines) == 2, out.stderr[-2000:]
+    assert "learning_rate 0.001..0.05 (3 groups)" in lines[0], lines[0]
+    assert "learning_rate 0.0005..0.025 (3 groups)" in lines[1], lines[1]
+    with open(next(tmp_path.rglob("metrics.csv")), newline="") as f:
+        logged = {(r["step"], r["key"]): float(r["value"]) for r in csv.DictReader(f)}
+    for step, scale in (("1", 1.0), ("2", 0.5)):
+        low, high = logged[(step, "learning_rate_min")], logged[(step, "learning_rate_max")]
+        assert (low, high) == pytest.approx((1e-3 * scale, 5e-2 * scale), rel=1e-6), step
+        assert logged[(step, "learning_rate")] in (low, high), step  # the Trainer's: one group's, same step

@@ -20,7 +20,23 @@ class NonFiniteLoss(QpeftError):
     """The training loss became NaN or infinite: the run's checkpoints hold no state worth resuming."""
 
 
-class CsvLogger(TrainerCallback):
+class StepLrs(TrainerCallback):
+    """The distinct lrs of the optimiser groups in the last optimizer step, smallest first.
+
+    The Trainer logs only the first group's lr; with groups of their own (adapter.adapter_lr, circuit_lr) that is
+    one of several, so metrics.csv adds their range (learning_rate_min, learning_rate_max) and the progress line
+    shows it. Read here, after optimizer.step() and before the scheduler steps: the lrs the step used, as the
+    Trainer's own learning_rate is (at on_log the groups already hold the next step's)."""
+
+    step_lrs: tuple[float, ...] = ()
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kw):
+        self.step_lrs = (
+            tuple(sorted({g["lr"] for g in optimizer.param_groups})) if optimizer is not None else ()
+        )
+
+
+class CsvLogger(StepLrs):
     """Append every Trainer log line (loss, lr, eval metrics) to metrics.csv (rank 0); stop on a non-finite loss
     (every rank: the logged loss is already averaged over the ranks, so all stop at the same step)."""
 
@@ -46,9 +62,13 @@ class CsvLogger(TrainerCallback):
             for k, v in logs.items():
                 if k not in ("step", "epoch"):
                     w.writerow([state.global_step, epoch, k, v])
+            lrs = self.step_lrs
+            if "learning_rate" in logs and len(lrs) > 1:  # the Trainer's learning_rate is the first group's
+                w.writerow([state.global_step, epoch, "learning_rate_min", lrs[0]])
+                w.writerow([state.global_step, epoch, "learning_rate_max", lrs[-1]])
 
 
-class LogLines(TrainerCallback):
+class LogLines(StepLrs):
     """Progress as one line per logging step (for log files: `nohup`, SLURM), used when stderr is no terminal."""
 
     def __init__(self, total_steps: int):
@@ -59,9 +79,7 @@ class LogLines(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         items = {k: v for k, v in logs.items() if k != "epoch"}
-        # the Trainer logs the first optimiser group's lr; with groups of their own (adapter.adapter_lr, circuit_lr)
-        # that is one of several, so the line shows their range
-        lrs = sorted({g["lr"] for g in optimizer.param_groups}) if optimizer is not None else []
+        lrs = self.step_lrs
         if "learning_rate" in items and len(lrs) > 1:
             items["learning_rate"] = f"{lrs[0]:.4g}..{lrs[-1]:.4g} ({len(optimizer.param_groups)} groups)"
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())
