@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install  ## Quantum-PEFT on a real pretrained MiniLM, SST-2 from ../shared/data, 2 CPU cores
 	$(PY) run.py experiment=demo
 
+# one pytest-xdist worker per core (at most 4: each holds a torch process), a test file per worker
 test: install  ## fast tests + SLURM tests (skipped with a reason when no cluster is up)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: install  ## real training runs (minutes)
 	$(PY) -m pytest -q -m slow

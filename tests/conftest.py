@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -18,6 +19,11 @@ SHARED = Path(os.environ.get("QPEFT_SHARED_DATA", REPO.parent / "shared" / "data
 GLUE_DIR = Path(os.environ.get("QPEFT_GLUE_DIR", SHARED / "glue"))
 VTAB_DIR = Path(os.environ.get("QPEFT_VTAB_DIR", SHARED / "vtab-1k"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: each worker, and every run.py it starts, then uses one
+    # torch thread (two 2-thread processes on 2 cores wait at every OpenMP barrier for a descheduled peer)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
