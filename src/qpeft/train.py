@@ -275,6 +275,13 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
     record = record.to_dict()
     print(summary_line(record, folder.record_path), flush=True)
     print(
-        json.dumps({"task": spec.task.name, "adapter": tag, main: final[main], "adapter_params": n_adapter})
+        json.dumps(  # the record's JSON form: an undefined metric is null, as in record.json
+            {
+                "task": spec.task.name,
+                "adapter": tag,
+                main: record["metrics"][main],
+                "adapter_params": n_adapter,
+            }
+        )
     )
     return record
