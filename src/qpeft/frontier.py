@@ -186,6 +186,19 @@ def chosen_lrs(points: list[Point]) -> list[LrChoice]:
     return choices
 
 
+def rechosen_quantum(choices: list[LrChoice]) -> list[tuple[str, float]]:
+    """The default setting chosen again, each Pauli point at its own lr: the rank-stable points with an lr chosen on
+    every task, as (setting, held-out x100 of the chosen lr over all its seeds, averaged over the tasks), best first.
+    chosen_quantum compares the settings at the shared lr; this says whether own lrs would change its choice."""
+    tasks = {c.task for c in choices}
+    by_tag: dict[str, list[float]] = {}
+    for c in choices:
+        if c.method == "Pauli L=1, rank-stable":
+            by_tag.setdefault(c.chosen.tag.split("_alr")[0], []).append(Point.stat(c.chosen.heldout)[0])
+    scores = [(t, float(np.mean(v))) for t, v in by_tag.items() if len(v) == len(tasks)]
+    return sorted(scores, key=lambda ts: (-_ranked(ts[1]), ts[0]))
+
+
 def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
     """The choices as a markdown table, and the run.py commands for the seeds a chosen lr still lacks."""
     if not choices:
@@ -220,6 +233,14 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
         markdown(headers, rows, align="llllrr").rstrip("\n"),
         "",
     ]
+    rechosen = rechosen_quantum(choices)
+    if rechosen:
+        ranked = ", ".join(f"`{tag}` {score:.2f}" for tag, score in rechosen)
+        lines += [
+            "The default chosen again with each rank-stable Pauli point at its own lr (the held-out score of the lr "
+            f"chosen on each task, over all its seeds, averaged over the tasks): {ranked}.",
+            "",
+        ]
     todo = pending_runs(choices)
     if todo:
         lines += [
