@@ -51,6 +51,26 @@ def run_cli(args: list[str], timeout: int = 600, env: dict | None = None) -> sub
     )
 
 
+def tiny_bert(seed: int = 0) -> torch.nn.Module:
+    """configs/backbone/tiny_bert.yaml's shape (hidden 32, intermediate 64, 2 layers) with a small vocabulary,
+    no dropout, random weights from `seed`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(
+        "bert",
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return AutoModelForSequenceClassification.from_config(cfg)
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     if not (GLUE_DIR / "SST-2" / "train.tsv").exists():

@@ -7,7 +7,7 @@ import copy
 import pytest
 import timm
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, tiny_bert
 from peft import LoraConfig, get_peft_model
 from peft.tuners.boft import layer as boft_layer
 from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
@@ -106,22 +106,6 @@ def adapt(model, settings: dict, targets: list[str], head: list[str], total_step
     """(adapted model, its Method object)."""
     method = method_for(settings, targets)
     return method.apply(model, targets, head, total_steps), method
-
-
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(
-        "bert",
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return AutoModelForSequenceClassification.from_config(cfg)
 
 
 def tiny_vit(seed: int = 0) -> ImageClassifier:

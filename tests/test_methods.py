@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import REPO, compose_cfg
-from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer, TrainingArguments
+from conftest import REPO, compose_cfg, tiny_bert
+from transformers import Trainer, TrainingArguments
 
 from qpeft import adapters, params
 from qpeft.adapters import METHODS, AdapterSettings, Method, get_method, register, settings_from_config
@@ -22,23 +22,6 @@ from qpeft.tuner.optim import decay_parameter_names
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 HEAD = ["classifier", "pooler"]
 ADAPTER_FILES = sorted(p.stem for p in (REPO / "configs" / "adapter").glob("*.yaml"))
-
-
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    """configs/backbone/tiny_bert.yaml's shape (hidden 32, intermediate 64, 2 layers) with a small vocabulary."""
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(
-        "bert",
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return AutoModelForSequenceClassification.from_config(cfg)
 
 
 def batch(seed: int = 1) -> dict:
