@@ -2,8 +2,8 @@
 # make frontier: one worker per core through experiment=frontier_minilm, in the order that makes partial results
 # useful: seed 0 of every point but the five slowest full-rank ones, then seeds 1 and 2 of the points the
 # README's claims rest on, then seed 0 of the slow ones, then everything else; then the lr grids of VeRA and
-# FourierFT, of the rank-stable Pauli points, of LoRA and of TinyLoRA (experiment=frontier_minilm_lr, _pauli, _lora,
-# _tinylora; seed 0), the other seeds at the lrs chosen on the held-out slice, and the table and figures.
+# FourierFT, of the rank-stable Pauli points, of LoRA, of TinyLoRA and of Taylor (experiment=frontier_minilm_lr,
+# _pauli, _lora, _tinylora, _taylor; seed 0), the other seeds at the lrs chosen on the held-out slice, and the table and figures.
 # Resumable: run it again and finished runs are skipped, a killed run starts again.
 set -u
 PY=${PY:-.venv/bin/python}
@@ -27,6 +27,7 @@ worker() {
   $PY run.py -m experiment=frontier_minilm_lr_pauli seed=0   # the same for the rank-stable Pauli points (K=8, 64, full)
   $PY run.py -m experiment=frontier_minilm_lr_lora seed=0   # and for LoRA r=1, r=8
   $PY run.py -m experiment=frontier_minilm_lr_tinylora seed=0   # and for TinyLoRA
+  $PY run.py -m experiment=frontier_minilm_lr_taylor seed=0   # and for Taylor K=1, 2, 4
 }
 for i in $(seq 1 "$WORKERS"); do
   worker > "outputs/frontier_minilm.$i.log" 2>&1 &  # run folders are locked: each worker takes the next free job

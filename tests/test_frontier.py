@@ -84,9 +84,18 @@ def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
             },
             {0.00016, 0.004, 0.02},
         ),
+        (
+            "frontier_minilm_lr_taylor",
+            {
+                "quantum_taylor_k1_o8": "quantum_taylor",
+                "quantum_taylor_k2_o8": "frontier/taylor_k2",
+                "quantum_taylor_k4_o8": "frontier/taylor_k4",
+            },
+            {0.00016, 0.004, 0.02},
+        ),
     ],
 )
-def test_the_pauli_lora_and_tinylora_lr_grids_are_the_study_settings_with_their_own_lr(
+def test_the_pauli_lora_tinylora_and_taylor_lr_grids_are_the_study_settings_with_their_own_lr(
     preset, study_adapters, lrs
 ):
     """Each grid point is the study's own setting of that budget but for adapter_lr (and its name), the head at the
@@ -232,7 +241,7 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     section = md.split(
-        "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the rank-stable Pauli points"
+        "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA, Taylor and the rank-stable Pauli points"
     )[1]
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md

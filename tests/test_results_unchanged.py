@@ -119,12 +119,13 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
 
     by_folder = {p.parent.relative_to(RECORDS): p for p in find_records(RECORDS / preset)}
     matched = set()
-    # the frontier study's tree also holds its lr grids (VeRA, FourierFT; the Pauli default; LoRA; TinyLoRA)
+    # the frontier study's tree also holds its lr grids (VeRA, FourierFT; the Pauli points; LoRA; TinyLoRA; Taylor)
     lr_grids = [
         "frontier_minilm_lr",
         "frontier_minilm_lr_pauli",
         "frontier_minilm_lr_lora",
         "frontier_minilm_lr_tinylora",
+        "frontier_minilm_lr_taylor",
     ]
     presets = [preset] + (lr_grids if preset == "frontier_minilm" else [])
     for job in [[f"experiment={p}", *job] for p in presets for job in jobs.expand([f"experiment={p}"])[0]]:

@@ -32,12 +32,22 @@ BAND = (5, 25)  # "5 to 25-fold reduction in trainable parameters compared to Lo
 FAMILY_ORDER = ["LoRA", "LoRA, own lr", "Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli L=1, rank-stable"]
 FAMILY_ORDER += ["Pauli L=1, rank-stable, own lr", "Pauli, rank mask"]
 FAMILY_ORDER += ["Pauli, paper rule"]
-FAMILY_ORDER += ["Taylor", "VeRA", "VeRA, own lr", "FourierFT", "FourierFT, own lr", "TinyLoRA"]
+FAMILY_ORDER += [
+    "Taylor",
+    "Taylor, own lr",
+    "VeRA",
+    "VeRA, own lr",
+    "FourierFT",
+    "FourierFT, own lr",
+    "TinyLoRA",
+]
 FAMILY_ORDER += ["TinyLoRA, own lr", "head only"]
 # lines whose points also ran at an adapter.adapter_lr grid (experiment=frontier_minilm_lr, _pauli, _lora,
-# _tinylora): one lr chosen per task and budget
-LR_SECTION = "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA and the rank-stable Pauli points"
-OWN_LR = ("LoRA", "VeRA", "FourierFT", "TinyLoRA", "Pauli L=1, rank-stable")
+# _tinylora, _taylor): one lr chosen per task and budget
+LR_SECTION = (
+    "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA, Taylor and the rank-stable Pauli points"
+)
+OWN_LR = ("LoRA", "VeRA", "FourierFT", "TinyLoRA", "Taylor", "Pauli L=1, rank-stable")
 STYLES = {  # marker, line style, colour
     "LoRA": ("o", "-", "tab:blue"),
     "Pauli L=1": ("D", "-", "tab:red"),
@@ -55,6 +65,7 @@ STYLES = {  # marker, line style, colour
     "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
     "TinyLoRA": ("P", "-", "tab:cyan"),
     "TinyLoRA, lr chosen on held-out": ("P", "-.", "darkcyan"),
+    "Taylor, lr chosen on held-out": ("s", "-.", "indigo"),
 }
 
 
@@ -223,7 +234,8 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
         f"## {LR_SECTION}",
         "",
         "`experiment=frontier_minilm_lr` (VeRA, FourierFT), `frontier_minilm_lr_lora` (LoRA r=1, r=8), "
-        "`frontier_minilm_lr_tinylora` (TinyLoRA) and `frontier_minilm_lr_pauli` (Pauli under the rank-stable rule "
+        "`frontier_minilm_lr_tinylora` (TinyLoRA), `frontier_minilm_lr_taylor` (Taylor K = 1, 2, 4) and "
+        "`frontier_minilm_lr_pauli` (Pauli under the rank-stable rule "
         "at K = 8, 64 and full rank, the default): the adapter's parameters at `adapter.adapter_lr` (the "
         "head at the shared lr), "
         "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "
