@@ -44,7 +44,7 @@ tables: install  ## results/tables/<preset>.{md,tex,csv} from every record under
 report: install  ## results/report.md and results/figures/report/: every preset from results/records, params, bench
 	$(PY) -m qpeft.report
 
-frontier: install  ## the accuracy-per-parameter study (experiment=frontier_minilm and its lr grids, ~7.5 h on 2 cores, resumable) + figures
+frontier: install  ## the accuracy-per-parameter study (experiment=frontier_minilm and its lr grids, ~8 h on 2 cores, resumable) + figures
 	PY=$(PY) bash scripts/frontier_workers.sh
 
 params: install  ## results/tables/params.{md,tex} and results/figures/param_scaling.png (meta, no weights)
