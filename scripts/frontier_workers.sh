@@ -25,7 +25,7 @@ worker() {
   $PY run.py -m experiment=frontier_minilm
   $PY run.py -m experiment=frontier_minilm_lr seed=0   # VeRA / FourierFT at their own lr: the grid, on seed 0
   $PY run.py -m experiment=frontier_minilm_lr_pauli seed=0   # the same for the rank-stable Pauli points (K=8, 64, full)
-  $PY run.py -m experiment=frontier_minilm_lr_lora seed=0   # and for LoRA r=1, r=8
+  $PY run.py -m experiment=frontier_minilm_lr_lora seed=0   # and for LoRA r=1, 2, 8
   $PY run.py -m experiment=frontier_minilm_lr_tinylora seed=0   # and for TinyLoRA
   $PY run.py -m experiment=frontier_minilm_lr_taylor seed=0   # and for Taylor K=1, 2, 4
 }

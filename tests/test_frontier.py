@@ -74,7 +74,11 @@ def test_the_lr_grid_preset_extends_the_study_with_distinct_runs():
             },
             {0.00016, 0.004, 0.02},
         ),
-        ("frontier_minilm_lr_lora", {"lora_r1": "lora_r1", "lora_r8": "lora"}, {0.00016, 0.004, 0.02}),
+        (
+            "frontier_minilm_lr_lora",
+            {"lora_r1": "lora_r1", "lora_r2": "lora_r2", "lora_r8": "lora"},
+            {0.00016, 0.004, 0.02},
+        ),
         (
             "frontier_minilm_lr_tinylora",
             {

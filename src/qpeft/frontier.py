@@ -233,7 +233,7 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
     lines = [
         f"## {LR_SECTION}",
         "",
-        "`experiment=frontier_minilm_lr` (VeRA, FourierFT), `frontier_minilm_lr_lora` (LoRA r=1, r=8), "
+        "`experiment=frontier_minilm_lr` (VeRA, FourierFT), `frontier_minilm_lr_lora` (LoRA r=1, 2, 8), "
         "`frontier_minilm_lr_tinylora` (TinyLoRA), `frontier_minilm_lr_taylor` (Taylor K = 1, 2, 4) and "
         "`frontier_minilm_lr_pauli` (Pauli under the rank-stable rule "
         "at K = 8, 64 and full rank, the default): the adapter's parameters at `adapter.adapter_lr` (the "
