@@ -175,6 +175,11 @@ class LrChoice:
     seeds: list[int]  # the seeds every candidate has: the choice compares these only
     chosen: Point
 
+    @property
+    def setting(self) -> str:
+        """The study's setting the grid belongs to: the chosen tag without its `_alr<lr>` suffix."""
+        return self.chosen.tag.split("_alr")[0]
+
 
 def chosen_lrs(points: list[Point]) -> list[LrChoice]:
     """For each task and OWN_LR budget (line and parameter count) run at more than one lr: the lr (the study's
@@ -205,7 +210,7 @@ def rechosen_quantum(choices: list[LrChoice]) -> list[tuple[str, float]]:
     by_tag: dict[str, list[float]] = {}
     for c in choices:
         if c.method == "Pauli L=1, rank-stable":
-            by_tag.setdefault(c.chosen.tag.split("_alr")[0], []).append(Point.stat(c.chosen.heldout)[0])
+            by_tag.setdefault(c.setting, []).append(Point.stat(c.chosen.heldout)[0])
     scores = [(t, float(np.mean(v))) for t, v in by_tag.items() if len(v) == len(tasks)]
     return sorted(scores, key=lambda ts: (-_ranked(ts[1]), ts[0]))
 
@@ -219,11 +224,10 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
     for c in choices:
         tried = ", ".join(f"{_lr(p.adapter_lr, shared_lr)}: {h:.2f}" for p, h in c.candidates)
         seeds = "+".join(map(str, c.seeds))
-        base = c.chosen.tag.split("_alr")[0]
         rows.append(
             [
                 TASK_LABELS.get(c.task, c.task),
-                f"`{base}`",
+                f"`{c.setting}`",
                 f"{tried} ({seeds})",
                 _lr(c.chosen.adapter_lr, shared_lr),
                 _pm(Point.stat(c.chosen.dev)),
@@ -271,7 +275,7 @@ def pending_runs(choices: list[LrChoice]) -> list[str]:
         if seeds and c.chosen.adapter_lr is not None:
             runs.append(
                 f"run.py -m experiment=frontier_minilm_lr task=glue/{c.task} "
-                f"adapter=frontier/{c.chosen.tag.split('_alr')[0]}_alr adapter.adapter_lr={c.chosen.adapter_lr:g} "
+                f"adapter=frontier/{c.setting}_alr adapter.adapter_lr={c.chosen.adapter_lr:g} "
                 f"seed={','.join(map(str, seeds))}"
             )
     return runs

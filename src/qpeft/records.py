@@ -138,8 +138,8 @@ def is_number(x: object) -> bool:
 
 def write_record(path: str | os.PathLike, record: dict | Record) -> None:
     """Write `record` as JSON to `path` atomically (temp file in the same folder, fsync, rename)."""
-    if isinstance(record, Record):
-        record = record.to_dict()
+    # a Record's to_dict already writes NaN as null; a plain dict is made strict JSON here
+    record = record.to_dict() if isinstance(record, Record) else _finite_or_null(record)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
@@ -148,7 +148,7 @@ def write_record(path: str | os.PathLike, record: dict | Record) -> None:
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a record should be as readable as any other file
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_finite_or_null(record), f, indent=1, sort_keys=True, default=str, allow_nan=False)
+            json.dump(record, f, indent=1, sort_keys=True, default=str, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
