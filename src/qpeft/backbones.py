@@ -49,6 +49,26 @@ class ImageClassifier(nn.Module):
         self.net.set_grad_checkpointing(True)
 
 
+class FirstToken(nn.Module):
+    """In place of BERT's pooler (a trained dense layer and tanh on the first token): the first token's hidden
+    state as it is, so the classifier on top is the whole trained head, a linear map (`backbone.pooler=false`)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states[:, 0]
+
+
+def _drop_pooler(model: nn.Module) -> None:
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    base = model.base_model
+    if not isinstance(getattr(base, "pooler", None), BertPooler):
+        raise QpeftError(
+            f"backbone.pooler=false replaces a BERT pooler, and {type(model).__name__} has none: "
+            "leave backbone.pooler=true"
+        )
+    base.pooler = FirstToken()
+
+
 def _plain(node) -> dict:
     """An `arch:` mapping as a plain, resolved dict: from an OmegaConf node or a dict (scripts/params.py)."""
     from omegaconf import OmegaConf
@@ -74,6 +94,13 @@ def _hf_config(cfg, num_labels: int, overrides: dict):
 
 
 def _build_hf(cfg, num_labels: int, overrides: dict):
+    model, tokenizer = _load_hf(cfg, num_labels, overrides)
+    if cfg.get("pooler", True) is False:
+        _drop_pooler(model)
+    return model, tokenizer
+
+
+def _load_hf(cfg, num_labels: int, overrides: dict):
     from transformers import AutoTokenizer
 
     auto = _hf_auto(cfg.task_type)

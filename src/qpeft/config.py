@@ -122,12 +122,23 @@ class TrainerSettings:
             "shuffle) and score them at the end as metrics `<name>_heldout`: the split to choose values on"
         },
     )
+    heldout_clean: bool = field(
+        default=True,
+        metadata={
+            "help": "with heldout: drop every training example that shares text with a held-out one (one "
+            "contains the other, word for word): no part of a held-out example is trained on"
+        },
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "AMP"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
     save_total_limit: int | None = field(default=1, metadata={"help": "checkpoints kept"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep resume checkpoints after the run"})
     logging_steps: int = field(default=20, metadata={"help": "log every N steps"})
     eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch"})
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "score every eval set every N optimizer steps: the record's learning curve"},
+    )
     num_workers: int = field(default=0, metadata={"help": "data loader workers"})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     gradient_checkpointing: bool = field(
@@ -155,7 +166,15 @@ class TrainerSettings:
         )
         for name in ("eval_batch_size", "grad_accum", "save_steps", "logging_steps"):
             _need(getattr(self, name) >= 1, f"trainer.{name}={getattr(self, name)}", "must be >= 1")
-        for name in ("max_length", "train_limit", "eval_limit", "heldout", "threads", "save_total_limit"):
+        for name in (
+            "max_length",
+            "train_limit",
+            "eval_limit",
+            "heldout",
+            "threads",
+            "save_total_limit",
+            "eval_steps",
+        ):
             value = getattr(self, name)
             _need(value is None or value >= 1, f"trainer.{name}={value}", "must be null or >= 1")
         _need(

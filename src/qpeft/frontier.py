@@ -23,6 +23,7 @@ import numpy as np
 
 from qpeft.errors import QpeftError
 from qpeft.records import Record
+from qpeft.stats import welch
 from qpeft.tables.load import load_records
 from qpeft.tables.render import csv_text, markdown
 
@@ -281,12 +282,104 @@ def pending_runs(choices: list[LrChoice]) -> list[str]:
     return runs
 
 
+# the comparisons README and docs/frontier.md state: (setting, against), each at the lr chosen for it on the held-out
+# slice where it had a grid (else at the shared lr); the default is `quantum_kfull_l1_ws`
+CLAIMS = [
+    ("quantum_kfull_l1_ws", "lora_r8"),
+    ("quantum_kfull_l1_ws", "lora_r1"),
+    ("quantum_kfull_l1_ws", "vera_r64"),
+    ("quantum_kfull_l1_ws", "vera_r256"),
+    ("quantum_kfull_l1_ws", "fourierft_n1000"),
+    ("quantum_k64_l1_ws", "fourierft_n100"),
+    ("quantum_k8_l1_ws", "tinylora_r2_u64"),
+    ("quantum_k64_l1_ws", "quantum_kfull_l1_ws"),
+    ("quantum_taylor_k1_o8", "lora_r1"),
+    ("quantum_k8_l1", "head_only"),
+]
+
+
+def at_own_lr(points: list[Point], choices: list[LrChoice], task: str, setting: str) -> Point | None:
+    """A setting's point on a task at the lr chosen for it (its own-lr grid), else at the shared lr."""
+    for c in choices:
+        if c.task == task and c.setting == setting:
+            return c.chosen
+    return next((p for p in points if p.task == task and p.tag == setting), None)
+
+
+def claim_rows(points: list[Point], choices: list[LrChoice]) -> list[list[str]]:
+    """Each CLAIMS pair on each task: the gap of the means over seeds (x100) on dev and held-out with its 95% Welch
+    interval, and the verdict on dev (ahead / behind only where the interval excludes zero)."""
+    rows = []
+    for task in sorted({p.task for p in points}):
+        for a, b in CLAIMS:
+            pa, pb = at_own_lr(points, choices, task, a), at_own_lr(points, choices, task, b)
+            if pa is None or pb is None:
+                continue
+            dev = welch([v * 100 for v in pa.dev], [v * 100 for v in pb.dev])
+            held = welch([v * 100 for v in pa.heldout], [v * 100 for v in pb.heldout])
+            rows.append(
+                [
+                    TASK_LABELS.get(task, task),
+                    f"`{pa.tag}` ({pa.params:,})",
+                    f"`{pb.tag}` ({pb.params:,})",
+                    dev.text(),
+                    f"{dev.p:.2f}" if not math.isnan(dev.p) else "",
+                    held.text(),
+                    f"{dev.n_a}/{dev.n_b}",
+                    dev.verdict,
+                ]
+            )
+    return rows
+
+
+def claim_lines(points: list[Point], choices: list[LrChoice]) -> list[str]:
+    rows = claim_rows(points, choices)
+    if not rows:
+        return []
+    headers = [
+        "task",
+        "setting",
+        "against",
+        "dev gap [95% CI]",
+        "p",
+        "held-out gap [95% CI]",
+        "seeds",
+        "on dev",
+    ]
+    return [
+        "## The comparisons, with their uncertainty",
+        "",
+        "Each setting at the lr chosen for it on the held-out slice (the shared lr where it had no grid). Gap: "
+        "the difference of the means over seeds x100, with the 95% Welch interval and its two-sided p-value "
+        "(dev). `ahead` / `behind` only where the interval excludes zero, else `level`. Three seeds a side: an "
+        "interval this wide says the study cannot tell, not that the two are equal.",
+        "",
+        markdown(headers, rows, align="lllllrrl").rstrip("\n"),
+        "",
+    ]
+
+
+def commits_of(records: list[tuple[Path, Record]]) -> dict[tuple[str, str], str]:
+    """(task, tag) -> the commits its records ran at, short, each with its run count ("+dirty": the record's tree
+    had uncommitted changes; its run folder kept them as code.diff where the record has code_diff_sha256)."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for _, r in records:
+        commit = r.git_commit or "unknown"
+        short = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+        counts = found.setdefault((r.task, r.adapter_tag), {})
+        counts[short] = counts.get(short, 0) + 1
+    return {k: ", ".join(f"{c} ({n})" if len(v) > 1 else c for c, n in v.items()) for k, v in found.items()}
+
+
 def _lr(adapter_lr: float | None, shared_lr: str) -> str:
     return f"{adapter_lr:g}" if adapter_lr is not None else f"{shared_lr} (shared)"
 
 
-def table_rows(points: list[Point]) -> tuple[list[str], list[list[str]], list[list[object]]]:
+def table_rows(
+    points: list[Point], commits: dict[tuple[str, str], str] | None = None
+) -> tuple[list[str], list[list[str]], list[list[object]]]:
     ref = {p.task: p.params for p in points if p.tag == REFERENCE_TAG}
+    commits = commits or {}
     headers = [
         "task",
         "family",
@@ -296,6 +389,7 @@ def table_rows(points: list[Point]) -> tuple[list[str], list[list[str]], list[li
         "dev",
         "held-out",
         "seeds",
+        "code",
     ]
     rows, raw = [], []
     for p in points:
@@ -311,6 +405,7 @@ def table_rows(points: list[Point]) -> tuple[list[str], list[list[str]], list[li
                 _pm(dev),
                 _pm(held),
                 str(len(p.seeds)),
+                commits.get((p.task, p.tag), ""),
             ]
         )
         raw.append([p.task, p.family, p.tag, p.params, fewer, *dev, *held, len(p.seeds)])
@@ -403,7 +498,7 @@ def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]
 def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[Path]:
     records = preset_records(records_root, preset)
     points = collect(records)
-    headers, rows, raw = table_rows(points)
+    headers, rows, raw = table_rows(points, commits_of(records))
     choice = chosen_quantum(points)
     lr_choices = chosen_lrs(points)
     shared_lrs = {(r.hyperparameters or {}).get("lr") for _, r in records} - {None}
@@ -416,14 +511,16 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
         f"Built by `python -m qpeft.frontier` from {len(records)} records ({', '.join(tasks)}; seeds "
         f"{', '.join(map(str, seeds))}). Metrics x100, mean ± sample std over the seeds a row has; `dev` is the "
         "full official dev set, `held-out` the 500 training examples each run held out (`trainer.heldout`). "
-        "`x fewer`: LoRA r=8's adapter parameters over the row's."
+        "`x fewer`: LoRA r=8's adapter parameters over the row's. `code`: the commits the row's runs ran at "
+        "(with the number of runs where they differ; `+dirty`: the tree had uncommitted changes, see "
+        "docs/frontier.md, provenance)."
         + (
             " `nan`: a seed predicted one constant, whose correlation is undefined (the run learned nothing)."
             if any(math.isnan(v) for p in points for v in p.dev + p.heldout)
             else ""
         ),
         "",
-        markdown(headers, rows, align="llllrrrr").rstrip("\n"),
+        markdown(headers, rows, align="llllrrrrl").rstrip("\n"),
         "",
     ]
     if choice:
@@ -434,6 +531,7 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
             "",
         ]
     lines += lr_choice_lines(lr_choices, shared_lr)
+    lines += claim_lines(points, lr_choices)
     # <preset>_points: `make tables` writes <preset>.md in its own layout
     out_md, out_csv = tables / f"{preset}_points.md", tables / f"{preset}_points.csv"
     tables.mkdir(parents=True, exist_ok=True)

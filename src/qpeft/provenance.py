@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,19 +37,57 @@ def versions() -> dict:
     }
 
 
-def git_commit() -> str | None:
-    """The commit of the qpeft checkout, with '+dirty' when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
+# untracked files here are code a run may import or read (a new module, preset or script): they go into the diff
+CODE_FOLDERS = ("src", "configs", "scripts")
+DIFF_NAME = "code.diff"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
-        )
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """The code a run ran: its commit and, when the tree had uncommitted changes, the patch that rebuilds it
+    (`git apply` on a checkout of the commit): tracked changes and untracked files under CODE_FOLDERS."""
+
+    commit: str
+    diff: str  # "" for a clean tree
+
+    @property
+    def label(self) -> str:
+        """The record's `git_commit`: the sha, with '+dirty' when a diff is needed to rebuild the code."""
+        return self.commit + ("+dirty" if self.diff else "")
+
+    @property
+    def diff_sha256(self) -> str | None:
+        return hashlib.sha256(self.diff.encode()).hexdigest() if self.diff else None
+
+
+def code_state() -> CodeState | None:
+    """The checkout's commit and its uncommitted changes; None outside a git checkout (an installed wheel)."""
+    sha = _git("rev-parse", "HEAD")
+    if sha is None or sha.returncode != 0:
+        return None
+    tracked = _git("diff", "HEAD", "--binary")
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_FOLDERS)
+    if tracked is None or untracked is None:
+        return None
+    parts = [tracked.stdout]
+    for name in untracked.stdout.splitlines():  # each new file as a patch that creates it
+        added = _git("diff", "--no-index", "--binary", "--", "/dev/null", name)
+        parts.append(added.stdout if added is not None else "")
+    return CodeState(sha.stdout.strip(), "".join(parts))
+
+
+def git_commit() -> str | None:
+    """The commit of the qpeft checkout, with '+dirty' when it has uncommitted changes."""
+    state = code_state()
+    return state.label if state else None
 
 
 def run_id(experiment: str, task: str, backbone: str, adapter_tag: str, seed: int) -> str:

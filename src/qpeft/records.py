@@ -75,13 +75,20 @@ class Record:
         None  # size of the adapter file written (run folder adapter/); absent: None
     )
     world_size: int | None = None  # data-parallel processes of a multi-process run; absent when None (one)
+    # sha256 of the run folder's code.diff: the uncommitted changes that, applied to git_commit, rebuild the code
+    # the run ran (git_commit then ends in "+dirty"); absent for a clean tree
+    code_diff_sha256: str | None = None
+    # facts of the data read (the held-out slice's size and labels); absent when None
+    data: dict | None = None
+    # the eval sets' main metric at fixed steps (trainer.eval_steps): [{"step": s, "<metric>": v, ...}]
+    curve: list[dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to disk: every field by name, the optional facts only when set, and a NaN
         or infinite number as null (strict JSON: jq and JavaScript reject Python's bare `NaN` token)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for key in ("adapter_extra", "metrics_unavailable", "world_size", "adapter_file_bytes"):
+        for key in OPTIONAL_FACTS:
             if out[key] is None:
                 del out[key]
         return _finite_or_null({**self.extra, **out})
@@ -115,6 +122,16 @@ class Record:
 
 
 FIELDS = {f.name for f in dataclasses.fields(Record)} - {"extra"}
+# written only when set, so records made before a fact existed round-trip unchanged
+OPTIONAL_FACTS = (
+    "adapter_extra",
+    "metrics_unavailable",
+    "world_size",
+    "adapter_file_bytes",
+    "code_diff_sha256",
+    "data",
+    "curve",
+)
 REQUIRED = tuple(
     f.name for f in dataclasses.fields(Record) if f.default is dataclasses.MISSING and f.name != "extra"
 )

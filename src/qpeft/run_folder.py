@@ -16,23 +16,11 @@ from typing import IO
 
 import torch
 
-from qpeft import records
+from qpeft import guard, records
 from qpeft.errors import QpeftError
 
 SETTINGS_NAME = "settings.json"
 TRAINED_NAME = "trained.safetensors"
-# trainer settings outside the protocol's that change a run's result (the rest: speed, logging, storage)
-RESULT_TRAINER_KEYS = ("sampling", "scheduler", "grad_accum", "max_steps", "eval_limit", "precision")
-# settings added after runs were recorded, with the value those runs were made with (absent there = this)
-ADDED_LATER = {"adapter_cfg": {"fold": "float32", "adapter_lr": None}}
-
-
-def run_settings(hyperparameters: dict, adapter_cfg: dict, trainer: dict) -> dict:
-    """What decides a run's result beyond its folder's name (task, backbone, adapter tag, seed), as JSON."""
-    trainer = {k: trainer.get(k) for k in RESULT_TRAINER_KEYS}
-    return json.loads(
-        json.dumps({"hyperparameters": hyperparameters, "adapter_cfg": adapter_cfg, "trainer": trainer})
-    )
 
 
 class RunFolder:
@@ -69,35 +57,22 @@ class RunFolder:
         return sorted(self.path.glob("checkpoint-*"))
 
     def stored_settings(self) -> dict | None:
-        """The settings the folder was started with: settings.json, or for records older than it the record."""
+        """The settings the folder was started with: settings.json, or for records older than it the record
+        (whose `config` is the whole resolved config)."""
         path = self.path / SETTINGS_NAME
         if path.exists():
             return json.loads(path.read_text())
-        rec = self.finished_record()
-        if rec is None:
-            return None
-        trainer = rec.get("config", {}).get("trainer", {})
-        return run_settings(rec["hyperparameters"], rec["adapter_cfg"], trainer)
+        return self.finished_record()
 
     def check_settings(self, settings: dict) -> None:
-        """Stop before a finished run is returned, or a checkpoint resumed, under settings it was not made with.
-        Only the settings asked for now are compared (null = absent): a key the stored settings hold and the
-        current method no longer has (older records kept the protocol's alpha for every method) changes nothing."""
+        """Stop before a finished run is returned, or a checkpoint resumed, under settings it was not made with
+        (`guard.run_settings`: every result-deciding key of the composed config, and the data's content)."""
         if not self.record_path.exists() and not self.checkpoints():
             return  # nothing to protect: a fresh folder, or one whose run failed before its first checkpoint
         stored = self.stored_settings()
-        if stored is None or stored == settings:
+        if stored is None:
             return
-
-        def stored_value(group: str, key: str):
-            return stored.get(group, {}).get(key, ADDED_LATER.get(group, {}).get(key))
-
-        diffs = [
-            f"{group}.{key}: {stored_value(group, key)!r} there, {settings[group].get(key)!r} now"
-            for group in settings
-            for key in sorted(settings[group])
-            if stored_value(group, key) != settings[group].get(key)
-        ]
+        diffs = guard.differences(stored, settings)
         if diffs:
             raise QpeftError(
                 f"{self.path} holds a run made with other settings ({'; '.join(diffs)}): give this variant its "

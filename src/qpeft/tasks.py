@@ -25,6 +25,7 @@ class TaskFamily(ABC):
     name: ClassVar[str]
     text: ClassVar[bool]  # tokenised text (length-grouped batches possible)
     scored_from_logits: ClassVar[bool] = True  # False: scored from decoded text (the Trainer keeps no logits)
+    data_facts: dict | None = None  # set by load: what the record says about the data (the held-out slice)
 
     def __init__(self, task: DictConfig, hyperparameters: dict):
         self.task = task
@@ -80,7 +81,7 @@ class Glue(TaskFamily):
 
         if trainer.max_length is None:
             raise QpeftError("no max length for a text task: set trainer.max_length=...")
-        train, evals = glue.load(
+        train, evals, self.data_facts = glue.load(
             self.task,
             preprocessor,
             trainer.max_length,
@@ -89,6 +90,7 @@ class Glue(TaskFamily):
             trainer.train_limit,
             trainer.eval_limit,
             trainer.heldout,
+            trainer.heldout_clean,
         )
         return train, evals, DataCollatorWithPadding(preprocessor)
 

@@ -23,7 +23,8 @@ from qpeft import adapters, backbones, distributed, hf_trainer, provenance, reco
 from qpeft.callbacks import CsvLogger, LogLines, NonFiniteLoss, StepHook, Throughput
 from qpeft.config import RunSpec, run_spec
 from qpeft.errors import QpeftError
-from qpeft.run_folder import RunFolder, run_settings
+from qpeft.guard import run_settings
+from qpeft.run_folder import RunFolder
 
 
 def summary_line(record: dict, path, retrained: bool = True) -> str:
@@ -58,7 +59,7 @@ def train(cfg) -> dict | None:
     distributed.slurm_env()
     ranks = distributed.start(cpu=hf_trainer.use_cpu(spec.trainer))
     folder = RunFolder(spec.run_dir)
-    settings = run_settings(spec.hyperparameters, spec.adapter, vars(spec.trainer))
+    settings = run_settings(spec.cfg)
     try:
         state, done = distributed.from_main(lambda: open_run(folder, settings))
         if state == "busy":
@@ -69,7 +70,7 @@ def train(cfg) -> dict | None:
             if ranks.main:
                 print(summary_line(done, folder.record_path, retrained=False), flush=True)
             return done
-        return _train(spec, folder, settings, ranks)
+        return _train(spec, folder, settings, ranks, provenance.code_state())
     finally:
         folder.release()
 
@@ -104,7 +105,28 @@ def _busy_cores_warning(threads: int) -> str | None:
     )
 
 
-def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.Ranks) -> dict:
+def learning_curve(
+    log_history: list[dict], family: tasks.TaskFamily, metric: str, splits
+) -> list[dict] | None:
+    """The main metric of every eval split at each step the Trainer evaluated (trainer.eval_steps), named as in
+    the record's metrics (`accuracy`, `accuracy_heldout`); None when it never evaluated during training."""
+    points: dict[int, dict] = {}
+    for entry in log_history:
+        for split in splits:
+            value = entry.get(f"eval_{split}_{metric}")
+            if value is not None:
+                suffix = family.metric_suffix(split)
+                points.setdefault(entry["step"], {})[f"{metric}_{suffix}" if suffix else metric] = value
+    return [{"step": step, **values} for step, values in sorted(points.items())] or None
+
+
+def _train(
+    spec: RunSpec,
+    folder: RunFolder,
+    settings: dict,
+    ranks: distributed.Ranks,
+    code: provenance.CodeState | None,
+) -> dict:
     say = print if ranks.main else _quiet
     start = time.time()
     t = spec.trainer
@@ -254,7 +276,10 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
             world_size=ranks.world_size if ranks.distributed else None,
             config=OmegaConf.to_container(spec.cfg, resolve=True),
             versions=provenance.versions(),
-            git_commit=provenance.git_commit(),
+            git_commit=code.label if code else None,
+            code_diff_sha256=code.diff_sha256 if code else None,
+            data=family.data_facts,
+            curve=learning_curve(trainer.state.log_history, family, main, evals) if t.eval_steps else None,
             argv=sys.argv,
             finished_at=datetime.now(timezone.utc).isoformat(),
             adapter_extra=method.record_facts(model),
@@ -269,6 +294,8 @@ def _train(spec: RunSpec, folder: RunFolder, settings: dict, ranks: distributed.
 
     if not ranks.main:
         return record.to_dict()
+    if code and code.diff:  # before the record: a record never names a diff that is not there
+        (folder.path / provenance.DIFF_NAME).write_text(code.diff)
     records.write_record(folder.record_path, record)
     if not t.keep_checkpoints:
         folder.keep_trained_weights(model)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import Dataset
 
 from qpeft.errors import QpeftError
@@ -86,6 +87,41 @@ def _hub(task) -> tuple[dict, dict[str, dict]]:
     return cols("train"), {split: cols(split) for split in task.eval_files}
 
 
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def clashing(train: list[tuple[str, ...]], heldout: list[tuple[str, ...]]) -> list[int]:
+    """Indices of the training examples that share text with a held-out example: one of its texts contains a
+    held-out text, or is contained in one, word for word (case and spacing aside). SST-2's training rows are
+    phrases cut from the same parse trees, so a random held-out phrase often sits inside a training phrase;
+    in the pair tasks a sentence can recur in several pairs."""
+    owner: dict[str, list[int]] = {}  # a training text -> the examples that have it
+    for i, texts in enumerate(train):
+        for t in texts:
+            if t and (n := _normal(t)):
+                owner.setdefault(n, []).append(i)
+    held = {n for texts in heldout for t in texts if t and (n := _normal(t))}
+    out: set[int] = set()
+    # a training text inside a held-out one: every word span of the held-out text, looked up
+    longest = max((len(t.split()) for t in owner), default=0)
+    for h in held:
+        words = h.split()
+        for a in range(len(words)):
+            for b in range(a + 1, min(len(words), a + longest) + 1):
+                out.update(owner.get(" ".join(words[a:b]), ()))
+    # a held-out text inside a training one: one search of each over all training texts, at word boundaries
+    texts = list(owner)
+    joined = "\n".join(f" {t} " for t in texts)
+    starts = np.cumsum([0] + [len(t) + 3 for t in texts[:-1]])
+    for h in held:
+        needle, at = f" {h} ", 0
+        while (at := joined.find(needle, at)) >= 0:
+            out.update(owner[texts[int(np.searchsorted(starts, at, side="right")) - 1]])
+            at += 1
+    return sorted(out)
+
+
 def load(
     task,
     tokenizer,
@@ -95,11 +131,15 @@ def load(
     train_limit: int | None = None,
     eval_limit: int | None = None,
     heldout: int | None = None,
-) -> tuple[Dataset, dict[str, Dataset]]:
-    """Tokenized (train, {eval split: dataset}); train_limit keeps a seeded random subset.
+    heldout_clean: bool = True,
+) -> tuple[Dataset, dict[str, Dataset], dict | None]:
+    """Tokenized (train, {eval split: dataset}, facts); train_limit keeps a seeded random subset.
 
     With `heldout`, the training set is shuffled with the seed, its last `heldout` examples become the eval
-    split "heldout" and the first `train_limit` of the rest are trained on: disjoint whatever the limit."""
+    split "heldout" and the first `train_limit` of the rest are trained on: disjoint whatever the limit. With
+    `heldout_clean`, training examples that share text with a held-out one (`clashing`) are dropped from the rest
+    first, so no part of a held-out example is trained on. `facts` (None without heldout): the held-out slice's
+    size and labels, and how many training examples were dropped."""
     data_dir = data_dir or os.environ.get("QPEFT_GLUE_DIR")
     train, evals = _local(task, data_dir) if data_dir else _hub(task)
     is_regression = task.num_labels == 1
@@ -125,12 +165,32 @@ def load(
         return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
     evals = {s: by_length(encode(c, eval_limit, False)) for s, c in evals.items()}
-    if heldout:
-        n = len(train["label"])
-        if heldout >= n:
-            raise QpeftError(f"trainer.heldout={heldout} leaves no training data ({n} examples): lower it")
-        pool = Dataset.from_dict(train).shuffle(seed=seed)
-        evals["heldout"] = by_length(encode(pool.select(range(n - heldout, n)), None, False))
-        rest = pool.select(range(n - heldout))
-        return encode(rest, train_limit, False), evals
-    return encode(train, train_limit, True), evals
+    if not heldout:
+        return encode(train, train_limit, True), evals, None
+    n = len(train["label"])
+    if heldout >= n:
+        raise QpeftError(f"trainer.heldout={heldout} leaves no training data ({n} examples): lower it")
+    pool = Dataset.from_dict(train).shuffle(seed=seed)
+    held = pool.select(range(n - heldout, n))
+    rest = pool.select(range(n - heldout))
+    dropped = 0
+    if heldout_clean:
+
+        def texts(ds: Dataset) -> list[tuple[str, ...]]:
+            return [(a, b) if b is not None else (a,) for a, b in zip(ds["text_a"], ds["text_b"])]
+
+        clash = set(clashing(texts(rest), texts(held)))
+        dropped = len(clash)
+        rest = rest.select([i for i in range(len(rest)) if i not in clash])
+    evals["heldout"] = by_length(encode(held, None, False))
+    labels = held["label"]
+    facts = {
+        "heldout_examples": len(held),
+        "heldout_clean": heldout_clean,
+        "train_clashes_dropped": dropped,
+        "train_pool": len(rest),
+        "heldout_label_mean": float(np.mean(labels)),
+    }
+    if not is_regression:
+        facts["heldout_label_counts"] = {str(k): labels.count(k) for k in sorted(set(labels))}
+    return encode(rest, train_limit, False), evals, facts
