@@ -347,6 +347,44 @@ def test_config_errors():
         get_peft_model(emb, QuantumConfig(target_modules=["0"]))
 
 
+# what the harness refuses, QuantumConfig refuses at construction, naming the field
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(layers=1.5), "layers"),
+        (dict(layers=-1), "layers"),
+        (dict(layers=True), "layers"),
+        (dict(mapping="taylor", order=2.5), "order"),
+        (dict(mapping="taylor", order=0), "order"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(target_modules=[]), "target_modules"),
+        (dict(target_modules=""), "target_modules"),
+    ],
+    ids=[
+        "layers_fraction",
+        "layers_negative",
+        "layers_bool",
+        "order_fraction",
+        "order_zero",
+        "alpha_negative",
+        "alpha_nan",
+        "target_modules_empty_list",
+        "target_modules_empty_str",
+    ],
+)
+def test_config_refuses_at_construction(kw, field):
+    with pytest.raises(ValueError, match=rf"QuantumConfig\.{field}") as err:
+        QuantumConfig(**kw)
+    assert isinstance(err.value, QpeftError)
+
+
+def test_config_accepts_the_boundaries():
+    assert QuantumConfig(layers=0, alpha=0.0, target_modules=["lin0"]).layers == 0
+    assert QuantumConfig(layers="2").layers == 2  # a string integer (a command-line override) is read as one
+    assert QuantumConfig(alpha=4).alpha == 4
+
+
 def test_registration_is_idempotent_and_import_is_light():
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
