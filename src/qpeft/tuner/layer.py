@@ -369,8 +369,9 @@ class QuantumAdapterState(nn.Module):
                     if quantise:
                         theta = quantize_angles(theta, self.config.quant_bits, ste=True, period=PERIOD)
                     circuit = bank.circuit
-                    if not circuit.dims:  # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
-                        us[key] = theta.new_ones(len(theta), 1, 1)  # (theta is then a buffer: nothing to train)
+                    # n = 1 (a Conv1D with one output): no wires, no angles (theta is a buffer), U = [[1]]
+                    if not circuit.dims:
+                        us[key] = theta.new_ones(len(theta), 1, 1)
                     else:
                         # the sum builds U when it pays, and serves folded updates (QuantumHub.delta_weight):
                         # full-rank layers while training, and any merge or no_grad pass (cached there)
@@ -379,7 +380,8 @@ class QuantumAdapterState(nn.Module):
                         if key not in self.full_rank_banks:
                             us[key] = sums[key].dense() if circuit.kron_pays else circuit.simulate(theta)
                 else:
-                    us[key] = bank(work).to(device)  # (on its device already, unless all of it is empty buffers)
+                    # (on its device already, unless all of it is empty buffers)
+                    us[key] = bank(work).to(device)
                 self.num_simulations += 1
             lams = {
                 k: lam.to(work) * self.mask(k).to(work) * self._scale_on(k, device, work)
