@@ -3,7 +3,7 @@
 A model whose adapted layers include a one-output head (num_labels=1) and a GPT-2 Conv1D with nf=1 trains a few
 steps under DistributedDataParallel *without* find_unused_parameters: DDP then requires every trainable
 parameter to receive a gradient each step, and stops at step 2 ("Expected to have finished reduction in the prior
-iteration") if one does not. Prints "ok <method> <losses>" on rank 0.
+iteration") if one does not. Prints "ok <method> <losses>" on rank 0 for each method named on the command line.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ CONFIGS = {
 }
 
 
-def main(method: str) -> None:
-    dist.init_process_group("gloo")
+def train(method: str) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)  # the same model and adapter on both ranks
     model = get_peft_model(OneOutput(), CONFIGS[method]())
@@ -72,8 +71,10 @@ def main(method: str) -> None:
             assert torch.allclose(ref, p.detach(), atol=1e-6, rtol=0), f"ranks diverged at {name}"
     if rank == 0:
         print("ok", method, losses, flush=True)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    dist.init_process_group("gloo")
+    for method in sys.argv[1:]:
+        train(method)
+    dist.destroy_process_group()
