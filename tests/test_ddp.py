@@ -245,3 +245,21 @@ def test_batch_size_is_the_global_batch():
     assert per_device_batch(32, 1) == 32 and per_device_batch(32, 4) == 8
     with pytest.raises(QpeftError, match="trainer.batch_size=30 .* multiple of 4"):
         per_device_batch(30, 4)
+
+
+def test_one_output_layer_trains_under_ddp_without_find_unused_parameters():
+    """D1: a one-output target (a num_labels=1 head, a Conv1D with nf=1) registers no parameter that never gets a
+    gradient, so two gloo ranks train it under plain DDP (which stops at step 2 on an unused parameter) as they
+    train LoRA (the control). One torchrun for all methods: each launch costs seconds of imports."""
+    methods = ["pauli", "pauli_quantised", "taylor", "lora"]
+    out = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", "tests/ddp_one_output_worker.py", *methods],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for method in methods:
+        assert out.stdout.count(f"ok {method} ") == 1, out.stdout

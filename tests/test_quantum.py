@@ -394,3 +394,29 @@ def test_quantize_round_trip_wrap_and_ste():
     t = theta.clone().requires_grad_()
     quantize_angles(t, 4).mul(torch.arange(1000.0)).sum().backward()
     assert torch.equal(t.grad, torch.arange(1000.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantised_angle_is_exactly_its_code_for_any_angle(dtype):
+    """The straight-through value is the grid angle its code stands for, bit for bit, even beyond the period
+    (what a loaded adapter's unpacked codes give): no ulp left over from theta + (q - theta)."""
+    from qpeft.quantum.quantize import codes_to_angles
+
+    g = torch.Generator().manual_seed(0)
+    # |theta| up to 60, beyond the period 4 pi
+    theta = ((torch.rand(20000, generator=g, dtype=torch.float64) * 2 - 1) * 60).to(dtype)
+    period = 4 * math.pi
+    for bits in (2, 4, 8, 12, 16):
+        grid = codes_to_angles(angle_codes(theta, bits, period), bits, period, dtype)
+        t = theta.clone().requires_grad_()
+        q = quantize_angles(t, bits, ste=True, period=period)
+        assert torch.equal(q, grid)
+        assert torch.equal(quantize_angles(theta, bits, ste=False, period=period), grid)
+        unpacked = unpack_angles(
+            pack_angles(theta, bits, period), bits, (20000,), period
+        )  # float32 grid angles
+        assert torch.equal(angle_codes(unpacked, bits, period), angle_codes(theta, bits, period))
+        if dtype == torch.float32:
+            assert torch.equal(unpacked, grid)
+        q.sum().backward()
+        assert torch.equal(t.grad, torch.ones_like(theta))  # straight through

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import qpeft
 from qpeft.errors import QpeftError
-from qpeft.quantum import pauli_num_params
+from qpeft.quantum import pauli_num_params, quantize_angles
 from qpeft.tuner import QuantumConfig, QuantumLinear, create_quantum_optimizer, quantum_param_groups
 from qpeft.tuner.layer import HUB, QuantumHub
 
@@ -345,6 +345,44 @@ def test_config_errors():
     emb = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
     with pytest.raises(QpeftError, match="target_modules matched 0"):
         get_peft_model(emb, QuantumConfig(target_modules=["0"]))
+
+
+# what the harness refuses, QuantumConfig refuses at construction, naming the field
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(layers=1.5), "layers"),
+        (dict(layers=-1), "layers"),
+        (dict(layers=True), "layers"),
+        (dict(mapping="taylor", order=2.5), "order"),
+        (dict(mapping="taylor", order=0), "order"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(target_modules=[]), "target_modules"),
+        (dict(target_modules=""), "target_modules"),
+    ],
+    ids=[
+        "layers_fraction",
+        "layers_negative",
+        "layers_bool",
+        "order_fraction",
+        "order_zero",
+        "alpha_negative",
+        "alpha_nan",
+        "target_modules_empty_list",
+        "target_modules_empty_str",
+    ],
+)
+def test_config_refuses_at_construction(kw, field):
+    with pytest.raises(ValueError, match=rf"QuantumConfig\.{field}") as err:
+        QuantumConfig(**kw)
+    assert isinstance(err.value, QpeftError)
+
+
+def test_config_accepts_the_boundaries():
+    assert QuantumConfig(layers=0, alpha=0.0, target_modules=["lin0"]).layers == 0
+    assert QuantumConfig(layers="2").layers == 2  # a string integer (a command-line override) is read as one
+    assert QuantumConfig(alpha=4).alpha == 4
 
 
 def test_registration_is_idempotent_and_import_is_light():
@@ -1089,6 +1127,173 @@ def test_single_output_conv1d():
         assert not torch.allclose(out, base(x))
         merged = model.merge_and_unload()
         torch.testing.assert_close(merged(x), out, atol=1e-6, rtol=1e-6)
+
+
+def test_single_output_layer_registers_nothing_untrainable():
+    """D1: a circuit with no angles (n = 1) and an empty Taylor B (K = n) or S (K = 1) register no parameter, so
+    every trainable parameter gets a gradient (peft's training tests, DDP without find_unused_parameters); the
+    adapter file keeps their (empty) tensors, as before."""
+    from transformers.pytorch_utils import Conv1D
+
+    for kw in (dict(), dict(mapping="taylor"), dict(quant_bits=4)):
+        torch.manual_seed(0)
+        base = nn.Sequential(Conv1D(1, 5), nn.Flatten(), nn.Linear(3, 2)).eval()
+        model = get_peft_model(base, QuantumConfig(r=1, target_modules=["0"], init_weights=False, **kw))
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert params and all(p.numel() for p in params.values()), list(params)
+        model(torch.randn(4, 3, 5)).square().sum().backward()
+        assert all(p.grad is not None for p in params.values())
+        saved = get_peft_model_state_dict(model)
+        assert any(
+            t.numel() == 0 for t in saved.values()
+        )  # theta (or its packed codes) / B: empty, still saved
+
+
+# float64 references: the dense circuit of tests/test_quantum.py (Kronecker products of the gates) and exp(A)
+def _reference_factor(state, bank_key: str, row: int) -> Tensor:
+    from test_quantum import dense_A, dense_pauli
+
+    from qpeft.quantum.taylor import skew
+
+    bank = state.banks[bank_key]
+    n, k = (int(v) for v in bank_key[1:].split("_k"))
+    if state.config.mapping == "pauli":
+        return dense_pauli(bank.theta[row].detach(), n, state.config.layers)[:, :k]
+    S = skew(bank.s[row : row + 1].detach(), k)[0]
+    return torch.linalg.matrix_exp(dense_A(bank.B[row].detach(), S))[:, :k]
+
+
+def _reference_weights(model) -> dict[str, Tensor]:
+    """W + s U diag(lam * mask) V^T of every adapted layer, from the reference factors, float64."""
+    state = hub_of(model).quantum_adapters["default"]
+    out = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantumLinear):
+            row = layer.quantum_row["default"]
+            (d_out, _, k), (ku, ru, kv, rv, kl, rl) = state.shapes[row], state.index[row]
+            lam = state.lam[kl][rl].detach() * state.mask(kl)[rl] * state.config.scale(k, d_out)
+            dw = _reference_factor(state, ku, ru) * lam @ _reference_factor(state, kv, rv).T
+            out[name.split(".")[-1]] = layer.get_base_layer().weight.detach() + dw
+    return out
+
+
+def _reference_forward(base: nn.Module, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+    ref = copy.deepcopy(base)
+    with torch.no_grad():
+        for name, w in weights.items():
+            getattr(ref, name).weight.copy_(w)
+    return ref(x)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(r=4),
+        dict(r="full"),
+        dict(r=4, layers=2, quant_bits=6),
+        dict(r=3, mapping="taylor", order=20),
+    ],  # (order 20: truncation below 1e-16)
+    ids=["pauli_r4", "pauli_full", "pauli_quantised", "taylor_r3"],
+)
+@pytest.mark.parametrize("fold", [False, True], ids=["low_rank", "folded"])
+def test_float64_model_agrees_with_a_float64_reference(kw, fold, monkeypatch):
+    """A float64 model computes its factors, dW, merge and both forward paths in float64: each agrees with the
+    dense float64 reference to ~1e-12, forward and backward (the input's and lam's gradients against autograd
+    through the reference, an angle's against a central difference)."""
+    monkeypatch.setattr(QuantumLinear, "_update_weight_pays", lambda self, x, name: fold)
+    torch.manual_seed(0)
+    base = MLP().double().eval()
+    torch.manual_seed(1)
+    model = get_peft_model(copy.deepcopy(base), config(init_weights=False, **kw)).eval()
+    perturb(model)
+    state = hub_of(model).quantum_adapters["default"]
+    assert state.compute_dtype == torch.float64 and all(p.dtype == torch.float64 for p in state.parameters())
+    x = torch.randn(16, 10, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(16, 2, dtype=torch.float64)
+    if kw.get("quant_bits"):  # the grid angles are what the model uses, in float64 as well
+        with torch.no_grad():
+            for bank in state.banks.values():
+                bank.theta.copy_(quantize_angles(bank.theta, kw["quant_bits"], ste=False, period=4 * math.pi))
+    weights = _reference_weights(model)
+
+    out = model(x)
+    assert out.dtype == torch.float64
+    x_ref = x.detach().clone().requires_grad_()
+    ref = _reference_forward(base, weights, x_ref)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-12, rtol=1e-12)
+
+    # lam's gradient against autograd through the reference update (the reference factors held fixed)
+    lam_key = next(iter(state.lam))
+    lam_ref = state.lam[lam_key].detach().clone().requires_grad_()
+    layers = {n.split(".")[-1]: m for n, m in model.named_modules() if isinstance(m, QuantumLinear)}
+    ref_model = copy.deepcopy(base)
+    for name, layer in layers.items():
+        row = layer.quantum_row["default"]
+        (d_out, _, k), (ku, ru, kv, rv, kl, rl) = state.shapes[row], state.index[row]
+        lin = getattr(ref_model, name)
+        if kl == lam_key:
+            lam = lam_ref[rl] * state.mask(kl)[rl] * state.config.scale(k, d_out)
+            w = (
+                lin.weight.detach()
+                + _reference_factor(state, ku, ru) * lam @ _reference_factor(state, kv, rv).T
+            )
+        else:
+            w = weights[name]
+        lin.forward = lambda inp, lin=lin, w=w: nn.functional.linear(inp, w, lin.bias)
+    (ref_model(x.detach()) * g).sum().backward()
+    torch.testing.assert_close(state.lam[lam_key].grad, lam_ref.grad, atol=1e-12, rtol=1e-10)
+
+    # one circuit parameter's gradient against a central difference of the reference forward
+    if not kw.get("quant_bits"):  # (quantised angles: straight-through, no derivative to compare)
+        bank = next(b for b in state.banks.values() if next(b.parameters()).numel())
+        p = next(bank.parameters())
+        idx, h = (0,) * p.dim(), 1e-6
+        with torch.no_grad():
+            losses = []
+            for sign in (1, -1):
+                p[idx] += sign * h
+                losses.append((_reference_forward(base, _reference_weights(model), x.detach()) * g).sum())
+                p[idx] -= sign * h
+        fd = (losses[0] - losses[1]) / (2 * h)
+        torch.testing.assert_close(p.grad[idx], fd, atol=1e-7, rtol=1e-6)
+
+    # merge, unmerge, merge_and_unload: float64 weights equal to the reference's
+    with torch.no_grad():
+        model.merge_adapter()
+        for name, w in weights.items():
+            torch.testing.assert_close(layers[name].get_base_layer().weight, w, atol=1e-13, rtol=1e-13)
+        model.unmerge_adapter()
+        for name in weights:
+            assert torch.equal(layers[name].get_base_layer().weight, getattr(base, name).weight)
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(x), ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantised_adapter_reloads_exactly_for_angles_beyond_two_pi(dtype, tmp_path):
+    """Angles far outside [-2 pi, 2 pi): the trained model's forward (straight-through) and the reloaded adapter's
+    use the same grid angles bit for bit, so their outputs are equal, not merely close."""
+    torch.manual_seed(0)
+    base = MLP().to(dtype).eval()
+    model = get_peft_model(
+        copy.deepcopy(base), config(r=4, layers=2, quant_bits=5, init_weights=False)
+    ).eval()
+    with torch.no_grad():
+        for bank in hub_of(model).quantum_adapters["default"].banks.values():
+            bank.theta.uniform_(-40.0, 40.0)
+    x = inputs()[0].to(dtype)
+    with torch.no_grad():
+        out = model(x)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+    model.train()  # qat: the straight-through forward of training uses the very same angles
+    with torch.no_grad():
+        assert torch.equal(model(x), out)
 
 
 def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():

@@ -8,6 +8,7 @@ from qpeft.quantum.pauli import (
     pauli_stiefel,
     wire_dims,
 )
+from qpeft.quantum.qiskit_export import to_qiskit
 from qpeft.quantum.quantize import pack_angles, quantize_angles, unpack_angles
 from qpeft.quantum.taylor import TaylorStiefel, taylor_num_params, taylor_stiefel
 
@@ -22,6 +23,7 @@ __all__ = [
     "quantize_angles",
     "taylor_num_params",
     "taylor_stiefel",
+    "to_qiskit",
     "unpack_angles",
     "wire_dims",
 ]

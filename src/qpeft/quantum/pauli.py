@@ -452,7 +452,12 @@ class PauliStiefel(nn.Module):
         self.circuit = PauliCircuit(n, k, layers)
         self.batch = batch
         shape = (self.circuit.num_params,) if batch is None else (batch, self.circuit.num_params)
-        self.theta = nn.Parameter(init_angles(shape, init, generator))
+        theta = init_angles(shape, init, generator)
+        if theta.numel():
+            self.theta = nn.Parameter(theta)
+        else:  # n = 1: no wires, no angles. A zero-size parameter would never get a gradient (DDP without
+            # find_unused_parameters stops at step 2), so it is a buffer: saved and loaded as before, not trained
+            self.register_buffer("theta", theta)
 
     def forward(self, theta: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """The orthonormal columns (float32, or float64 for float64 angles, unless `dtype` casts them);

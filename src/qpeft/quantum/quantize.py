@@ -31,9 +31,14 @@ def codes_to_angles(codes: Tensor, bits: int, period: float = 2 * math.pi, dtype
 
 
 def quantize_angles(theta: Tensor, bits: int, ste: bool = True, period: float = 2 * math.pi) -> Tensor:
-    """Nearest n-bit grid angle (wrapped); with `ste` the gradient passes straight through (identity)."""
+    """Nearest n-bit grid angle, wrapped into [-period/2, period/2): exactly the angle its code stands for (what
+    unpack_angles returns), for any theta. With `ste` the gradient passes straight through (identity).
+
+    The straight-through form is q + (theta - theta.detach()): the added term is exactly 0, so the value is q
+    bit for bit. (theta + (q - theta).detach() rounds twice: for |theta| beyond the period, q - theta is a
+    multiple of it plus a small part, and the sum lands an ulp or two off the grid angle.)"""
     q = codes_to_angles(angle_codes(theta, bits, period), bits, period, theta.dtype)
-    return theta + (q - theta).detach() if ste else q
+    return q + (theta - theta.detach()) if ste else q
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:

@@ -81,11 +81,18 @@ class TaylorStiefel(nn.Module):
             raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
         self.n, self.k, self.order, self.batch = n, k, order, batch
         B, s = init_taylor(n, k, batch or 1, init, generator)
-        self.B = nn.Parameter(B if batch else B[0])
-        self.s = nn.Parameter(s if batch else s[0])
+        for name, value in (("B", B if batch else B[0]), ("s", s if batch else s[0])):
+            if value.numel():
+                setattr(self, name, nn.Parameter(value))
+            else:  # B at k = n, S at k = 1: nothing to train. A zero-size parameter would never get a gradient
+                # (DDP without find_unused_parameters stops at step 2): a buffer, saved and loaded as before
+                self.register_buffer(name, value)
 
     def forward(self, dtype: torch.dtype | None = None) -> Tensor:
         """The (approximately) orthonormal columns, float32 (float64 for float64 parameters) unless `dtype`."""
+        B, s = self.B, self.s
+        if B.device != s.device:  # an empty buffer left where a parameter was not (a meta-device load)
+            B, s = (B.to(s.device), s) if not B.numel() else (B, s.to(B.device))
         if self.batch is None:
-            return taylor_stiefel(self.B[None], self.s[None], self.order, dtype)[0]
-        return taylor_stiefel(self.B, self.s, self.order, dtype)
+            return taylor_stiefel(B[None], s[None], self.order, dtype)[0]
+        return taylor_stiefel(B, s, self.order, dtype)

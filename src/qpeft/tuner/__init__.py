@@ -1,8 +1,9 @@
 """Quantum-PEFT as a peft tuner: QuantumConfig, QuantumModel, and the optimiser helpers."""
 
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
+from qpeft.tuner.export import export_circuits
 from qpeft.tuner.layer import QuantumHub, QuantumLinear
-from qpeft.tuner.model import QuantumModel, register
+from qpeft.tuner.model import QuantumModel, QuantumUnsupportedError, register
 from qpeft.tuner.optim import circuit_parameters, create_quantum_optimizer, quantum_param_groups
 
 __all__ = [
@@ -12,7 +13,9 @@ __all__ = [
     "QuantumHub",
     "QuantumLinear",
     "QuantumModel",
+    "QuantumUnsupportedError",
     "circuit_parameters",
+    "export_circuits",
     "create_quantum_optimizer",
     "quantum_param_groups",
     "register",

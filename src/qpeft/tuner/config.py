@@ -161,8 +161,22 @@ class QuantumConfig(PeftConfig):
             self.init = "uniform" if self.mapping == "pauli" else "small"
         if self.init not in ("uniform", "small"):
             raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
-        if self.layers < 0 or self.order < 1:
-            raise QuantumConfigError("QuantumConfig.layers must be >= 0 and QuantumConfig.order >= 1")
+        for name, low in (("layers", 0), ("order", 1)):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            # bool is an int, and 2.0 is not: a circuit has a whole number of layers, a series of terms
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise QuantumConfigError(
+                    f"QuantumConfig.{name}={getattr(self, name)!r}: use an integer >= {low}"
+                )
+            setattr(self, name, value)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
+            raise QuantumConfigError(f"QuantumConfig.alpha={self.alpha!r}: use a number >= 0 (s = alpha / K)")
+        if self.target_modules is not None and len(self.target_modules) == 0:
+            raise QuantumConfigError(
+                "QuantumConfig.target_modules is empty: name the modules to adapt, or None for peft's defaults"
+            )
         if self.scaling not in ("rank", "sqrt_rank", "none", "width", "width_sqrt"):
             raise QuantumConfigError(
                 f"QuantumConfig.scaling={self.scaling!r}: choose rank, sqrt_rank, none, width or width_sqrt"

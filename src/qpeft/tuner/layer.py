@@ -260,12 +260,14 @@ class QuantumAdapterState(nn.Module):
             else:
                 self.banks[key] = TaylorStiefel(n, k, config.order, init=config.init, batch=rows[key] + 1)
         self.lam = nn.ParameterDict()
-        # s of each lam row, (M, 1) float32, from the shapes alone (not saved: the config rebuilds it); kept
-        # off the module's buffers so that casting the adapter to half precision leaves s exact
+        # s of each lam row, (M, 1) float64 (cast to the compute dtype), from the shapes alone (not saved: the
+        # config rebuilds it); kept off the module's buffers so that casting the adapter to half precision leaves
+        # s exact
         row_scales: dict[str, list[float]] = {}
         for (d_out, _, k), (*_, kl, _) in zip(shapes, self.index):
             row_scales.setdefault(kl, []).append(config.scale(k, d_out))
         self.scale: dict[str, Tensor] = {}
+        self._scales: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}  # _scale_on's casts
         # per narrow bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a
         # row of ones): there lam is folded into the V factors in one op per bank (QuantumHub._low_rank_banks)
         owners: dict[str, tuple[str, dict[int, int]]] = {}  # V bank -> (its lam key, {bank row: lam row})
@@ -279,7 +281,7 @@ class QuantumAdapterState(nn.Module):
             m, k = rows[key] + 1, int(key[1:])
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
             self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
-            self.scale[key] = torch.tensor(row_scales[key], dtype=torch.float32).view(m, 1)
+            self.scale[key] = torch.tensor(row_scales[key], dtype=torch.float64).view(m, 1)
             mask = torch.ones(m, k)
             if isinstance(config.rank_mask, int):
                 if config.rank_mask > k:
@@ -346,20 +348,29 @@ class QuantumAdapterState(nn.Module):
         """Tensors whose change invalidates cached factors."""
         return (*self.parameters(), *(self.mask(k) for k in self.lam))
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the factors and dW are computed in: float64 for an adapter of a float64 model (its
+        parameters take the base weight's dtype), float32 for any other (float32, or half precision)."""
+        lam = next(iter(self.lam.values()))
+        return torch.float64 if lam.dtype == torch.float64 else torch.float32
+
     def compute(self, quantise: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, KronSum]]:
-        """Run the banks once, in float32 with autocast off: {bank: (B, n, K)} (not the full-rank Pauli banks:
-        their users build what they need from the sums), {K: (M, K) s * lam * mask}, and {bank: its circuits as a
-        sum of Kronecker products} (Pauli)."""
+        """Run the banks once, in `compute_dtype` (float32; float64 for a float64 adapter) with autocast off:
+        {bank: (B, n, K)} (not the full-rank Pauli banks: their users build what they need from the sums),
+        {K: (M, K) s * lam * mask}, and {bank: its circuits as a sum of Kronecker products} (Pauli)."""
         device = next(iter(self.lam.values())).device
+        work = self.compute_dtype
         us, sums = {}, {}
         with _no_autocast(device):
             for key, bank in self.banks.items():
                 if self.config.mapping == "pauli":
-                    theta = bank.theta.float()
+                    theta = bank.theta.to(device, work)
                     if quantise:
                         theta = quantize_angles(theta, self.config.quant_bits, ste=True, period=PERIOD)
                     circuit = bank.circuit
-                    if not circuit.dims:  # n = 1 (a Conv1D with one output): no wires, no angles, U = [[1]]
+                    # n = 1 (a Conv1D with one output): no wires, no angles (theta is a buffer), U = [[1]]
+                    if not circuit.dims:
                         us[key] = theta.new_ones(len(theta), 1, 1)
                     else:
                         # the sum builds U when it pays, and serves folded updates (QuantumHub.delta_weight):
@@ -369,16 +380,21 @@ class QuantumAdapterState(nn.Module):
                         if key not in self.full_rank_banks:
                             us[key] = sums[key].dense() if circuit.kron_pays else circuit.simulate(theta)
                 else:
-                    us[key] = bank(torch.float32)
+                    # (on its device already, unless all of it is empty buffers)
+                    us[key] = bank(work).to(device)
                 self.num_simulations += 1
-            lams = {k: lam.float() * self.mask(k) * self._scale_on(k, device) for k, lam in self.lam.items()}
+            lams = {
+                k: lam.to(work) * self.mask(k).to(work) * self._scale_on(k, device, work)
+                for k, lam in self.lam.items()
+            }
         return us, lams, sums
 
-    def _scale_on(self, key: str, device: torch.device) -> Tensor:
-        """The (M, 1) per-row s of lam bank `key` on `device` (moved once, not every pass)."""
-        if self.scale[key].device != device:
-            self.scale[key] = self.scale[key].to(device)
-        return self.scale[key]
+    def _scale_on(self, key: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The (M, 1) per-row s of lam bank `key` on `device` in `dtype` (made once, not every pass)."""
+        cast = self._scales.get((key, device, dtype))
+        if cast is None:
+            cast = self._scales[key, device, dtype] = self.scale[key].to(device, dtype)
+        return cast
 
     def full_rank(self, row: int) -> bool:
         """Whether matrix `row` reads full-rank banks only (then its layer applies lam itself: _FactoredLinear)."""
@@ -471,7 +487,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
         weight = specs[0][0].get_base_layer().weight
         # the base weight's dtype and device, as peft's layers (get_peft_model then upcasts a half-precision
-        # adapter to float32, autocast_adapter_dtype); the factors are computed in float32 either way
+        # adapter to float32, autocast_adapter_dtype); the factors are computed in float32 either way, in float64
+        # for a float64 model (QuantumAdapterState.compute_dtype)
         if weight.dtype.is_floating_point:
             state.to(weight.dtype)
         if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
@@ -797,7 +814,7 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         self.hub.pending.setdefault(adapter_name, []).append((self, self.out_features, self.in_features, k))
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
-        """dW in the layout of the base weight (transposed for Conv1D), float32."""
+        """dW in the layout of the base weight (transposed for Conv1D), float32 (float64 for a float64 model)."""
         state = self.hub.quantum_adapters[adapter_name]
         with torch.no_grad():  # with the quantised angles when quant_bits is set (what is saved)
             dw = self.hub.delta_weight(
@@ -813,7 +830,8 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
             if name not in self.quantum_row:
                 continue
             with torch.no_grad():
-                new = weight.float() + self.get_delta_weight(name).to(weight.device)
+                dw = self.get_delta_weight(name).to(weight.device)
+                new = weight.to(torch.promote_types(weight.dtype, dw.dtype)) + dw  # float64 stays float64
                 if safe_merge and not torch.isfinite(new).all():
                     raise ValueError(
                         f"NaNs detected in the merged weights. The adapter {name} seems to be broken"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -11,12 +12,20 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.integrations import init_empty_weights
 from torch import nn
 
+from qpeft.errors import QpeftError
 from qpeft.quantum import unpack_angles
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
 from qpeft.tuner.layer import HUB, PERIOD, QuantumHub, QuantumLinear
 
 PREFIX = "quantum_"
 _HUB_KEYS = f"{HUB}.quantum_adapters."  # state-dict keys of adapter state: <HUB_KEYS><adapter>.<rest>
+
+
+class QuantumUnsupportedError(QpeftError, NotImplementedError):
+    """A peft feature that Quantum-PEFT does not support (docs/library.md lists what works and what does not)."""
+
+
+_UNSUPPORTED_DOC = "docs/library.md, 'peft features: what works and what does not'"
 
 
 def _conv1d_type():
@@ -118,6 +127,26 @@ class QuantumModel(BaseTuner):
                 QuantumLinear(target, adapter_name, self._ensure_hub(adapter_name), config, k),
                 target,
             )
+
+    def add_weighted_adapter(self, *args, **kwargs) -> None:
+        """Not supported: refused with QuantumUnsupportedError (as peft's AdaLoRA refuses it)."""
+        raise QuantumUnsupportedError(
+            "Quantum-PEFT does not support add_weighted_adapter: a weighted sum of adapters' updates s U diag(lam) "
+            "V^T is not itself one (its factors are not one circuit's). Merge the adapters into the weights "
+            f"instead (merge_adapter(adapter_names=[...])). See {_UNSUPPORTED_DOC}."
+        )
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """PeftModel.forward / generate enter this with the call's keyword arguments: mixed adapter batches
+        (`adapter_names=`) and aLoRA offsets are LoRA features, refused rather than silently ignored."""
+        for arg in ("adapter_names", "alora_offsets"):
+            if kwargs.get(arg) is not None:
+                raise QuantumUnsupportedError(
+                    f"Quantum-PEFT does not support {arg}= (mixed adapter batches are a LoRA feature): run one "
+                    f"batch per adapter, switching with set_adapter. See {_UNSUPPORTED_DOC}."
+                )
+        yield
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
         model = super()._unload_and_optionally_merge(*args, **kwargs)
