@@ -454,7 +454,11 @@ def build_report(
             lines += [
                 render.markdown(["panel", "on the front (fewest parameters first)"], rows).rstrip("\n"),
                 "",
+                "A setting is on the front by its mean over seeds alone; whether it is ahead of another is "
+                "decided by the gaps below, with their intervals.",
+                "",
             ]
+            lines += _comparisons(g.records)
     lines += ["## Parameter counts", ""]
     params_md = Path(tables) / "params.md"
     if params_md.exists():
@@ -507,6 +511,15 @@ def _seed_note(table: Table) -> str:
 def _anchor(title: str) -> str:
     """GitHub's heading anchor: lower case, spaces to dashes, punctuation other than - and _ dropped."""
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def _comparisons(records: list) -> list[str]:
+    """The frontier study's stated comparisons with their 95% intervals (qpeft.frontier.claim_lines), a level down."""
+    from qpeft import frontier
+
+    points = frontier.collect(records)
+    lines = frontier.claim_lines(points, frontier.chosen_lrs(points))
+    return ["#" + line if line.startswith("## ") else line for line in lines]
 
 
 def main(argv: list[str] | None = None) -> int:
