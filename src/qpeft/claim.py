@@ -1,0 +1,462 @@
+"""The claim study (experiment=claim_minilm, `make claim`, docs/claim.md): its lr rule, what the rule still asks
+for, and the answer with its uncertainty.
+
+    python -m qpeft.claim [--records outputs/claim_minilm] [--pending]
+
+`--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
+the grid extended by 5x past a winning edge, then each point's other seeds at its chosen lr and the linear-head
+runs. Without it: `results/tables/claim_minilm.{md,csv}` and `results/figures/claim_<task>_curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qpeft.errors import QpeftError
+from qpeft.frontier import TASK_LABELS
+from qpeft.records import Record
+from qpeft.stats import welch
+from qpeft.tables.load import load_records
+from qpeft.tables.render import csv_text, markdown
+
+PRESET = "claim_minilm"
+GRID = (1.6e-4, 8e-4, 4e-3)  # every point's lr grid, 5x apart around the shared 8e-4 (fixed before the runs)
+STEP = 5.0  # the grid is extended by one such step past a winning edge ...
+LR_RANGE = (1e-5, 0.5)  # ... within these bounds
+CHOICE_SEEDS = (0, 1)  # the lr is chosen on the held-out mean over these
+DEFAULT = "quantum_kfull_l1_ws"
+STANDARD, LINEAR = "minilm_l6", "minilm_l6_linear"  # the head: classifier + BERT's pooler, or a linear one
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    label: str
+    adapter: str  # the adapter config that runs it
+    seeds: int  # seeds at the chosen lr
+    linear: bool = False  # also run with the linear head (at the chosen lr, seeds 0-2)
+
+
+POINTS: dict[str, PointSpec] = {
+    DEFAULT: PointSpec(
+        "Quantum-PEFT default (Pauli, full rank)", "frontier/quantum_kfull_l1_ws_alr", 5, True
+    ),
+    "lora_r1": PointSpec("LoRA r=1", "frontier/lora_r1_alr", 5, True),
+    "lora_r8": PointSpec("LoRA r=8", "frontier/lora_r8_alr", 5, True),
+    "lora_qv_r1": PointSpec("LoRA r=1 on q, v (the default's budget)", "claim/lora_qv_r1_alr", 5, True),
+    "vera_r256": PointSpec("VeRA r=256", "frontier/vera_r256_alr", 5, True),
+    "head_only": PointSpec("head only", "claim/head_only_lr", 5, True),
+    "quantum_k64_l1_ws": PointSpec("Pauli K=64, rank-stable", "frontier/quantum_k64_l1_ws_alr", 3),
+    "quantum_k8_l1_paper": PointSpec("the paper's rule (Pauli K=8)", "claim/paper_k8_l1_alr", 3),
+    "quantum_taylor_k1_o8": PointSpec("Taylor K=1", "frontier/quantum_taylor_k1_o8_alr", 3),
+    "fourierft_n100": PointSpec("FourierFT n=100", "frontier/fourierft_n100_alr", 3),
+}
+CLAIMS = [(DEFAULT, other) for other in ("lora_r1", "lora_r8", "lora_qv_r1", "vera_r256", "head_only")]
+
+
+@dataclass
+class Run:
+    """One finished run of the study, as the rule and the tables read it."""
+
+    task: str
+    setting: str
+    lr: float
+    seed: int
+    backbone: str
+    dev: float  # main metric x100
+    heldout: float
+    adapter_params: int
+    head_params: int
+    commit: str = ""
+    curve: list[dict] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+
+def _setting(tag: str) -> str:
+    return re.sub(r"_a?lr[^_]*$", "", tag)
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def to_run(record: Record) -> Run:
+    cfg = record.adapter_cfg or {}
+    lr = cfg.get("adapter_lr") if record.adapter != "head_only" else cfg.get("lr")
+    setting = _setting(record.adapter_tag)
+    if setting not in POINTS or lr is None:
+        raise QpeftError(
+            f"record {record.task}/{record.adapter_tag}: not a point of {PRESET} (docs/claim.md)"
+        )
+    metric = record.main_metric
+    return Run(
+        record.task,
+        setting,
+        float(lr),
+        record.seed,
+        record.backbone,
+        record.metrics[metric] * 100,
+        record.metrics.get(f"{metric}_heldout", math.nan) * 100,
+        int(record.adapter_params or 0),
+        int(record.head_params or 0),
+        record.git_commit or "unknown",
+        record.curve or [],
+        record.data or {},
+    )
+
+
+def _ranked(score: float) -> float:
+    return -math.inf if math.isnan(score) else score  # a constant prediction (nan correlation) ranks last
+
+
+@dataclass
+class Choice:
+    """The rule's state for one task and point (standard head): the held-out mean over CHOICE_SEEDS of every lr
+    tried on both, the lr chosen (None while the rule still asks for runs) and the runs it asks for."""
+
+    task: str
+    setting: str
+    scores: dict[float, float]  # lr -> held-out mean over CHOICE_SEEDS (x100), complete lrs only
+    chosen: float | None
+    missing: list[tuple[float, int]]  # (lr, seed) the grid (with its extensions) still lacks
+
+
+def choose(runs: list[Run], task: str, setting: str) -> Choice:
+    mine = [r for r in runs if r.task == task and r.setting == setting and r.backbone == STANDARD]
+    tried = sorted({r.lr for r in mine} | set(GRID))
+    have = {(r.lr, r.seed): r.heldout for r in mine}
+    missing = [
+        (lr, s) for lr in tried for s in CHOICE_SEEDS if not any(_same(lr, a) and s == b for a, b in have)
+    ]
+    scores = {}
+    for lr in tried:
+        values = [v for (a, s), v in have.items() if _same(a, lr) and s in CHOICE_SEEDS]
+        if len(values) == len(CHOICE_SEEDS):
+            scores[lr] = float(np.mean(values))
+    if missing:
+        return Choice(task, setting, scores, None, missing)
+    best = max(
+        sorted(scores), key=lambda lr: _ranked(scores[lr])
+    )  # max keeps the first of equals: the smaller
+    beyond = best / STEP if _same(best, tried[0]) else best * STEP if _same(best, tried[-1]) else None
+    if beyond is not None and LR_RANGE[0] <= beyond <= LR_RANGE[1]:
+        return Choice(task, setting, scores, None, [(float(f"{beyond:.3g}"), s) for s in CHOICE_SEEDS])
+    return Choice(task, setting, scores, best, [])
+
+
+def choices(runs: list[Run]) -> list[Choice]:
+    return [choose(runs, task, setting) for task in sorted({r.task for r in runs}) for setting in POINTS]
+
+
+def _args(task: str, setting: str, lr: float, seeds: list[int], backbone: str = STANDARD) -> str:
+    spec = POINTS[setting]
+    preset, lr_key = (
+        ("claim_minilm_head", "adapter.lr") if setting == "head_only" else (PRESET, "adapter.adapter_lr")
+    )
+    line = f"run.py -m experiment={preset} task=glue/{task} adapter={spec.adapter} {lr_key}={lr:g}"
+    line += f" seed={','.join(map(str, seeds))}"
+    return line + (f" backbone={backbone}" if backbone != STANDARD else "")
+
+
+def pending(runs: list[Run]) -> list[str]:
+    """run.py's arguments for every run the rule still asks for (empty: the study is complete)."""
+    out = []
+    for c in choices(runs):
+        if c.chosen is None:
+            by_lr: dict[float, list[int]] = {}
+            for lr, seed in c.missing:
+                by_lr.setdefault(lr, []).append(seed)
+            out += [_args(c.task, c.setting, lr, seeds) for lr, seeds in sorted(by_lr.items())]
+            continue
+        spec = POINTS[c.setting]
+        for backbone, n in [(STANDARD, spec.seeds)] + [(LINEAR, 3)] * spec.linear:
+            done = {r.seed for r in at_choice(runs, c, backbone)}
+            seeds = [s for s in range(n) if s not in done]
+            if seeds:
+                out.append(_args(c.task, c.setting, c.chosen, seeds, backbone))
+    return out
+
+
+def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
+    return sorted(
+        (
+            r
+            for r in runs
+            if (r.task, r.setting, r.backbone) == (c.task, c.setting, backbone)
+            and c.chosen is not None
+            and _same(r.lr, c.chosen)
+        ),
+        key=lambda r: r.seed,
+    )
+
+
+def _pm(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean = float(np.mean(values))
+    return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
+
+
+def tables(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list[str], str]:
+    """The study's markdown page and its CSV (one row per task, point and head)."""
+    cs = choices(runs)
+    lines = [
+        f"# {PRESET}: the paper's claim at 1,000 steps",
+        "",
+        f"Built by `python -m qpeft.claim` from {len(records)} records (docs/claim.md has the protocol and the lr "
+        "rule). Metrics x100; mean ± sample std over seeds; gaps are differences of means with their 95% Welch "
+        "interval; `ahead` / `behind` only where the interval excludes zero.",
+        "",
+        "## The held-out slices",
+        "",
+    ]
+    facts_rows = []
+    for task in sorted({r.task for r in runs}):
+        facts = {r.seed: r.data for r in runs if r.task == task and r.data}
+        if not facts:
+            continue
+        dropped = sorted({f.get("train_clashes_dropped") for f in facts.values()})
+        counts = facts[min(facts)].get("heldout_label_counts")
+        balance = ", ".join(f"{k}: {v}" for k, v in counts.items()) if counts else "mean score "
+        balance += "" if counts else f"{facts[min(facts)].get('heldout_label_mean', math.nan):.2f}"
+        facts_rows.append(
+            [
+                TASK_LABELS.get(task, task),
+                str(facts[min(facts)].get("heldout_examples")),
+                f"{balance} (seed {min(facts)})",
+                f"{dropped[0]:,}-{dropped[-1]:,}" if len(dropped) > 1 else f"{dropped[0]:,}",
+                f"{min(f.get('train_pool', 0) for f in facts.values()):,}",
+            ]
+        )
+    headers = [
+        "task",
+        "held out",
+        "labels",
+        "training examples dropped (sharing text)",
+        "training pool (min)",
+    ]
+    lines += [markdown(headers, facts_rows, align="lrlrr").rstrip("\n"), ""]
+
+    lines += ["## The lr choices (held-out mean over seeds 0 and 1)", ""]
+    rows = []
+    for c in cs:
+        tried = ", ".join(f"{lr:g}: {s:.2f}" for lr, s in sorted(c.scores.items()))
+        state = f"{c.chosen:g}" if c.chosen is not None else f"pending ({len(c.missing)} runs)"
+        rows.append([TASK_LABELS.get(c.task, c.task), POINTS[c.setting].label, tried, state])
+    lines += [markdown(["task", "point", "held-out by lr", "chosen"], rows, align="llll").rstrip("\n"), ""]
+
+    csv_rows = []
+    for backbone, title in [(STANDARD, "classifier + pooler"), (LINEAR, "linear, without the pooler")]:
+        rows = []
+        for c in cs:
+            mine = at_choice(runs, c, backbone)
+            if not mine:
+                continue
+            adapter, head = mine[0].adapter_params, mine[0].head_params
+            dev, held = [r.dev for r in mine], [r.heldout for r in mine]
+            rows.append(
+                [
+                    TASK_LABELS.get(c.task, c.task),
+                    POINTS[c.setting].label,
+                    f"{c.chosen:g}",
+                    f"{adapter:,}",
+                    f"{adapter + head:,}",
+                    _pm(dev),
+                    _pm(held),
+                    ",".join(str(r.seed) for r in mine),
+                    ", ".join(
+                        sorted(
+                            {r.commit[:7] + ("+dirty" if r.commit.endswith("+dirty") else "") for r in mine}
+                        )
+                    ),
+                ]
+            )
+            csv_rows.append([c.task, c.setting, backbone, c.chosen, adapter, adapter + head])
+            csv_rows[-1] += [float(np.mean(dev)), float(np.mean(held)), len(mine)]
+        if rows:
+            headers = [
+                "task",
+                "point",
+                "lr",
+                "adapter params",
+                "trainable params",
+                "dev",
+                "held-out",
+                "seeds",
+            ]
+            lines += [f"## Points at their chosen lr, head: {title}", ""]
+            lines += [markdown(headers + ["code"], rows, align="lllrrrrll").rstrip("\n"), ""]
+        lines += claim_lines(runs, cs, backbone, title)
+    heads = [
+        "task",
+        "point",
+        "head",
+        "lr",
+        "adapter_params",
+        "trainable_params",
+        "dev_mean",
+        "heldout_mean",
+        "seeds",
+    ]
+    return lines, csv_text(heads, csv_rows)
+
+
+def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) -> list[str]:
+    rows = []
+    by = {(c.task, c.setting): c for c in cs}
+    for task in sorted({r.task for r in runs}):
+        for a, b in CLAIMS:
+            ra, rb = at_choice(runs, by[(task, a)], backbone), at_choice(runs, by[(task, b)], backbone)
+            if not ra or not rb:
+                continue
+            dev = welch([r.dev for r in ra], [r.dev for r in rb])
+            held = welch([r.heldout for r in ra], [r.heldout for r in rb])
+            total_a = ra[0].adapter_params + ra[0].head_params
+            total_b = rb[0].adapter_params + rb[0].head_params
+            rows.append(
+                [
+                    TASK_LABELS.get(task, task),
+                    POINTS[b].label,
+                    f"{rb[0].adapter_params / max(ra[0].adapter_params, 1):.2f}x",
+                    f"{total_b / total_a:.2f}x",
+                    dev.text(),
+                    held.text(),
+                    f"{dev.n_a}/{dev.n_b}",
+                    f"**{dev.verdict}**",
+                ]
+            )
+    if not rows:
+        return []
+    headers = [
+        "task",
+        "the default against",
+        "its adapter params",
+        "its trainable params",
+        "dev gap [95% CI]",
+    ]
+    headers += ["held-out gap [95% CI]", "seeds", "the default is"]
+    return [
+        f"### The claims, head: {title}",
+        "",
+        "Gap: the default minus the other point. `its ... params`: the other point's count over the default's.",
+        "",
+        markdown(headers, rows, align="llrrllrl").rstrip("\n"),
+        "",
+    ]
+
+
+def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> None:
+    """The claim points' dev and held-out metric against the step (standard head, chosen lr): mean over seeds with
+    its 95% t-interval, so an ordering that comes from early speed can be told from one that holds at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    metric = {"sst2": "accuracy"}.get(task, "pearson_spearman")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
+    greys = ["black", "0.35", "0.55", "0.2", "0.45", "0.65"]
+    settings = [DEFAULT] + [b for _, b in CLAIMS]
+    for ax, suffix, name in [(axes[0], "", "dev"), (axes[1], "_heldout", "held-out")]:
+        for i, setting in enumerate(settings):
+            c = next(c for c in cs if c.task == task and c.setting == setting)
+            mine = [r for r in at_choice(runs, c, STANDARD) if r.curve]
+            if not mine:
+                continue
+            steps = sorted({p["step"] for r in mine for p in r.curve})
+            shown, means, lows, highs = [], [], [], []
+            for step in steps:
+                v = [
+                    100 * p[metric + suffix]
+                    for r in mine
+                    for p in r.curve
+                    if p["step"] == step and p.get(metric + suffix) is not None
+                ]
+                if not v:
+                    continue
+                m = float(np.mean(v))
+                half = (
+                    stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
+                    if len(v) > 1
+                    else 0
+                )
+                shown.append(step)
+                means.append(m)
+                lows.append(m - half)
+                highs.append(m + half)
+            ax.plot(
+                shown,
+                means,
+                linestyle=styles[i],
+                color=greys[i],
+                label=f"{POINTS[setting].label} ({len(mine)} seeds)",
+            )
+            ax.fill_between(shown, lows, highs, color=greys[i], alpha=0.12, linewidth=0)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{TASK_LABELS.get(task, task)} {name}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} x100")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=300)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+
+
+def load(records_root: Path) -> tuple[list[Run], list[tuple[Path, Record]]]:
+    records, _ = load_records([records_root])
+    records = [(p, r) for p, r in records if r.experiment == PRESET]
+    if not records:
+        raise QpeftError(f"no records of experiment {PRESET} under {records_root}: run `make claim` first")
+    return [to_run(r) for _, r in records], records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", default="outputs/claim_minilm", help="folder with the study's records")
+    ap.add_argument("--tables", default="results/tables")
+    ap.add_argument("--figures", default="results/figures")
+    ap.add_argument("--pending", action="store_true", help="only print the run.py arguments still to run")
+    args = ap.parse_args(argv)
+    try:
+        root = Path(args.records)
+        if args.pending and not root.exists():
+            return 0  # nothing ran yet: the presets' own grids come first
+        runs, records = load(root)
+        if args.pending:
+            for line in pending(runs):
+                print(line)
+            return 0
+        lines, csv = tables(runs, records)
+        cs = choices(runs)
+        for task in sorted({r.task for r in runs}):
+            path = Path(args.figures) / f"claim_{task}_curves.png"
+            curve_figure(runs, cs, task, path)
+            lines += [
+                f"![{TASK_LABELS.get(task, task)}: learning curves]({Path('../figures') / path.name})",
+                "",
+            ]
+            print(path)
+    except QpeftError as e:
+        print(f"qpeft error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.tables)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{PRESET}.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / f"{PRESET}.csv").write_text(csv, encoding="utf-8")
+    print(out / f"{PRESET}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

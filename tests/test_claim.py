@@ -1,0 +1,125 @@
+"""The claim study's lr rule (docs/claim.md) on synthetic records: the grid on seeds 0 and 1, a winning edge
+extended by 5x, a tie to the smaller lr, a constant prediction last; then the other seeds and the linear head at
+the chosen lr, and the claims with their Welch intervals (checked against scipy)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from qpeft import claim
+from qpeft.records import Record, write_record
+
+
+def write(
+    root: Path,
+    task: str,
+    setting: str,
+    lr: float,
+    seed: int,
+    held: float,
+    dev: float | None = None,
+    backbone="minilm_l6",
+):
+    spec = claim.POINTS[setting]
+    method = "head_only" if setting == "head_only" else "lora"
+    tag = f"{setting}_lr{lr:g}" if setting == "head_only" else f"{setting}_alr{lr:g}"
+    cfg = {"method": method, ("lr" if method == "head_only" else "adapter_lr"): lr}
+    metric = "accuracy" if task == "sst2" else "pearson_spearman"
+    dev = held if dev is None else dev
+    record = Record(
+        task=task,
+        backbone=backbone,
+        adapter_tag=tag,
+        seed=seed,
+        metrics={metric: dev / 100, f"{metric}_heldout": held / 100},
+        main_metric=metric,
+        experiment="claim_minilm",
+        adapter=method,
+        adapter_cfg=cfg,
+        adapter_params=0 if setting == "head_only" else 1000,
+        head_params=770,
+        git_commit="abc1234",
+        curve=[
+            {"step": 200, metric: dev / 200, f"{metric}_heldout": held / 200},
+            {"step": 400, metric: dev / 100},
+        ],
+        data={
+            "heldout_examples": 500,
+            "train_clashes_dropped": 7,
+            "train_pool": 900,
+            "heldout_label_counts": {"0": 250, "1": 250},
+        },
+    )
+    assert spec  # a point of the study
+    write_record(root / task / backbone / tag / f"seed{seed}" / "record.json", record)
+
+
+def test_the_grid_then_an_edge_extension_then_the_other_seeds(tmp_path):
+    # lora_r1 on sst2: 4e-3 (the top edge) wins -> the rule asks for 2e-2 on seeds 0 and 1
+    for lr, held in [(1.6e-4, 80.0), (8e-4, 82.0), (4e-3, 84.0)]:
+        for seed in (0, 1):
+            write(tmp_path, "sst2", "lora_r1", lr, seed, held + seed)
+    runs, _ = claim.load(tmp_path)
+    c = claim.choose(runs, "sst2", "lora_r1")
+    assert c.chosen is None and c.missing == [(0.02, 0), (0.02, 1)]
+    assert "adapter=frontier/lora_r1_alr adapter.adapter_lr=0.02 seed=0,1" in "\n".join(claim.pending(runs))
+    # 2e-2 is worse: 4e-3 is chosen (inside the extended grid); seeds 2-4 and the linear head follow
+    for seed in (0, 1):
+        write(tmp_path, "sst2", "lora_r1", 0.02, seed, 50.0)
+    runs, _ = claim.load(tmp_path)
+    c = claim.choose(runs, "sst2", "lora_r1")
+    assert c.chosen == pytest.approx(4e-3) and c.scores[4e-3] == pytest.approx(84.5)
+    lines = [line for line in claim.pending(runs) if "lora_r1_alr" in line]
+    assert lines == [
+        "run.py -m experiment=claim_minilm task=glue/sst2 adapter=frontier/lora_r1_alr adapter.adapter_lr=0.004 seed=2,3,4",
+        "run.py -m experiment=claim_minilm task=glue/sst2 adapter=frontier/lora_r1_alr adapter.adapter_lr=0.004 "
+        "seed=0,1,2 backbone=minilm_l6_linear",
+    ]
+
+
+def test_ties_go_to_the_smaller_lr_and_a_constant_prediction_ranks_last(tmp_path):
+    for seed in (0, 1):
+        write(tmp_path, "stsb", "head_only", 1.6e-4, seed, math.nan)
+        write(tmp_path, "stsb", "head_only", 8e-4, seed, 70.0)
+        write(tmp_path, "stsb", "head_only", 4e-3, seed, 70.0)
+    runs, _ = claim.load(tmp_path)
+    c = claim.choose(runs, "stsb", "head_only")
+    assert c.chosen == pytest.approx(8e-4) and math.isnan(c.scores[1.6e-4])
+    pend = [line for line in claim.pending(runs) if "head_only" in line]
+    assert (
+        pend[0]
+        == "run.py -m experiment=claim_minilm_head task=glue/stsb adapter=claim/head_only_lr adapter.lr=0.0008 seed=2,3,4"
+    )
+
+
+def test_claims_carry_welch_intervals(tmp_path):
+    default = [80.0, 81.0, 82.5, 80.5, 81.2]
+    lora = [82.0, 83.5, 82.2, 84.0, 82.9]
+    for setting, devs in [("quantum_kfull_l1_ws", default), ("lora_r8", lora)]:
+        for lr, bonus in [(1.6e-4, -5), (8e-4, 0), (4e-3, -3)]:
+            for seed in range(5 if lr == 8e-4 else 2):
+                write(tmp_path, "sst2", setting, lr, seed, devs[seed] + bonus)
+    runs, records = claim.load(tmp_path)
+    lines, csv = claim.tables(runs, records)
+    text = "\n".join(lines)
+    ref = stats.ttest_ind(default, lora, equal_var=False).confidence_interval()
+    gap = sum(default) / 5 - sum(lora) / 5
+    assert f"{gap:+.2f} [{ref.low:+.2f}, {ref.high:+.2f}]" in text
+    assert "**behind**" in text and ref.high < 0
+    assert "| SST-2 | 500 | 0: 250, 1: 250 (seed 0) | 7 | 900 |" in text
+    claim.curve_figure(runs, claim.choices(runs), "sst2", tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "c.svg").exists()
+    assert json.dumps(csv)
+
+
+def test_a_record_of_another_setting_is_named(tmp_path):
+    write(tmp_path, "sst2", "lora_r1", 8e-4, 0, 80.0)
+    path = next(tmp_path.rglob("record.json"))
+    data = json.loads(path.read_text())
+    data["adapter_tag"] = "mystery_alr0.0008"
+    path.write_text(json.dumps(data))
+    with pytest.raises(Exception, match="mystery"):
+        claim.load(tmp_path)
