@@ -71,6 +71,7 @@ class Row:
     minutes: float | None = None  # wall time per run
     peak_mem_gib: float | None = None
     source_ref: int | None = None
+    commits: dict[str, int] = field(default_factory=dict)  # short commit ("+dirty" kept) -> runs made at it
 
 
 @dataclass
@@ -116,6 +117,13 @@ def mean_present(values: pd.Series) -> float:
     return float(np.mean(present)) if present.size else math.nan
 
 
+def short_commit(commit: str | None) -> str:
+    """A record's commit as the tables name it: 7 hex digits, "+dirty" where its tree had uncommitted changes."""
+    if not commit:
+        return "unknown"
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
 def run_frame(records: list[tuple[Path, Record]]) -> pd.DataFrame:
     """One row per record: its table row, task, method and the run facts the tables show."""
     frame = pd.DataFrame(
@@ -126,6 +134,7 @@ def run_frame(records: list[tuple[Path, Record]]) -> pd.DataFrame:
             "task": [r.task for _, r in records],
             "adapter_params": pd.array([r.adapter_params for _, r in records], dtype="Int64"),
             "head_params": pd.array([r.head_params for _, r in records], dtype="Int64"),
+            "commit": [short_commit(r.git_commit) for _, r in records],
             **{
                 key: [_number(getattr(r, key)) for _, r in records]
                 for key in (
@@ -245,6 +254,7 @@ def build_table(preset: str, records: list[tuple[Path, Record]], refs: list[Refe
             row.summary["mean_groups"] = _mean_if_all(list(groups.values()))
         row.adapter_params = sorted(int(v) for v in group["adapter_params"].dropna().unique())
         row.head_params = sorted(int(v) for v in group["head_params"].dropna().unique())
+        row.commits = {str(c): int(n) for c, n in group["commit"].value_counts(sort=False).items()}
         row.samples_per_s = _optional(means.loc[(backbone, tag), "train_samples_per_s"])
         wall = _optional(means.loc[(backbone, tag), "wall_time_s"])
         row.minutes = None if wall is None else wall / 60

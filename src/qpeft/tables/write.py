@@ -99,7 +99,20 @@ def notes(table: Table) -> list[str]:
         "Peak memory: the largest over the row's runs; samples/s and min/run (wall clock of a run: loading, "
         "training, evaluation; a resumed run counts its last part): means over its runs."
     )
+    out.append(code_note(table))
     return out + [f"[{i}] {s}" for i, s in enumerate(table.sources, 1)]
+
+
+def code_note(table: Table) -> str:
+    """The commits behind each row of ours (runs per commit where they differ; "+dirty": uncommitted changes,
+    kept as code.diff in the run folder by runs made since records carry code_diff_sha256)."""
+    parts = []
+    for row in table.rows:
+        if row.published or not row.commits:
+            continue
+        shown = ", ".join(f"{c} ({n})" if len(row.commits) > 1 else c for c, n in sorted(row.commits.items()))
+        parts.append(f"{row.label}: {shown}")
+    return "Code (the commit each row's runs ran at): " + "; ".join(parts) + "."
 
 
 def _align(n_columns: int) -> str:
