@@ -61,11 +61,12 @@ def check_choices(argv: list[str]) -> None:
                 fail(f"unknown {group} '{name}'. Valid names for {group}=: {', '.join(valid)}")
 
 
-def precheck(argv: list[str]) -> None:
+def precheck(argv: list[str]) -> DictConfig:
     """Compose the config as Hydra will and check every setting, so a mistyped or out-of-range value stops here,
     in one line, before anything is loaded or any folder made. A sweep (-m): its first job, then each other
     value of each swept setting (the command line's and the preset's) with the rest at their first values:
-    a setting wrong for every job stops the sweep before its first job starts."""
+    a setting wrong for every job stops the sweep before its first job starts. The first job's config (with
+    Hydra's)."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -98,7 +99,6 @@ def precheck(argv: list[str]) -> None:
                 first[key] = f"{key}={vals[0]}"
             cfg = compose("config", overrides=list(first.values()), return_hydra_config=True)
             if multirun:
-                check_launcher(cfg)
                 preset = cfg.hydra.sweeper.get("params") or {}
                 for o in parser.parse_overrides([f"{k}={v}" for k, v in preset.items() if k not in first]):
                     key = o.get_key_element()
@@ -106,6 +106,7 @@ def precheck(argv: list[str]) -> None:
                     if o.is_sweep_override():
                         values[key] = list(o.sweep_string_iterator())
                         first[key] = f"{key}={values[key][0]}"
+            checked = []
             jobs = [dict(first)] + [
                 {**first, key: f"{key}={value}"} for key, vals in values.items() for value in vals[1:]
             ]
@@ -116,6 +117,8 @@ def precheck(argv: list[str]) -> None:
                     check_writable(cfg.hydra.sweep.dir, argv)
                 check_writable(cfg.run_dir, argv)
                 run_spec(cfg)
+                checked.append(cfg)
+        return checked[0]
     except QpeftError as e:
         fail(f"{e} (the sweep's job {job})" if multirun and job else str(e))
     except (HydraException, OmegaConfBaseException) as e:
@@ -225,7 +228,9 @@ if __name__ == "__main__":
     if not any(a in args for a in ("--hydra-help", "--info", "--shell-completion", "-sc")):
         import qpeft.config  # noqa: F401  (registers the `protocol` resolver before Hydra composes)
 
-        precheck(args)
+        first_job = precheck(args)
+        if "-m" in args or "--multirun" in args:
+            check_launcher(first_job)
     main()
     if FAILED:
         print(
