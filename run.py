@@ -61,9 +61,12 @@ def check_choices(argv: list[str]) -> None:
                 fail(f"unknown {group} '{name}'. Valid names for {group}=: {', '.join(valid)}")
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose the config as Hydra will (a sweep: each swept setting at its first value) and check every
-    setting, so a mistyped or out-of-range value stops here, in one line, before anything is loaded."""
+def precheck(argv: list[str]) -> DictConfig:
+    """Compose the config as Hydra will and check every setting, so a mistyped or out-of-range value stops here,
+    in one line, before anything is loaded or any folder made. A sweep (-m): its first job, then each other
+    value of each swept setting (the command line's and the preset's) with the rest at their first values:
+    a setting wrong for every job stops the sweep before its first job starts. The first job's config (with
+    Hydra's)."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -77,28 +80,87 @@ def precheck(argv: list[str]) -> None:
         if not skip and not a.startswith("-"):
             overrides.append(a)
         skip = a in VALUE_FLAGS
+    multirun = "-m" in argv or "--multirun" in argv
+    job = ""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        first = []
-        for o in parsed:
-            if o.is_sweep_override():
-                value = next(iter(o.sweep_string_iterator()))
-                first.append(f"{o.get_key_element()}={value}")
-            else:
-                first.append(o.input_line)
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides(overrides)
+        swept = [o for o in parsed if o.is_sweep_override()]
+        if swept and not multirun:
+            fail(
+                f"{swept[0].input_line} gives several values: add -m to run one job per value (a sweep), or "
+                "give one value"
+            )
         with hydra_configs():
-            cfg = compose("config", overrides=first, return_hydra_config=True)
-            multirun = "-m" in argv or "--multirun" in argv
-            if not (multirun and cfg.hydra.sweeper.get("params")):  # a preset's sweep: checked per job
+            # each setting at its first value; the swept ones (key -> values) varied one at a time below
+            first = {o.get_key_element(): o.input_line for o in parsed}
+            values = {o.get_key_element(): list(o.sweep_string_iterator()) for o in swept}
+            for key, vals in values.items():
+                first[key] = f"{key}={vals[0]}"
+            cfg = compose("config", overrides=list(first.values()), return_hydra_config=True)
+            if multirun:
+                preset = cfg.hydra.sweeper.get("params") or {}
+                for o in parser.parse_overrides([f"{k}={v}" for k, v in preset.items() if k not in first]):
+                    key = o.get_key_element()
+                    first[key] = o.input_line
+                    if o.is_sweep_override():
+                        values[key] = list(o.sweep_string_iterator())
+                        first[key] = f"{key}={values[key][0]}"
+            checked = []
+            jobs = [dict(first)] + [
+                {**first, key: f"{key}={value}"} for key, vals in values.items() for value in vals[1:]
+            ]
+            for n, overrides_of_job in enumerate(jobs):
+                job = " ".join(overrides_of_job[k] for k in values) if values else ""
+                cfg = compose("config", overrides=list(overrides_of_job.values()), return_hydra_config=True)
+                if n == 0 and multirun:
+                    check_writable(cfg.hydra.sweep.dir, argv)
+                check_writable(cfg.run_dir, argv)
                 run_spec(cfg)
+                checked.append(cfg)
+        return checked[0]
     except QpeftError as e:
-        fail(str(e))
+        fail(f"{e} (the sweep's job {job})" if multirun and job else str(e))
     except (HydraException, OmegaConfBaseException) as e:
         text = str(e)
         if text.startswith("Could not override '") and "not in struct" in str(e.__cause__):
             key = text.split("'")[1]
             fail(f"unknown setting {key}: check its spelling (python run.py --cfg job lists every setting)")
         fail(" ".join(text.split("\n")[:2]).strip())
+
+
+def check_launcher(cfg) -> None:
+    """hydra/launcher=slurm submits every job with sbatch: without it the sweep cannot start."""
+    import shutil
+
+    if "submitit" in cfg.hydra.launcher._target_ and "Slurm" in cfg.hydra.launcher._target_:
+        if shutil.which("sbatch") is None:
+            fail(
+                "hydra/launcher=slurm submits jobs with SLURM's sbatch, which is not on this machine: launch from "
+                "the cluster's login node, or drop hydra/launcher=slurm to run the jobs here one after another"
+            )
+
+
+def check_writable(folder: str, argv: list[str]) -> None:
+    """A run (or sweep) folder that cannot be made: output_root is a file, or lies where nothing can be written."""
+    import tempfile
+
+    if any(a in argv for a in ("--cfg", "-c")):  # printing the config writes nothing
+        return
+    path = Path(folder).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        fail(
+            f"output_root: {path} is a file, not a folder: set output_root= (or QPEFT_OUTPUT_DIR) to a folder"
+        )
+    try:
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        fail(
+            f"output_root: cannot write in {path} ({e.strerror or type(e).__name__}): set output_root= (or "
+            "QPEFT_OUTPUT_DIR) to a folder you can write"
+        )
 
 
 VALUE_FLAGS = (
@@ -112,7 +174,7 @@ VALUE_FLAGS = (
     "-cn",
     "--config-dir",
 )
-FAILED: list[str] = []  # jobs of a local sweep that stopped with a qpeft error
+FAILED: list[str] = []  # jobs of a local sweep that failed, one line each
 
 
 def in_local_sweep() -> bool:
@@ -126,6 +188,10 @@ def in_local_sweep() -> bool:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """One job. A qpeft error: one line, exit 2. In a local sweep no failure stops the jobs after it: a qpeft
+    error prints its line, any other exception (a bug) its traceback, and the sweep lists them all at the end."""
+    import traceback
+
     from qpeft.config import register_resolvers
     from qpeft.errors import QpeftError
 
@@ -134,12 +200,21 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         record = train(cfg)
-    except QpeftError as e:
-        print(f"qpeft error: {e}", file=sys.stderr, flush=True)
+    except Exception as e:
+        user_error = isinstance(e, QpeftError)
         if not in_local_sweep():
+            if not user_error:
+                raise
+            print(f"qpeft error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
-        # an unattended local sweep goes on with its next job; the failures are listed at the end
-        FAILED.append(f"{cfg.run_dir}: {e}")
+        if user_error:
+            print(f"qpeft error: {e}", file=sys.stderr, flush=True)
+            reason = str(e).splitlines()[0] if str(e) else ""
+        else:
+            traceback.print_exc()
+            first = str(e).splitlines()[0] if str(e) else ""
+            reason = f"{type(e).__name__}: {first} (an unexpected error: its traceback is above)"
+        FAILED.append(f"{cfg.run_dir}: {reason}")
         return None
     return None if record is None else record["score"]
 
@@ -153,7 +228,9 @@ if __name__ == "__main__":
     if not any(a in args for a in ("--hydra-help", "--info", "--shell-completion", "-sc")):
         import qpeft.config  # noqa: F401  (registers the `protocol` resolver before Hydra composes)
 
-        precheck(args)
+        first_job = precheck(args)
+        if "-m" in args or "--multirun" in args:
+            check_launcher(first_job)
     main()
     if FAILED:
         print(

@@ -1,5 +1,6 @@
 """Every `python run.py ...` command in README.md and docs/*.md composes and passes the settings check as typed
-(compose only: a sweep is checked at each swept setting's first value, as run.py's own precheck does)."""
+(compose only: a sweep is checked at each value of each swept setting, the others at their first values, as
+run.py's own precheck does)."""
 
 from __future__ import annotations
 

@@ -54,30 +54,64 @@ def e2e_dir() -> Path:
 # ---------------------------------------------------------------- metrics
 
 
-@pytest.mark.parametrize("fixture", ["coco", "lora"])
+def fixture_files(fixture: str) -> tuple[list[str], list[list[str]]]:
+    """(outputs, references) of a fixture; `short` is `lora` with an empty, a one-token and a three-token output
+    in place of its first three outputs (the references are lora's)."""
+    refs = read_grouped(FIXTURES / f"{'lora' if fixture == 'short' else fixture}_refs.txt")
+    outputs = (FIXTURES / f"{fixture}_outputs.txt").read_text(encoding="utf-8").splitlines()
+    assert len(refs) == len(outputs) and min(map(len, refs)) >= 3
+    return outputs, refs
+
+
+@pytest.mark.parametrize("fixture", ["coco", "lora", "short"])
 def test_metrics_match_the_official_script(fixture):
     """All five metrics equal what tuetschek/e2e-metrics `measure_scores.py -p` printed for the same files
     (4 decimals; tests/data/e2e_metrics/README.md says how those were obtained)."""
     assert nlg.java_available(), "METEOR, ROUGE-L and CIDEr need Java: apt-get install default-jre-headless"
-    refs = read_grouped(FIXTURES / f"{fixture}_refs.txt")
-    outputs = (FIXTURES / f"{fixture}_outputs.txt").read_text(encoding="utf-8").splitlines()
-    assert len(refs) == len(outputs) and min(map(len, refs)) >= 3
+    outputs, refs = fixture_files(fixture)
     ours = nlg.score(outputs, refs)
     expected = official(fixture, "python")
     for name in nlg.METRICS:
         assert ours[name] == pytest.approx(expected[name], abs=5.1e-5), (name, ours[name], expected[name])
+    if fixture == "short":
+        return  # the Perl MT-Eval was not run on it
     # the Perl MT-Eval gives the same BLEU; its NIST length penalty weighs MRs with more references more
     perl = official(fixture, "perl")
     assert ours["bleu"] == pytest.approx(perl["bleu"], abs=5.1e-5)
     assert abs(ours["nist"] - perl["nist"]) < 0.04
 
 
+# BLEU and NIST as the script's own pymteval code returned them (full precision; README.md: how)
+SCRIPT_BLEU_NIST = {
+    "coco": (0.7202928494322162, 7.788887609555574),
+    "lora": (0.6254077656879358, 8.158157350720638),
+    "short": (0.5881057425605523, 7.673650721165493),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(SCRIPT_BLEU_NIST))
+def test_bleu_and_nist_equal_the_script_to_full_precision(fixture):
+    """Also on degenerate outputs (`short`: an empty line, one token, three tokens), where the script counts an
+    empty output as one token and adds negative n-gram totals for outputs shorter than n (sacrebleu, which
+    qpeft used before, floors them at 0: it gave BLEU 0.5849 and NIST 7.6707 here, the script 0.5881 and
+    7.6737)."""
+    outputs, refs = fixture_files(fixture)
+    if fixture == "short":
+        assert outputs[0] == "" and len(outputs[1].split()) == 1 and len(outputs[2].split()) == 3
+    bleu, nist = SCRIPT_BLEU_NIST[fixture]
+    assert nlg.bleu(outputs, refs) == pytest.approx(bleu, rel=1e-13, abs=0)
+    assert nlg.nist(outputs, refs) == pytest.approx(nist, rel=1e-13, abs=0)
+
+
 def test_nist_clips_against_all_references_and_bleu_is_corpus_level():
     """Hand-computed: one MR, hypothesis 'a b', references 'a c' and 'b c' (information from 4 reference
-    words: info(a) = info(b) = log2(4/1) = 2, bigrams none matched); BLEU: no bigram match -> 0."""
+    words: info(a) = info(b) = log2(4/1) = 2, bigrams none matched); BLEU: no bigram match, so the script's
+    floors decide it: (1 * 1e-15 / 1 * 1e-15 / 1e-9 * 1e-15 / 1e-9) ** (1/4) = 10 ** -6.75."""
     assert nlg.nist(["a b"], [["a c", "b c"]]) == pytest.approx((2 + 2) / 2)
-    assert nlg.bleu(["a b"], [["a c", "b c"]]) == 0.0
+    assert nlg.bleu(["a b"], [["a c", "b c"]]) == pytest.approx(10**-6.75, rel=1e-9)
     assert nlg.bleu(["the cat sat on the mat"], [["the cat sat on the mat", "x"]]) == pytest.approx(1.0)
+    assert nlg.mteval_tokens("") == [""]  # the script's count: one (empty) token
+    assert nlg.mteval_tokens("It's 3.5, OK.") == ["it's", "3.5", ",", "ok", "."]
 
 
 def test_score_rejects_mismatched_inputs():

@@ -155,6 +155,22 @@ def _build_timm(cfg, num_labels: int):
     return ImageClassifier(net), transform
 
 
+def max_positions(model) -> int | None:
+    """The longest input (tokens) a text model's position embeddings cover; None where there is no such limit
+    (images, relative positions as DeBERTaV3's)."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in (
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+    ):  # positions start after the padding index
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
 def build(cfg, num_labels: int, overrides: dict | None = None):
     """(model, tokenizer_or_transform) for backbone config `cfg`; `overrides` set model-config fields."""
     overrides = {k: v for k, v in (overrides or {}).items() if k and v is not None}

@@ -272,6 +272,13 @@ def run_spec(cfg: DictConfig) -> RunSpec:
         value = getattr(trainer, key)
         if value is not None and (key in hp or value != TrainerSettings.__dataclass_fields__[key].default):
             hp[key] = value
+    image_backbone = cfg.backbone.kind in ("timm", "timm_config")
+    if (cfg.task.family == "vtab") != image_backbone:
+        reads, needs = ("images", "text") if image_backbone else ("text", "images")
+        raise QpeftError(
+            f"backbone={cfg.backbone.name} reads {reads}, task {cfg.task.name} ({cfg.task.family}) is {needs}: "
+            f"choose a backbone for {needs} (or drop backbone= to get the task family's default)"
+        )
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise QpeftError(f"seed={cfg.seed!r} must be an integer")
     return RunSpec(

@@ -3,7 +3,8 @@
 Decoding follows LoRA's `examples/NLG/src/gpt2_beam.py` (beam 10, length penalty 0.8, no-repeat 4-grams
 among the generated tokens, stop at <|endoftext|> or "\\n\\n"). Scores follow the E2E challenge's official
 script, `tuetschek/e2e-metrics` `measure_scores.py -p` (the command of LoRA's README): BLEU and NIST as its
-Python MT-Eval (mteval-v13a tokenisation, lowercased, n-grams clipped against all references of an MR),
+Python MT-Eval re-implemented (its mteval-v13a tokenisation and counting, also for empty and very short
+outputs; lowercased, n-grams clipped against all references of an MR),
 METEOR, ROUGE-L and CIDEr(-D) through pycocoevalcap after the Stanford PTB tokeniser. docs/e2e.md says
 where each number comes from and how far it can be from the official script's.
 """
@@ -11,6 +12,7 @@ where each number comes from and how far it can be from the official script's.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -113,56 +115,84 @@ def generate(
 
 
 def mteval_tokens(text: str) -> list[str]:
-    """mteval-v13a's tokenisation (sacrebleu's 13a tokenizer), lowercased as mteval does by default."""
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    """e2e-metrics' MT-Eval tokenisation (`metrics/pymteval.py`, `NGramScore.tokenize`: mteval-v13a's rules),
+    lowercased as its n-grams are. An empty line is one empty token, as the script counts it."""
+    text = re.sub(r"<skipped>", "", text)
+    text = re.sub(r"-\n", "", text)
+    text = re.sub(r"\n", " ", text)
+    for sgml, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+        text = text.replace(sgml, char)
+    text = f" {text} "
+    text = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", text)  # punctuation
+    text = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", text)  # period and comma unless preceded by a digit
+    text = re.sub(r"([\.,])([^0-9])", r" \1 \2", text)  # ... unless followed by a digit
+    text = re.sub(r"([0-9])(-)", r"\1 \2 ", text)  # dash after a digit
+    text = re.sub(r"\s+", " ", text).strip()
+    return [token.lower() for token in text.split(" ")]
 
-    return Tokenizer13a()(text.lower()).split()
+
+def _clipped(hyp: list[str], refs: list[list[str]], n: int) -> dict[tuple, int]:
+    """The hypothesis' n-grams (first occurrence order) with counts clipped at their maximum in one reference."""
+    merged: Counter = Counter()
+    for r in refs:
+        merged |= Counter(_ngrams(r, n))
+    return {g: min(c, merged[g]) for g, c in Counter(_ngrams(hyp, n)).items() if merged[g]}
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU-4 in [0, 1] (sacrebleu: 13a tokenisation, lowercase, closest reference length, any
-    number of references per segment, no smoothing), as mteval-v13a and e2e-metrics compute it."""
-    from sacrebleu.metrics import BLEU
-
-    width = max(len(r) for r in references)
-    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
-    metric = BLEU(lowercase=True, tokenize="13a", smooth_method="none", effective_order=False)
-    return metric.corpus_score(list(hypotheses), streams).score / 100
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU-4 in [0, 1] as e2e-metrics' `measure_scores.py -p` computes it (pymteval `BLEUScore`):
+    clipped n-gram hits against all references of an MR, the closest reference length (the shorter on a tie),
+    no smoothing. Like the script: an output of k < n tokens adds k - n + 1 (negative) to the n-gram total,
+    an empty output counts as one token, and a zero hit count (total) is raised to 1e-15 (1e-9)."""
+    hits, totals, ref_len = [0] * max_n, [0] * max_n, 0
+    for h, rs in zip(hypotheses, references):
+        hyp, refs = mteval_tokens(h), [mteval_tokens(r) for r in rs]
+        for n in range(1, max_n + 1):
+            hits[n - 1] += sum(_clipped(hyp, refs, n).values())
+            totals[n - 1] += len(hyp) - n + 1
+        ref_len += len(min(refs, key=lambda r: (abs(len(r) - len(hyp)), len(r))))
+    penalty = 1.0
+    if totals[0] <= ref_len:
+        penalty = math.exp(1.0 - ref_len / (float(totals[0]) if totals[0] else 1e-5))
+    log_sum = 0.0
+    for n_hits, n_total in zip(hits, totals):
+        log_sum += math.log(max(n_hits + 0.0, 1e-15) / max(n_total + 0.0, 1e-9))
+    return penalty * math.exp((1.0 / max_n) * log_sum)
 
 
 def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5) -> float:
-    """Corpus NIST-5 as e2e-metrics' Python MT-Eval computes it (`metrics/pymteval.py`, NISTScore).
+    """Corpus NIST-5 as e2e-metrics' `measure_scores.py -p` computes it (pymteval `NISTScore`).
 
     NLTK's `corpus_nist` differs: it scores each segment against its single best reference, while MT-Eval
     clips each n-gram's count against its maximum over all references of the segment. Information weights
     come from all reference n-grams; the length penalty uses the mean reference length of each segment.
+    Short outputs count as in `bleu` (k - n + 1 per n-gram order, an empty output one token); where the
+    script divides by a zero n-gram total (every output shorter than n - 1 tokens) and fails, that order
+    adds 0 here.
     """
     hyps = [mteval_tokens(h) for h in hypotheses]
     refs = [[mteval_tokens(r) for r in rs] for rs in references]
     ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]  # index 0: the empty n-gram
+    mean_ref = 0.0
     for rs in refs:
         for r in rs:
-            ref_counts[0][()] += len(r)
             for n in range(1, max_n + 1):
                 ref_counts[n].update(_ngrams(r, n))
+        ref_counts[0][()] += sum(len(r) for r in rs)
+        mean_ref += sum(len(r) for r in rs) / float(len(rs))
 
     def info(gram: tuple) -> float:
         count = ref_counts[len(gram)].get(gram)
-        return math.log2(ref_counts[len(gram) - 1][gram[:-1]] / count) if count else 0.0
+        return math.log(ref_counts[len(gram) - 1][gram[:-1]] / float(count), 2) if count else 0.0
 
     total = 0.0
     for n in range(1, max_n + 1):
         hit_info, sys_len = 0.0, 0
         for h, rs in zip(hyps, refs):
             sys_len += len(h) - n + 1
-            merged: Counter = Counter()
-            for r in rs:
-                merged |= Counter(_ngrams(r, n))  # max count over the references
-            hit_info += sum(info(g) * min(c, merged[g]) for g, c in Counter(_ngrams(h, n)).items())
-        total += hit_info / sys_len if sys_len else 0.0  # MT-Eval divides by len - n + 1 summed
-    sys_words = sum(len(h) for h in hyps)
-    mean_ref = sum(sum(len(r) for r in rs) / len(rs) for rs in refs)
-    ratio = sys_words / mean_ref
+            hit_info += sum(info(g) * c for g, c in _clipped(h, rs, n).items())
+        total += hit_info / sys_len if sys_len else 0.0
+    ratio = sum(len(h) for h in hyps) / float(mean_ref)
     beta = -math.log(0.5) / math.log(1.5) ** 2
     penalty = 1.0 if ratio >= 1 else 0.0 if ratio <= 0 else math.exp(-beta * math.log(ratio) ** 2)
     return penalty * total

@@ -24,7 +24,7 @@ from qpeft.callbacks import CsvLogger, LogLines, NonFiniteLoss, StepHook, Throug
 from qpeft.config import RunSpec, run_spec
 from qpeft.errors import QpeftError
 from qpeft.guard import run_settings
-from qpeft.run_folder import RunFolder
+from qpeft.run_folder import METRICS_NAME, RunFolder
 
 
 def summary_line(record: dict, path, retrained: bool = True) -> str:
@@ -147,6 +147,12 @@ def _train(
 
     # build the model and data, then the adapter
     model, preprocessor = build_model(spec)
+    positions = backbones.max_positions(model)
+    if family.text and t.max_length and positions and t.max_length > positions:
+        raise QpeftError(
+            f"trainer.max_length={t.max_length} is above the {positions} positions of backbone={spec.backbone.name}: "
+            f"set trainer.max_length={positions} or lower"
+        )
     preprocessor = family.preprocessor(model, preprocessor)
     train_ds, evals, collator = family.load(preprocessor, t, spec.seed)
     steps_per_epoch = math.ceil(len(train_ds) / (t.batch_size * t.grad_accum))
@@ -184,7 +190,7 @@ def _train(
             job_type=spec.task.name,
         )
     throughput = Throughput()
-    callbacks = [CsvLogger(folder.path / "metrics.csv"), throughput]
+    callbacks = [CsvLogger(folder.path / METRICS_NAME), throughput]
     log_file = not sys.stderr.isatty()  # nohup / SLURM: one line per logging step, no progress bars
     if log_file:
         callbacks.append(LogLines(total_steps))
@@ -220,6 +226,8 @@ def _train(
     last = distributed.from_main(folder.last_complete_checkpoint)
     if last:
         say(f"[qpeft] resuming from {last}", flush=True)
+    if ranks.main:
+        folder.start_metrics(last)  # one row per step and key: cut back to `last`, or set aside
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)

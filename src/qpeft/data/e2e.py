@@ -20,6 +20,7 @@ import datasets
 import torch
 from datasets import Dataset
 
+from qpeft.data import check_train_limit
 from qpeft.errors import QpeftError
 
 datasets.disable_progress_bars()
@@ -64,6 +65,8 @@ def read_lora_file(path: Path) -> list[tuple[str, str]]:
             if not sep:
                 raise QpeftError(f"{path}, line {n}: expected 'MR||reference'")
             pairs.append((mr, ref))
+    if not pairs:
+        raise QpeftError(f"E2E file {path} holds no 'MR||reference' lines: restore it, or fix task.data_dir")
     return pairs
 
 
@@ -164,6 +167,7 @@ def load(
     """(training examples, {eval split: EvalSplit}); train_limit keeps a seeded random subset of the training
     pairs, eval_limit the first MRs of each eval split (with all their references)."""
     train = encode(tokenizer, read_split(task, "train"), max_length)
+    check_train_limit(train_limit, len(train), "E2E")
     if train_limit:
         train = train.shuffle(seed=seed).select(range(min(train_limit, len(train))))
     evals = {}

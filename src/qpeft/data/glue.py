@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 from datasets import Dataset
 
+from qpeft.data import check_train_limit
 from qpeft.errors import QpeftError
 
 csv.field_size_limit(1 << 24)
@@ -21,15 +22,39 @@ def eval_name(split: str) -> str:
     return "" if split == "validation" else split.removeprefix("validation_")
 
 
-def _read_tsv(path: Path, spec) -> dict[str, list]:
-    """Rows of one GLUE TSV as columns text_a, text_b, label (QUOTE_NONE: SST-2/CoLA have bare quotes)."""
+def _label(raw: str, where: str, label_map: dict | None, num_labels: int) -> int | float:
+    """One row's label: a class index in [0, num_labels), or a number for a regression task (num_labels 1)."""
+    if label_map:
+        if raw not in label_map:
+            raise QpeftError(f"{where}: label {raw!r} is not one of the task's labels {sorted(label_map)}")
+        return label_map[raw]
+    try:
+        value = float(raw) if num_labels == 1 else int(raw)
+    except ValueError:
+        kind = "a number" if num_labels == 1 else "a class index"
+        raise QpeftError(f"{where}: label {raw!r} is not {kind}") from None
+    if num_labels > 1 and not 0 <= value < num_labels:
+        raise QpeftError(
+            f"{where}: label {value} is outside the task's {num_labels} classes 0..{num_labels - 1}"
+        )
+    return value
+
+
+def _read_tsv(path: Path, spec, num_labels: int) -> dict[str, list]:
+    """Rows of one GLUE TSV as columns text_a, text_b, label (QUOTE_NONE: SST-2/CoLA have bare quotes);
+    a QpeftError naming the file (and line) when it holds no examples or a label the task does not have."""
     if not path.exists():
         raise QpeftError(
             f"GLUE file {path} not found: set task.data_dir (or QPEFT_GLUE_DIR) to the GLUE folder"
         )
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header, rows = (rows[0], rows[1:]) if spec.header else (None, rows)
+    header, rows = (rows[0], rows[1:]) if spec.header and rows else (None, rows)
+    if not rows:
+        raise QpeftError(
+            f"GLUE file {path} holds no examples ({'a header only' if header else 'empty'}): restore it, or "
+            "point task.data_dir (QPEFT_GLUE_DIR) at a complete GLUE folder"
+        )
 
     def col(key):
         if key is None:
@@ -48,8 +73,7 @@ def _read_tsv(path: Path, spec) -> dict[str, list]:
             raise QpeftError(
                 f"{path}, line {n}: expected at least {max(ia, il, ib or 0) + 1} tab-separated fields"
             )
-        raw = r[il]
-        label = label_map[raw] if label_map else (float(raw) if "." in raw else int(raw))
+        label = _label(r[il], f"{path}, line {n}", label_map, num_labels)
         out["text_a"].append(r[ia])
         out["text_b"].append(r[ib] if ib is not None else None)
         out["label"].append(label)
@@ -63,8 +87,8 @@ def _local(task, data_dir: str) -> tuple[dict, dict[str, dict]]:
             f"GLUE folder {root} not found: set task.data_dir (or the environment variable QPEFT_GLUE_DIR) to a "
             "folder holding <TASK>/train.tsv and dev.tsv, e.g. ../shared/data/glue"
         )
-    train = _read_tsv(root / "train.tsv", task.local)
-    evals = {split: _read_tsv(root / fname, task.local) for split, fname in task.eval_files.items()}
+    train = _read_tsv(root / "train.tsv", task.local, task.num_labels)
+    evals = {split: _read_tsv(root / f, task.local, task.num_labels) for split, f in task.eval_files.items()}
     return train, evals
 
 
@@ -165,9 +189,10 @@ def load(
         return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
     evals = {s: by_length(encode(c, eval_limit, False)) for s, c in evals.items()}
-    if not heldout:
-        return encode(train, train_limit, True), evals, None
     n = len(train["label"])
+    if not heldout:
+        check_train_limit(train_limit, n, task.name, "")
+        return encode(train, train_limit, True), evals, None
     if heldout >= n:
         raise QpeftError(f"trainer.heldout={heldout} leaves no training data ({n} examples): lower it")
     pool = Dataset.from_dict(train).shuffle(seed=seed)
@@ -182,6 +207,7 @@ def load(
         clash = set(clashing(texts(rest), texts(held)))
         dropped = len(clash)
         rest = rest.select([i for i in range(len(rest)) if i not in clash])
+    check_train_limit(train_limit, len(rest), task.name, " left beside trainer.heldout")
     evals["heldout"] = by_length(encode(held, None, False))
     labels = held["label"]
     facts = {

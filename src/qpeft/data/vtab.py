@@ -15,6 +15,9 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 
+from qpeft.data import check_train_limit
+from qpeft.errors import QpeftError
+
 ENV_VAR = "QPEFT_VTAB_DIR"
 CIFAR10_ENV_VAR = "QPEFT_CIFAR10_DIR"
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -100,6 +103,11 @@ def read_split(root: Path, task: str, split: str) -> list[tuple[Path, int]]:
                 f"{list_file}, line {n}: label {label} is outside [0, {num_classes}) for task {task}."
             )
         samples.append((task_dir / parts[0], label))
+    if not samples:
+        raise ValueError(
+            f"{list_file} lists no images: re-create the data folder that task.data_dir / {ENV_VAR} points at "
+            "(scripts/prepare_vtab.py)."
+        )
     # one directory listing per folder instead of one stat per image
     listings: dict[Path, set[str]] = {}
     missing = []
@@ -145,8 +153,14 @@ class VtabDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or corrupt image data
+            raise QpeftError(
+                f"image {path} cannot be read ({type(e).__name__}: {e}): replace it, or re-create the data "
+                f"folder that task.data_dir / {ENV_VAR} points at (scripts/prepare_vtab.py)"
+            ) from None
         return {"pixel_values": self.transform(image), "labels": label}
 
 
@@ -227,6 +241,7 @@ def load_task(
 ) -> tuple[Dataset, dict[str, Dataset]]:
     """`load` with task.data_dir and task.mode; train_limit keeps a seeded random subset, eval_limit the first N."""
     train, evals = load(task_cfg, task_cfg.get("data_dir"), task_cfg.get("mode"), transform)
+    check_train_limit(train_limit, len(train), task_cfg["name"])
     if train_limit and train_limit < len(train):
         g = torch.Generator().manual_seed(seed)
         train = Subset(train, torch.randperm(len(train), generator=g)[:train_limit].tolist())
