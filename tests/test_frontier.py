@@ -251,7 +251,7 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     section = md.split(
         "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA, Taylor and the rank-stable Pauli points"
-    )[1]
+    )[1].split("## The comparisons")[0]
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md
     assert rows == [
@@ -350,3 +350,24 @@ def test_the_default_is_chosen_again_with_each_pauli_point_at_its_own_lr(tmp_pat
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     assert "averaged over the tasks): `quantum_kfull_l1_ws` 85.50, `quantum_k8_l1_ws` 80.00." in md
+
+
+def test_comparisons_take_each_setting_at_its_chosen_lr_with_a_welch_interval():
+    """A setting with an lr grid is compared at the lr chosen on the held-out slice (LoRA r=8 at 1.6e-4 here, the
+    better held-out score, although its dev is lower), one without at the shared lr; the interval is scipy's."""
+    from scipy import stats
+
+    from qpeft.frontier import LrChoice, Point, claim_rows
+
+    default = Point("sst2", "quantum_kfull_l1_ws", "Pauli L=1, rank-stable", 15624, dev=[0.78, 0.79, 0.80])
+    default.heldout, default.seeds = [0.84, 0.85, 0.86], [0, 1, 2]
+    shared = Point("sst2", "lora_r8", "LoRA", 331776, dev=[0.81, 0.80, 0.81], heldout=[0.85, 0.85, 0.85])
+    own = Point("sst2", "lora_r8_alr0.00016", "LoRA, own lr", 331776, dev=[0.76, 0.77, 0.765])
+    own.heldout, own.adapter_lr = [0.86, 0.86, 0.86], 1.6e-4
+    choice = LrChoice("sst2", "LoRA", [(shared, 85.0), (own, 86.0)], [0, 1, 2], own)
+    rows = claim_rows([default, shared, own], [choice])
+    row = next(r for r in rows if "lora_r8" in r[2])
+    assert row[2].startswith("`lora_r8_alr0.00016`")
+    ci = stats.ttest_ind([78, 79, 80], [76, 77, 76.5], equal_var=False).confidence_interval()
+    assert row[3] == f"{79 - 76.5:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
+    assert row[-1] == ("ahead" if ci.low > 0 else "level")
