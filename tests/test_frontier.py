@@ -204,7 +204,7 @@ def test_table_and_figures_choose_on_the_heldout_slice(tmp_path):
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     # the paper-rule row is not a candidate (another rule), the dev-best width point loses on held-out
     assert "is `quantum_kfull_l1_width` (80.00)" in md
-    assert "| SST-2 | LoRA | `lora_r8` | 8,000 | 1.0 | 85.00 ± 0.00 | 85.00 ± 0.00 | 2 |" in md
+    assert "| SST-2 | LoRA | `lora_r8` | 8,000 | 1.0 | 8,000 | 85.00 ± 0.00 | 85.00 ± 0.00 | 2 |" in md
     assert "| 80.0 |" in md  # 8,000 / 100 parameters
 
 
@@ -316,7 +316,7 @@ def test_a_run_that_learned_nothing_is_never_chosen(tmp_path):
     assert frontier.chosen_quantum(points)[0] == "quantum_k64_l1_ws"
     frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
-    assert "| STS-B | LoRA | `lora_r8` | 8,000 | 1.0 | nan | nan | 1 |" in md
+    assert "| STS-B | LoRA | `lora_r8` | 8,000 | 1.0 | 8,000 | nan | nan | 1 |" in md
     assert "`nan`: a seed predicted one constant" in md
 
 

@@ -85,6 +85,7 @@ class Point:
     adapter_lr: float | None = None
     # the lr its adapter parameters trained at: adapter_lr, else the run's trainer.lr (None: not recorded)
     lr: float | None = None
+    head_params: int = 0  # the trained head (classifier and pooler), counted apart from the adapter
 
     @staticmethod
     def stat(values: list[float]) -> tuple[float, float]:
@@ -134,7 +135,13 @@ def collect(records: list[tuple[Path, Record]]) -> list[Point]:
             adapter_lr = (r.adapter_cfg or {}).get("adapter_lr")
             lr = adapter_lr if adapter_lr is not None else (r.hyperparameters or {}).get("lr")
             points[key] = Point(
-                r.task, r.adapter_tag, family(r), int(r.adapter_params or 0), adapter_lr=adapter_lr, lr=lr
+                r.task,
+                r.adapter_tag,
+                family(r),
+                int(r.adapter_params or 0),
+                adapter_lr=adapter_lr,
+                lr=lr,
+                head_params=int(r.head_params or 0),
             )
         p = points[key]
         p.seeds.append(r.seed)
@@ -386,6 +393,7 @@ def table_rows(
         "setting",
         "adapter params",
         "x fewer than LoRA r=8",
+        "trainable params (head incl.)",
         "dev",
         "held-out",
         "seeds",
@@ -402,13 +410,16 @@ def table_rows(
                 f"`{p.tag}`",
                 f"{p.params:,}",
                 "" if math.isnan(fewer) else f"{fewer:,.1f}",
+                f"{p.params + p.head_params:,}",
                 _pm(dev),
                 _pm(held),
                 str(len(p.seeds)),
                 commits.get((p.task, p.tag), ""),
             ]
         )
-        raw.append([p.task, p.family, p.tag, p.params, fewer, *dev, *held, len(p.seeds)])
+        raw.append(
+            [p.task, p.family, p.tag, p.params, fewer, p.params + p.head_params, *dev, *held, len(p.seeds)]
+        )
     return headers, rows, raw
 
 
@@ -511,7 +522,8 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
         f"Built by `python -m qpeft.frontier` from {len(records)} records ({', '.join(tasks)}; seeds "
         f"{', '.join(map(str, seeds))}). Metrics x100, mean ± sample std over the seeds a row has; `dev` is the "
         "full official dev set, `held-out` the 500 training examples each run held out (`trainer.heldout`). "
-        "`x fewer`: LoRA r=8's adapter parameters over the row's. `code`: the commits the row's runs ran at "
+        "`x fewer`: LoRA r=8's adapter parameters over the row's; `trainable params`: adapter and trained head "
+        "(classifier and BERT's pooler). `code`: the commits the row's runs ran at "
         "(with the number of runs where they differ; `+dirty`: the tree had uncommitted changes, see "
         "docs/frontier.md, provenance)."
         + (
@@ -520,7 +532,7 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
             else ""
         ),
         "",
-        markdown(headers, rows, align="llllrrrrl").rstrip("\n"),
+        markdown(headers, rows, align="llllrrrrrl").rstrip("\n"),
         "",
     ]
     if choice:
@@ -536,7 +548,7 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
     out_md, out_csv = tables / f"{preset}_points.md", tables / f"{preset}_points.csv"
     tables.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines), encoding="utf-8")
-    csv_headers = ["task", "family", "setting", "adapter_params", "x_fewer_than_lora_r8"]
+    csv_headers = ["task", "family", "setting", "adapter_params", "x_fewer_than_lora_r8", "trainable_params"]
     csv_headers += ["dev_mean", "dev_std", "heldout_mean", "heldout_std", "seeds"]
     out_csv.write_text(csv_text(csv_headers, raw), encoding="utf-8")
     written = [out_md, out_csv]
