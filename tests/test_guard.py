@@ -113,6 +113,11 @@ def test_differences_reads_every_schema():
     assert guard.differences(
         old_record, {**now, "config": {**now["config"], "trainer.max_grad_norm": 0.5}}
     ) == ["trainer.max_grad_norm: 1.0 there, 0.5 now"]
+    # a record alone (committed records have no settings.json): its data facts may carry the fingerprint
+    record = {**old_record, "data": {"heldout_examples": 500, "fingerprint": "abc"}}
+    assert guard.differences(record, now) == []
+    assert guard.differences(record, {**now, "data": "xyz"})[0].startswith("the data")
+    assert guard.differences({**old_record, "data": {"heldout_examples": 500}}, {**now, "data": "xyz"}) == []
     old_settings = {"adapter_cfg": {"r": 8}, "trainer": {"sampling": "random"}}
     assert guard.differences(old_settings, now) == []  # lr is not in it: not compared
     assert guard.differences(old_settings, {**now, "config": {**now["config"], "adapter.r": 4}}) == [

@@ -141,3 +141,35 @@ def test_committed_runs_are_found_again_under_todays_settings(preset):
         assert json.loads(record_path.read_text())["hyperparameters"]["lr"] == spec.trainer.lr
         matched.add(folder)
     assert matched == set(by_folder)  # every committed record is a job of today's preset
+
+
+def test_committed_claim_runs_are_found_again_under_todays_settings():
+    """Every committed record of the claim study, asked for again as `python -m qpeft.claim --pending` would ask
+    for it (its point's adapter config, lr, seed and head), is accepted by the settings guard, data included."""
+    from conftest import GLUE_DIR, compose_cfg
+
+    from qpeft import claim
+    from qpeft.guard import run_settings
+    from qpeft.records import load_record
+    from qpeft.run_folder import RunFolder
+
+    paths = find_records(RECORDS / "claim_minilm")
+    for path in paths:
+        run = claim.to_run(load_record(path))
+        preset, key = (
+            ("claim_minilm_head", "adapter.lr")
+            if run.setting == "head_only"
+            else ("claim_minilm", "adapter.adapter_lr")
+        )
+        overrides = [
+            f"experiment={preset}",
+            f"task=glue/{run.task}",
+            f"adapter={claim.POINTS[run.setting].adapter}",
+        ]
+        overrides += [
+            f"{key}={run.lr:g}",
+            f"seed={run.seed}",
+            f"backbone={run.backbone}",
+            f"task.data_dir={GLUE_DIR}",
+        ]
+        RunFolder(path.parent).check_settings(run_settings(compose_cfg(overrides)))

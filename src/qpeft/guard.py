@@ -166,7 +166,11 @@ def differences(stored: dict, now: dict) -> list[str]:
             continue
         if old != now["config"][key]:
             diffs.append(f"{key}: {old!r} there, {now['config'][key]!r} now")
-    data_there = stored.get("data")
+    # settings.json keeps the fingerprint as `data`; a record keeps it inside its data facts
+    facts = stored.get("data")
+    data_there = (
+        facts if stored.get("schema") == 2 else facts.get("fingerprint") if isinstance(facts, dict) else None
+    )
     if data_there is not None and now.get("data") is not None and data_there != now["data"]:
         diffs.append("the data: other file contents there (task.data_dir / its environment variable)")
     return diffs

@@ -286,7 +286,10 @@ def _train(
             versions=provenance.versions(),
             git_commit=code.label if code else None,
             code_diff_sha256=code.diff_sha256 if code else None,
-            data=family.data_facts,
+            # what was read: the held-out slice's facts, and the content hash the settings guard compares
+            data={**(family.data_facts or {}), "fingerprint": settings["data"]}
+            if settings["data"]
+            else family.data_facts,
             curve=learning_curve(trainer.state.log_history, family, main, evals) if t.eval_steps else None,
             argv=sys.argv,
             finished_at=datetime.now(timezone.utc).isoformat(),
