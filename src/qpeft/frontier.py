@@ -495,7 +495,8 @@ def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]
     return records
 
 
-def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[Path]:
+def build(records_root: Path, preset: str, tables: Path, figures: Path | None) -> list[Path]:
+    """The points table of `preset` under `tables` and its figures under `figures` (None: the table only)."""
     records = preset_records(records_root, preset)
     points = collect(records)
     headers, rows, raw = table_rows(points, commits_of(records))
@@ -540,7 +541,7 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
     csv_headers += ["dev_mean", "dev_std", "heldout_mean", "heldout_std", "seeds"]
     out_csv.write_text(csv_text(csv_headers, raw), encoding="utf-8")
     written = [out_md, out_csv]
-    for task in tasks:
+    for task in tasks if figures is not None else ():
         stem = (
             "frontier" if preset == "frontier_minilm" else preset
         )  # frontier_<task>.png for the study itself

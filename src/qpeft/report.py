@@ -517,6 +517,8 @@ def _comparisons(records: list) -> list[str]:
     """The frontier study's stated comparisons with their 95% intervals (qpeft.frontier.claim_lines), a level down."""
     from qpeft import frontier
 
+    if not all(f"{r.main_metric}_heldout" in r.metrics for _, r in records):
+        return []  # a frontier sweep without a held-out slice: no lr choices, no stated comparisons
     points = frontier.collect(records)
     lines = frontier.claim_lines(points, frontier.chosen_lrs(points))
     return ["#" + line if line.startswith("## ") else line for line in lines]
