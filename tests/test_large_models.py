@@ -88,4 +88,4 @@ def test_glue_mistral_preset_composes():
 
     GlobalHydra.instance().clear()  # jobs.expand initialises Hydra itself
     runs, _ = jobs.expand(["experiment=glue_mistral"])
-    assert len(runs) == 8 * 6 * 3
+    assert len(runs) == 8 * 7 * 3  # quantum_paper (the paper's rule) beside quantum_k8

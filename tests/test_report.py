@@ -54,8 +54,9 @@ def test_report_from_committed_records(tmp_path):
         assert f"\n## {preset}\n" in text, preset
     links = linked_files(report)
     figures = [p for p in links if "figures/report" in p.as_posix()]
-    # a seed plot and an efficiency plot per preset, and a Pareto-front plot per frontier preset
-    assert len(figures) == 2 * len(presets) + 1 and "\n## Frontier\n" in text
+    # a seed plot and an efficiency plot per preset, and the frontier study's two figures per task (SST-2, STS-B)
+    assert len(figures) == 2 * len(presets) + 4 and "\n## Frontier\n" in text
+    assert {p.name for p in figures} >= {"frontier_minilm_sst2.png", "frontier_minilm_all_stsb.png"}
     for path in links:
         assert path.exists(), path
     for path in figures:

@@ -75,9 +75,10 @@ def md_row(path: Path, label: str) -> dict[str, str]:
     """The Markdown row whose Method cell is `label`, keyed by header."""
     lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
     headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    method = headers.index("Method")
     for ln in lines[2:]:
         cells = [c.strip() for c in ln.strip("|").split("|")]
-        if cells[1] == label:
+        if cells[method] == label:
             return dict(zip(headers, cells))
     raise AssertionError(f"no row {label} in {path}")
 
@@ -354,3 +355,38 @@ def test_a_subset_preset_has_its_own_columns_and_average(tmp_path):
     put(tmp_path / "outputs", "rte", 0, glue_metrics("rte", 0.9), experiment="minilm_glue")
     row = md_row(build(tmp_path) / "minilm_glue.md", "lora_r8")
     assert row["Avg"] == f"{np.mean([50, 60, 70, 80, 90]):.2f}"
+
+
+def test_make_tables_marks_your_runs_beside_the_committed_ones(tmp_path, monkeypatch, capsys):
+    """`make tables` with no arguments: results/records -> results/tables; your records under outputs/ join them in
+    outputs/tables as rows marked (yours), a note says so; a copy of a committed run is not yours; results/tables
+    holds the committed records only."""
+    from qpeft.tables import cli
+
+    monkeypatch.chdir(tmp_path)
+    put(tmp_path / "results" / "records", "sst2", 0, {"accuracy": 0.90})
+    put(tmp_path / "results" / "records", "rte", 0, {"accuracy": 0.70})
+    put(tmp_path / "outputs", "sst2", 0, {"accuracy": 0.90})  # a copy of the committed run
+    put(tmp_path / "outputs", "rte", 0, {"accuracy": 0.60})  # yours: the same run, another result
+    put(tmp_path / "outputs", "sst2", 1, {"accuracy": 0.80})
+    assert cli.main(["--reference", str(REFERENCE)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs of yours (rows marked '(yours)'), 1 copies of committed runs" in out
+    ours = md_row(tmp_path / "results" / "tables" / "glue_test.md", "lora_r8")
+    assert ours["SST-2"] == "90.00" and ours["RTE"] == "70.00"
+    assert "(yours)" not in (tmp_path / "results" / "tables" / "glue_test.md").read_text()
+    text = (tmp_path / "outputs" / "tables" / "glue_test.md").read_text()
+    yours = md_row(tmp_path / "outputs" / "tables" / "glue_test.md", "lora_r8 (yours)")
+    assert yours["RTE"] == "60.00" and yours["SST-2"] == "80.00"
+    assert md_row(tmp_path / "outputs" / "tables" / "glue_test.md", "lora_r8")["RTE"] == "70.00"
+    assert "Rows marked (yours): your runs under outputs/" in text
+
+
+def test_make_tables_on_a_fresh_clone_needs_no_outputs(tmp_path, monkeypatch, capsys):
+    from qpeft.tables import cli
+
+    monkeypatch.chdir(tmp_path)
+    put(tmp_path / "results" / "records", "sst2", 0, {"accuracy": 0.90})
+    assert cli.main(["--reference", str(REFERENCE)]) == 0
+    assert not (tmp_path / "outputs").exists() and "outputs" not in capsys.readouterr().out
+    assert (tmp_path / "results" / "tables" / "glue_test.md").exists()

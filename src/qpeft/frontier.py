@@ -1,12 +1,13 @@
-"""The accuracy-per-parameter frontier (experiment=frontier_minilm, `make frontier`): a table and one figure per task.
+"""The accuracy-per-parameter frontier (experiment=frontier_minilm, `make frontier`): a table and two figures per task.
 
     python -m qpeft.frontier [--records outputs/frontier_minilm] [--preset frontier_minilm]
 
-Reads the preset's run records and writes `results/tables/<preset>_points.{md,csv}` and
-`results/figures/frontier_<task>.png`: the task's main metric on the dev set (mean and sample std over seeds)
-against adapter parameters (log axis), one line per method family (a Pauli line per L across K, LoRA across r,
-Taylor across K, each ultra-low method across its budgets), the head alone as the floor and the band of 5x to
-25x fewer parameters than LoRA r=8 (the paper's claim) shaded. The held-out training slice's metric
+Reads the preset's run records and writes `results/tables/<preset>_points.{md,csv}`,
+`results/figures/frontier_<task>.{png,svg}` and `results/figures/frontier_all_<task>.{png,svg}` (300 dpi PNG): the
+task's main metric on the dev set against adapter parameters (log axis). The first shows each method family once,
+its best setting per budget chosen on the held-out slice at the lr chosen there, the dev mean over seeds with the
+95% t-interval of the mean as a band, the head alone as the floor and the band of 5x to 25x fewer parameters than
+LoRA r=8 (the paper's claim) shaded; the second every setting, one panel per family. The held-out training slice's metric
 (`trainer.heldout`) sits beside the dev metric in the table, and the Quantum-PEFT setting with the best held-out
 score (mean over tasks) is named there: the one value this study chooses, chosen without the dev set.
 """
@@ -49,25 +50,6 @@ LR_SECTION = (
     "At their own learning rate: LoRA, VeRA, FourierFT, TinyLoRA, Taylor and the rank-stable Pauli points"
 )
 OWN_LR = ("LoRA", "VeRA", "FourierFT", "TinyLoRA", "Taylor", "Pauli L=1, rank-stable")
-STYLES = {  # marker, line style, colour
-    "LoRA": ("o", "-", "tab:blue"),
-    "Pauli L=1": ("D", "-", "tab:red"),
-    "Pauli L=2": ("D", "--", "tab:orange"),
-    "Pauli L=4": ("D", ":", "tab:brown"),
-    "Pauli L=1, rank-stable": ("D", "-", "black"),  # adapter=quantum's rule
-    "Pauli, rank mask": ("d", "none", "tab:pink"),
-    "Pauli, paper rule": ("x", "none", "black"),
-    "Taylor": ("s", "-", "tab:purple"),
-    "VeRA": ("^", "-", "tab:green"),
-    "FourierFT": ("v", "-", "tab:olive"),
-    "LoRA, lr chosen on held-out": ("o", "-.", "navy"),
-    "Pauli L=1, rank-stable, lr chosen on held-out": ("D", "-.", "dimgray"),
-    "VeRA, lr chosen on held-out": ("^", "-.", "darkgreen"),
-    "FourierFT, lr chosen on held-out": ("v", "-.", "olive"),
-    "TinyLoRA": ("P", "-", "tab:cyan"),
-    "TinyLoRA, lr chosen on held-out": ("P", "-.", "darkcyan"),
-    "Taylor, lr chosen on held-out": ("s", "-.", "indigo"),
-}
 
 
 @dataclass
@@ -252,7 +234,7 @@ def lr_choice_lines(choices: list[LrChoice], shared_lr: str) -> list[str]:
         "head at the shared lr), "
         "tried on seed 0; for each task and budget the lr with the best held-out score is chosen (held-out x100, "
         "mean over the seeds every lr has), and its dev score is reported over all the seeds it has. The figures "
-        "draw the chosen points as the dash-dotted lines.",
+        "draw each family at the lrs chosen (every setting's figure marks them `held-out lr`).",
         "",
         markdown(headers, rows, align="llllrr").rstrip("\n"),
         "",
@@ -428,74 +410,228 @@ def _pm(stat: tuple[float, float]) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _draw(ax, members: list[Point], label: str):
-    """One line of the figure: the dev mean ± std of each point, in parameter order; its legend handle."""
-    from matplotlib.lines import Line2D
+# The main figure: each method family once (at most 8 legend entries). Quantum-PEFT appears under two rules: qpeft's
+# (the rank-stable width rule of adapter=quantum, K = 8, 64, full) and the paper's literal one (adapter=quantum_paper);
+# the plain width rule at L = 1, 2, 4 and the rank masks are in the all-settings figure. Marker, line style, colour
+# (Okabe-Ito; told apart in grayscale by marker and dash).
+PAULI_OTHERS = ("Pauli L=1", "Pauli L=2", "Pauli L=4", "Pauli, rank mask")
+FAMILIES = {
+    "LoRA": ("LoRA",),
+    "Quantum-PEFT, qpeft's rule": ("Pauli L=1, rank-stable",),
+    "Quantum-PEFT, paper's rule": ("Pauli, paper rule",),
+    "Quantum-PEFT, Taylor": ("Taylor",),
+    "VeRA": ("VeRA",),
+    "FourierFT": ("FourierFT",),
+    "TinyLoRA": ("TinyLoRA",),
+}
+FAMILY_STYLES = {
+    "LoRA": ("o", "-", "#0072B2"),
+    "Quantum-PEFT, qpeft's rule": ("D", "-", "#000000"),
+    "Quantum-PEFT, paper's rule": ("X", ":", "#D55E00"),
+    "Quantum-PEFT, Taylor": ("s", "--", "#CC79A7"),
+    "VeRA": ("^", "-.", "#009E73"),
+    "FourierFT": ("v", (0, (5, 1.5, 1, 1.5, 1, 1.5)), "#E69F00"),
+    "TinyLoRA": ("P", (0, (1, 1)), "#56B4E9"),
+}
+HEAD_STYLE = ("0.45", "--")
+# the all-settings figure: one panel per family, every line of it
+PANELS = {
+    "LoRA": ("LoRA",),
+    "Quantum-PEFT, Pauli": FAMILIES["Quantum-PEFT, qpeft's rule"]
+    + PAULI_OTHERS
+    + FAMILIES["Quantum-PEFT, paper's rule"],
+    "Quantum-PEFT, Taylor": ("Taylor",),
+    "VeRA": ("VeRA",),
+    "FourierFT": ("FourierFT",),
+    "TinyLoRA": ("TinyLoRA",),
+}
+LINE_STYLES = [
+    ("o", "-"),
+    ("D", "--"),
+    ("s", ":"),
+    ("^", "-."),
+    ("v", (0, (5, 1))),
+    ("P", (0, (1, 1))),
+    ("X", "-"),
+]
+LINE_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+DPI = 300
 
-    marker, line, colour = STYLES[label]
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) x100 of the 95% t-interval of the mean over seeds; low = high = mean for one seed."""
+    from scipy.stats import t as student_t
+
+    a = np.asarray(values, dtype=float) * 100
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, mean, mean
+    half = float(student_t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half
+
+
+def candidates(points: list[Point], chosen: list[LrChoice], task: str) -> list[Point]:
+    """The settings of `task` each at one lr: the lr chosen on the held-out slice where the budget had a grid
+    (the grid's other points left out), else the shared lr."""
+    by_budget = {(c.method, c.chosen.params): c.chosen for c in chosen if c.task == task}
+    out = []
+    for p in points:
+        if p.task != task or p.family.endswith(", own lr"):
+            continue
+        out.append(by_budget.get((p.family, p.params), p))
+    out += [c for c in by_budget.values() if c.family.endswith(", own lr")]
+    return list({id(p): p for p in out}.values())
+
+
+def best_per_budget(points: list[Point], chosen: list[LrChoice], task: str) -> dict[str, list[Point]]:
+    """For each FAMILIES entry, its best setting at each parameter count by the held-out mean over seeds (never
+    dev), each at its held-out lr; in parameter order."""
+    out: dict[str, list[Point]] = {}
+    for name, lines in FAMILIES.items():
+        budget: dict[int, Point] = {}
+        for p in candidates(points, chosen, task):
+            if p.family.removesuffix(", own lr") not in lines:
+                continue
+            best = budget.get(p.params)
+            if best is None or _ranked(Point.stat(p.heldout)[0]) > _ranked(Point.stat(best.heldout)[0]):
+                budget[p.params] = p
+        if budget:
+            out[name] = [budget[k] for k in sorted(budget)]
+    return out
+
+
+def _band(ax, members: list[Point], marker, line, colour, label: str, zorder: int = 3):
+    """A line through the dev means, the 95% t-interval of each mean as a band (and a bar where one point)."""
     xs = [p.params for p in members]
-    stats = [Point.stat(p.dev) for p in members]
-    ys, errs = [s[0] for s in stats], [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-    if line != "none":
-        ax.plot(xs, ys, linestyle=line, color=colour, linewidth=1.1, zorder=2)
-    ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=colour, mfc="white", ms=5.5, capsize=2, zorder=3)
-    for p, x, y in zip(members, xs, ys):
-        ax.annotate(_short(p.tag), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
-    return Line2D([], [], marker=marker, linestyle=line, color=colour, mfc="white", label=label)
+    stats = [t_interval(p.dev) for p in members]
+    ys, lows, highs = [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
+    if len(xs) > 1:
+        ax.fill_between(xs, lows, highs, color=colour, alpha=0.13, linewidth=0, zorder=zorder - 2)
+    else:
+        ax.errorbar(
+            xs, ys, yerr=[[ys[0] - lows[0]], [highs[0] - ys[0]]], color=colour, capsize=3, lw=1, zorder=zorder
+        )
+    (handle,) = ax.plot(
+        xs, ys, marker=marker, linestyle=line, color=colour, mfc="white", mew=1.3, ms=6, lw=1.6,
+        label=label, zorder=zorder,
+    )  # fmt: skip
+    return handle
 
 
-def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[LrChoice] = ()) -> None:
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+def _head(ax, pts: list[Point]):
+    head = next((p for p in pts if p.family == "head only"), None)
+    if head is None:
+        return None
+    mean, low, high = t_interval(head.dev)
+    ax.axhspan(low, high, color=HEAD_STYLE[0], alpha=0.12, linewidth=0, zorder=0)
+    return ax.axhline(mean, color=HEAD_STYLE[0], linestyle=HEAD_STYLE[1], lw=1.2, zorder=1, label="head only")
 
-    pts = [p for p in points if p.task == task]
-    fig = Figure(figsize=(7.5, 6.2))
-    ax = fig.subplots()
+
+def _paper_band(ax, pts: list[Point]):
     ref = next((p.params for p in pts if p.tag == REFERENCE_TAG), None)
     if ref:
-        ax.axvspan(ref / BAND[1], ref / BAND[0], color="0.92", zorder=0)
+        ax.axvspan(ref / BAND[1], ref / BAND[0], facecolor="0.95", edgecolor="0.6", linestyle=":", zorder=-1)
         ax.annotate(
-            f"{BAND[0]}-{BAND[1]}x fewer than LoRA r=8",
-            (ref / BAND[1], 0.02),
-            xycoords=("data", "axes fraction"),
-            fontsize=7,
-            color="0.35",
-            va="bottom",
-        )
-    handles = []
-    for fam in FAMILY_ORDER:
-        members = sorted((p for p in pts if p.family == fam), key=lambda p: p.params)
-        if not members:
-            continue
-        if fam == "head only":
-            y = Point.stat(members[0].dev)[0]
-            ax.axhline(y, color="0.3", linestyle="--", linewidth=1.0, zorder=1)
-            handles.append(Line2D([], [], color="0.3", linestyle="--", label="head only"))
-            continue
-        if fam.endswith(", own lr"):
-            continue  # the lr grid: only its chosen points are drawn, below
-        handles.append(_draw(ax, members, fam))
-    for method in OWN_LR:
-        members = sorted(
-            (c.chosen for c in chosen if c.task == task and c.method == method), key=lambda p: p.params
-        )
-        if members:
-            handles.append(_draw(ax, members, f"{method}, lr chosen on held-out"))
-    metric_name = "accuracy" if task != "stsb" else "(Pearson + Spearman) / 2"
-    ax.set_xscale("log")
-    ax.set_xlabel("adapter parameters (head apart)")
-    ax.set_ylabel(f"dev {metric_name} x100 (mean ± std over seeds)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="major", color="0.88", linewidth=0.6)
-    ncol = 4
-    fig.legend(handles=handles, fontsize=7, loc="lower center", frameon=False, ncol=ncol)
-    fig.tight_layout(rect=(0, 0.025 * math.ceil(len(handles) / ncol) + 0.01, 1, 1))  # room for the legend
+            f"{BAND[0]}-{BAND[1]}x fewer\nthan LoRA r=8",
+            (math.sqrt(ref / BAND[1] * ref / BAND[0]), 0.015),
+            xycoords=("data", "axes fraction"), fontsize=7, color="0.3", ha="center", va="bottom",
+        )  # fmt: skip
+
+
+def _metric_label(task: str) -> str:
+    return "accuracy" if task != "stsb" else "(Pearson + Spearman) / 2"
+
+
+def _save(fig, path: Path) -> list[Path]:
+    """The figure as a 300 dpi PNG and an SVG beside it, both without dates or software stamps (reproducible)."""
+    import matplotlib
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, metadata={"Software": None})
+    svg = path.with_suffix(".svg")
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    with matplotlib.rc_context({"svg.hashsalt": "qpeft", "svg.fonttype": "path"}):
+        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    return [path, svg]
 
 
-def _short(tag: str) -> str:
-    return tag.removeprefix("quantum_").removesuffix("_width").removesuffix("_o8")
+def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[LrChoice] = ()) -> list[Path]:
+    """The frontier of `task` at a glance: each method family once, its best setting per budget (best_per_budget)
+    at its held-out lr, the dev mean over seeds with the 95% t-interval band; the head alone dashed; the paper's 5-25x
+    band shaded. Writes `path` (PNG) and its SVG; returns both."""
+    from matplotlib.figure import Figure
+
+    pts = [p for p in points if p.task == task]
+    fig = Figure(figsize=(7.6, 4.8), layout="constrained")
+    ax = fig.subplots()
+    _paper_band(ax, pts)
+    handles = []
+    for z, (name, members) in enumerate(best_per_budget(points, list(chosen), task).items()):
+        marker, line, colour = FAMILY_STYLES[name]
+        handles.append(_band(ax, members, marker, line, colour, name, zorder=3 + z))
+    head = _head(ax, pts)
+    if head is not None:
+        handles.append(head)
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter parameters (the trained head, ~149K, counted apart)")
+    ax.set_ylabel(f"dev {_metric_label(task)} x100")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="major", color="0.9", linewidth=0.6)
+    n = {len(p.dev) for ms in best_per_budget(points, list(chosen), task).values() for p in ms}
+    seeds = f"{min(n)}-{max(n)}" if len(n) > 1 else f"{n.pop()}" if n else "0"
+    fig.legend(
+        handles=handles, loc="outside right upper", fontsize=7.5, frameon=False,
+        title=f"best setting per budget, chosen\non held-out, at its held-out lr;\ndev mean over {seeds} seeds with\nits 95% t-interval band",
+        title_fontsize=7, alignment="left",
+    )  # fmt: skip
+    return _save(fig, path)
+
+
+def figure_all(
+    points: list[Point], task: str, path: Path, title: str, chosen: list[LrChoice] = ()
+) -> list[Path]:
+    """Every setting of `task`, one panel per family on a shared axis: each line of the family at the shared lr,
+    and its points at the lr chosen on held-out (labelled "held-out lr"); dev mean with the 95% t-interval as
+    a bar; the head alone dashed in every panel. PNG and SVG."""
+    from matplotlib.figure import Figure
+
+    pts = [p for p in points if p.task == task]
+    fig = Figure(figsize=(11, 10), layout="constrained")
+    axes = fig.subplots(3, 2, sharex=True, sharey=True).ravel()
+    for ax, (panel, lines) in zip(axes, PANELS.items()):
+        _paper_band(ax, pts)
+        _head(ax, pts)
+        series = []
+        for line in lines:
+            shared = sorted((p for p in pts if p.family == line), key=lambda p: p.params)
+            if shared:
+                series.append((line, shared))
+            own = sorted(
+                (c.chosen for c in chosen if c.task == task and c.method == line), key=lambda p: p.params
+            )
+            own = [p for p in own if p.family.endswith(", own lr")]
+            if own:
+                series.append((f"{line}, held-out lr", own))
+        for i, (label, members) in enumerate(series):
+            marker, line_style = LINE_STYLES[i % len(LINE_STYLES)]
+            colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+            xs = [p.params for p in members]
+            stats = [t_interval(p.dev) for p in members]
+            ys = [s[0] for s in stats]
+            err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
+            ax.errorbar(
+                xs, ys, yerr=err, marker=marker, linestyle=line_style, color=colour, mfc="white", ms=5,
+                lw=1.3, capsize=2, label=label.replace("Pauli, ", "").replace("Pauli ", ""),
+            )  # fmt: skip
+        ax.set_title(panel, fontsize=9)
+        ax.set_xscale("log")
+        ax.grid(True, which="major", color="0.9", linewidth=0.6)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax in axes[4:]:
+        ax.set_xlabel("adapter parameters")
+    for ax in axes[::2]:
+        ax.set_ylabel(f"dev {_metric_label(task)} x100")
+    fig.suptitle(title + " (mean, 95% t-interval over seeds; head alone dashed)", fontsize=10)
+    return _save(fig, path)
 
 
 def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]:
@@ -506,7 +642,8 @@ def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]
     return records
 
 
-def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[Path]:
+def build(records_root: Path, preset: str, tables: Path, figures: Path | None) -> list[Path]:
+    """The points table of `preset` under `tables` and its figures under `figures` (None: the table only)."""
     records = preset_records(records_root, preset)
     points = collect(records)
     headers, rows, raw = table_rows(points, commits_of(records))
@@ -552,20 +689,25 @@ def build(records_root: Path, preset: str, tables: Path, figures: Path) -> list[
     csv_headers += ["dev_mean", "dev_std", "heldout_mean", "heldout_std", "seeds"]
     out_csv.write_text(csv_text(csv_headers, raw), encoding="utf-8")
     written = [out_md, out_csv]
-    for task in tasks:
+    for task in tasks if figures is not None else ():
         stem = (
             "frontier" if preset == "frontier_minilm" else preset
         )  # frontier_<task>.png for the study itself
-        path = figures / f"{stem}_{task}.png"
         label = TASK_LABELS.get(task, task)
-        figure(
+        written += figure(
             points,
             task,
-            path,
-            f"{label}, all-MiniLM-L6 ({preset}): dev metric against adapter parameters",
+            figures / f"{stem}_{task}.png",
+            f"{label} ({preset}): each family's best setting per budget",
             lr_choices,
         )
-        written.append(path)
+        written += figure_all(
+            points,
+            task,
+            figures / f"{stem}_all_{task}.png",
+            f"{label}, all-MiniLM-L6 ({preset}): every setting",
+            lr_choices,
+        )
     return written
 
 

@@ -38,6 +38,7 @@ from qpeft.tables.write import by_preset, file_stem, to_markdown
 
 HEAD_ONLY = "head_only"
 FRONTIER_PREFIX = "frontier"
+MAX_LABELS = 12  # a score-against-parameters panel names its points only up to this many (the rest: markers)
 # Grayscale styles per adapter method: marker and line style carry the difference, not colour.
 METHOD_STYLE = {
     "full": ("s", "-"),
@@ -294,7 +295,8 @@ def efficiency_figure(
                     capsize=2,
                     zorder=3,
                 )
-                ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+                if len(points) <= MAX_LABELS:  # more labels would be drawn over each other
+                    ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
         for point in floor:  # 0 adapter parameters: the head alone
             ax.axhline(point[3], color="0.25", linestyle="--", linewidth=1.0, zorder=0)
         for row in table.rows:  # published rows with a count and a number for this panel
@@ -437,6 +439,21 @@ def build_report(
     if frontier:
         lines += ["## Frontier", ""]
         for g in frontier:
+            if _has_heldout(
+                g.records
+            ):  # a study with a held-out slice: qpeft.frontier's figures and comparisons
+                paths = _study_figures(g, figures)
+                written += paths
+                lines += [f"### {g.preset}", ""]
+                lines += [
+                    "Each method family once: its best setting per budget, chosen on the held-out slice, at the lr "
+                    "chosen there; the dev mean over seeds with its 95% t-interval band (`python -m qpeft.frontier`). "
+                    "Every setting, one panel per family, follows each task's figure.",
+                    "",
+                ]
+                lines += [f"![{g.preset}: {p.stem}]({_rel(p, here)})" for p in paths if p.suffix == ".png"]
+                lines += [""] + _comparisons(g.records)
+                continue
             table = build_table(g.preset, g.records, refs.get(g.preset, []))
             seeds = _seeds_with_metric(g.records, table.columns)
             path = figures / f"{file_stem(g.preset)}_frontier.png"
@@ -513,12 +530,37 @@ def _anchor(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
+def _has_heldout(records: list) -> bool:
+    """Whether every record scored the held-out training slice (a frontier study's records do)."""
+    return bool(records) and all(f"{r.main_metric}_heldout" in r.metrics for _, r in records)
+
+
+def _study_figures(group, figures: Path) -> list[Path]:
+    """qpeft.frontier's two figures per task (each family's best per budget; every setting), PNG and SVG."""
+    from qpeft import frontier
+
+    points = frontier.collect(group.records)
+    chosen = frontier.chosen_lrs(points)
+    stem = file_stem(group.preset)
+    out = []
+    for task in sorted({p.task for p in points}):
+        label = frontier.TASK_LABELS.get(task, task)
+        title = f"{label} ({group.preset})"
+        out += frontier.figure(
+            points, task, figures / f"{stem}_{task}.png", f"{title}: best per budget", chosen
+        )
+        out += frontier.figure_all(
+            points, task, figures / f"{stem}_all_{task}.png", f"{title}: every setting", chosen
+        )
+    return out
+
+
 def _comparisons(records: list) -> list[str]:
     """The frontier study's stated comparisons with their 95% intervals (qpeft.frontier.claim_lines), a level down."""
     from qpeft import frontier
 
-    if not all(f"{r.main_metric}_heldout" in r.metrics for _, r in records):
-        return []  # the lr choices and so the comparisons need each run's held-out score
+    if not _has_heldout(records):
+        return []  # a frontier sweep without a held-out slice: no lr choices, no stated comparisons
     points = frontier.collect(records)
     lines = frontier.claim_lines(points, frontier.chosen_lrs(points))
     return ["#" + line if line.startswith("## ") else line for line in lines]

@@ -1,5 +1,6 @@
 """Run records -> paper-style tables (Markdown, LaTeX, CSV), with published rows beside ours.
 
+    python -m qpeft.tables                       # make tables: results/records -> results/tables, yours -> outputs/tables
     python -m qpeft.tables [--roots outputs ...] [--out results/tables] [--reference results/reference]
 
 Reads every `record.json` under the roots (nothing is skipped: a malformed record, or two records of the

@@ -70,7 +70,11 @@ PRESET_PARTS = {
     },
 }
 # Presets that sweep a subset of a benchmark: their columns (and their average) are those tasks only.
-PRESET_TASKS = {"minilm_glue": ["sst2", "cola", "mrpc", "stsb", "rte"]}
+PRESET_TASKS = {
+    "minilm_glue": ["sst2", "cola", "mrpc", "stsb", "rte"],
+    "frontier_minilm": ["sst2", "stsb"],
+    "claim_minilm": ["sst2", "stsb"],
+}
 PART_LABELS = {"m": "m", "mm": "mm", "acc": "acc", "f1": "F1"}
 SUMMARY_LABELS = {
     "avg": "Avg",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from qpeft.records import Record
@@ -100,6 +101,11 @@ def notes(table: Table) -> list[str]:
         "training, evaluation; a resumed run counts its last part): means over its runs."
     )
     out.append(code_note(table))
+    if any(row.label.endswith(YOURS) for row in table.rows):
+        out.append(
+            f"Rows marked{YOURS}: your runs under outputs/, not in results/records (the other rows are committed "
+            "records)."
+        )
     return out + [f"[{i}] {s}" for i, s in enumerate(table.sources, 1)]
 
 
@@ -194,6 +200,7 @@ def to_csv(table: Table) -> str:
 
 
 THROUGHPUT_COLUMNS = [
+    ("preset", "Preset", "l", None, 1),
     ("backbone", "Backbone", "l", None, 1),
     ("adapter_tag", "Method", "l", None, 1),
     ("records", "records", "r", None, 1),
@@ -221,7 +228,8 @@ def throughput_markdown(rows: list[dict]) -> str:
         before=[
             "# Throughput",
             "",
-            "Means over each row's records (all tasks and seeds); step time in milliseconds.",
+            "Means over each row's records (all its preset's tasks and seeds); step time in milliseconds. Each "
+            "preset ran under its own protocol and machine load: compare rows within a preset.",
             "",
         ],
     )
@@ -229,7 +237,7 @@ def throughput_markdown(rows: list[dict]) -> str:
 
 def throughput_csv(rows: list[dict]) -> str:
     """The throughput table as CSV (unrounded)."""
-    header = list(rows[0]) if rows else ["backbone", "adapter_tag"]
+    header = list(rows[0]) if rows else ["preset", "backbone", "adapter_tag"]
     return render.csv_text(header, [[r[k] for k in header] for r in rows])
 
 
@@ -252,11 +260,39 @@ def build_tables(
     """Read the records under `roots`, write every table under `out`; returns (files written, records, files read).
     Runs of one identity with different metrics are rows labelled by their subfolder (load_labelled_records)."""
     records, files, _ = load_labelled_records(roots)
+    return write_tables(records, out, reference), len(records), files
+
+
+YOURS = " (yours)"  # the label suffix of a row made from runs under outputs/ that are not committed records
+
+
+def mark_yours(
+    committed: list[tuple[Path, Record]], yours: list[tuple[Path, Record]]
+) -> list[tuple[Path, Record]]:
+    """Your records (under outputs/) as table rows of their own: each adapter tag gets YOURS appended, so your
+    runs never merge into, or conflict with, the committed runs of the same identity. A record equal to a
+    committed one (same run, same metrics: a copy, e.g. to continue a sweep) is not yours and is dropped."""
+    import json
+
+    known = {rec.run_key: json.dumps(rec.metrics, sort_keys=True) for _, rec in committed}
+    out = []
+    for path, rec in yours:
+        if known.get(rec.run_key) == json.dumps(rec.metrics, sort_keys=True):
+            continue
+        out.append((path, replace(rec, adapter_tag=rec.adapter_tag + YOURS)))
+    return out
+
+
+def write_tables(
+    records: list[tuple[Path, Record]], out: str | Path, reference: str | Path | None = "results/reference"
+) -> list[Path]:
+    """Every preset's table and the throughput table of `records`, under `out`; returns the files written."""
     refs = load_references(reference)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for preset, recs in by_preset(records).items():
+    groups = by_preset(records)
+    for preset, recs in groups.items():
         stem = file_stem(preset)
         if any(rec.task_family == "e2e" for _, rec in recs):  # five metrics in their published units
             from qpeft.tables import e2e
@@ -271,9 +307,9 @@ def build_tables(
             path.write_text(text, encoding="utf-8")
             written.append(path)
     if records:
-        rows = throughput_rows(records)
+        rows = [{"preset": preset, **row} for preset, recs in groups.items() for row in throughput_rows(recs)]
         for suffix, text in ((".md", throughput_markdown(rows)), (".csv", throughput_csv(rows))):
             path = out / f"throughput{suffix}"
             path.write_text(text, encoding="utf-8")
             written.append(path)
-    return written, len(records), files
+    return written
