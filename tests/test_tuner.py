@@ -634,12 +634,12 @@ def test_folded_update_saves_no_weight_sized_tensor(d_in, d_out):
     adapted, x = model.base_model.model[0], torch.randn(2, 256, d_in, requires_grad=True)
     assert adapted._update_weight_pays(x, "default")
     hub, base = adapted.hub, adapted.base_layer
-    hub.begin_pass(model, (x,))  # the pass's factors, computed once for all layers: not the layer's to save
-    exclude, weight_bytes = [x, *model.parameters(), *tensors_of_the_pass(hub)], d_out * d_in * 4
-    folded = saved_bytes(lambda: adapted(x), exclude)
-    autograd = saved_bytes(
-        lambda: nn.functional.linear(x, base.weight + hub.delta_weight("default", 0), base.bias), exclude
-    )
+    with hub.forward_pass(model):  # the pass's factors, computed once for all layers: not the layer's to save
+        exclude, weight_bytes = [x, *model.parameters(), *tensors_of_the_pass(hub)], d_out * d_in * 4
+        folded = saved_bytes(lambda: adapted(x), exclude)
+        autograd = saved_bytes(
+            lambda: nn.functional.linear(x, base.weight + hub.delta_weight("default", 0), base.bias), exclude
+        )
     assert autograd > weight_bytes
     assert folded < weight_bytes / 10
 
@@ -1416,7 +1416,7 @@ def test_a_pass_that_raises_leaves_no_stale_factors():
     hub = hub_of(model)
     with pytest.raises(RuntimeError):
         model(torch.randn(4, 11))  # wrong width: lin0 raises after begin_pass
-    assert hub._live == {}
+    assert hub._live == {} and hub._depth == 0
 
 
 class AllOps(TorchDispatchMode):
@@ -1459,23 +1459,25 @@ def test_a_train_step_waits_for_the_device_no_more_than_the_frozen_model(method,
     assert waits[method] == waits["head_only"], waits
 
 
-def bert_step(rank: int | str, autocast_inside_forward: bool) -> tuple[nn.Module, Callable[[], Tensor]]:
-    """A tiny BERT adapted in place (inject_adapter_in_model: the hub hooks the model itself, as run.py's does)
-    and one bf16-autocast train step: autocast around the call, or inside the model's forward as accelerate (and
-    so the Trainer) puts it, where the hub's forward-pre-hook runs before it."""
+def bert_step(rank: int | str, autocast: str) -> tuple[nn.Module, Callable[[], Tensor]]:
+    """A tiny BERT adapted in place (inject_adapter_in_model: the hub hooks the model itself, as the harness's is)
+    or as a PeftModel, and one bf16-autocast train step, autocast entered: "around" the call; "inside" the
+    model's forward, as accelerate (and so the Trainer) wraps it, after the model's forward-pre-hook; or "peft":
+    around PeftModel.forward, as accelerate wraps a PeftModel (the pass opens inside: _enable_peft_forward_hooks)."""
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     bert = BertForSequenceClassification(tiny_bert_config())
-    model = inject_adapter_in_model(QuantumConfig(r=rank, target_modules=BERT_TARGETS), bert)
+    config = QuantumConfig(r=rank, target_modules=BERT_TARGETS)
+    model = get_peft_model(bert, config) if autocast == "peft" else inject_adapter_in_model(config, bert)
     perturb(model)
-    if autocast_inside_forward:  # accelerate.Accelerator.prepare_model with mixed precision
+    if autocast != "around":  # accelerate.Accelerator.prepare_model with mixed precision
         wrapped = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward.__func__)
         model.forward = types.MethodType(wrapped, model)
     ids, labels = bert_batch()
 
     def step() -> Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not autocast_inside_forward):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "around"):
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         return loss.detach()
@@ -1484,26 +1486,53 @@ def bert_step(rank: int | str, autocast_inside_forward: bool) -> tuple[nn.Module
 
 
 @pytest.mark.parametrize("rank", [8, "full"])
-def test_autocast_inside_the_forward_gets_the_prepared_factors_from_the_second_pass(rank):
-    """The hook sees no autocast when the forward enters it: its first pass prepares float32 factors and each
-    layer forms its own bf16 ones alone (at full rank from the circuit's sum, per matrix and per pass: run.py's
-    bf16 steps took 2-4x LoRA's on an H200 while the bench's took 1.06x). From the second pass on the hook
-    prepares what the layers ran under: the same ops as with autocast entered around the call, the same loss."""
+def test_every_pass_takes_the_same_path(rank):
+    """A pass decides its compute dtype when it opens and carries nothing over: the first pass and the next run
+    the same ops, wherever autocast is entered. Around the call, and around PeftModel.forward (the pass opens
+    inside it), the hub prepares the bf16 factors; inside the forward the layers form their own, every pass
+    alike. The loss is the same every way (the same float32 factors, cast once)."""
     from qpeft.bench import kernel_op_names
 
     ops, losses = {}, {}
-    for inside in (False, True):
-        model, step = bert_step(rank, inside)
-        step()  # the first pass: the layers' dtype is noted
-        ops[inside] = kernel_op_names(step)
-        losses[inside] = step()
-    assert ops[True] == ops[False], (ops[True] - ops[False], ops[False] - ops[True])
-    torch.testing.assert_close(losses[True], losses[False], atol=0, rtol=0)
-    # and back: a pass under no autocast at all stops expecting one
-    model.forward = types.MethodType(type(model).forward, model)
-    step_without = lambda: model(input_ids=bert_batch()[0], labels=bert_batch()[1]).loss.backward()  # noqa: E731
-    step_without()
-    assert hub_of(model)._layers_autocast is None
+    for where in ("around", "peft", "inside"):
+        model, step = bert_step(rank, where)
+        first = kernel_op_names(step)
+        model.zero_grad(set_to_none=True)  # (else the second backward adds into .grad)
+        second = kernel_op_names(step)
+        model.zero_grad(set_to_none=True)
+        # the same ops, but for s cast to float32 once per lam key in the first pass (then kept)
+        once = collections.Counter({"_to_copy": len(hub_of(model).quantum_adapters["default"].lam)})
+        assert first == second + once, (where, first - second, second - first)
+        ops[where], losses[where] = first, step()
+        assert hub_of(model)._depth == 0  # every pass closed
+    assert ops["peft"] == ops["around"], (ops["peft"] - ops["around"], ops["around"] - ops["peft"])
+    for where in ("peft", "inside"):
+        torch.testing.assert_close(losses[where], losses["around"], atol=1e-3, rtol=1e-3)
+
+
+def test_harness_trainer_enters_autocast_around_the_call_for_quantum_models_only(tmp_path):
+    """qpeft.hf_trainer.Trainer enters mixed precision's autocast in compute_loss_context_manager (so the
+    model's forward-pre-hook, where the pass opens, sees it) for a model with a Quantum-PEFT adapter; for any
+    other model it is transformers' Trainer (autocast inside the forward only)."""
+    from peft import LoraConfig
+    from transformers import BertForSequenceClassification, TrainingArguments
+
+    from qpeft import hf_trainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[])
+    seen = {}
+    for name, config in (
+        ("quantum", QuantumConfig(r=4, target_modules=BERT_TARGETS)),
+        ("lora", LoraConfig()),
+    ):
+        bert = BertForSequenceClassification(tiny_bert_config())
+        model = inject_adapter_in_model(
+            config if name == "quantum" else LoraConfig(r=4, target_modules=["query"]), bert
+        )
+        trainer = hf_trainer.Trainer(model=model, args=args)
+        with trainer.compute_loss_context_manager():
+            seen[name] = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+    assert seen == {"quantum": torch.bfloat16, "lora": False}
 
 
 @pytest.mark.parametrize("rank,autocast", [(8, False), ("full", True)])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import transformers
 from omegaconf import OmegaConf
-from transformers import PrinterCallback, Trainer, set_seed
+from transformers import PrinterCallback, set_seed
 
 from qpeft import adapters, backbones, distributed, hf_trainer, provenance, records, tasks, wandb_log
 from qpeft.callbacks import CsvLogger, LogLines, NonFiniteLoss, StepHook, Throughput
@@ -201,7 +201,7 @@ def _train(
         world_size=ranks.world_size,
         token_loss=spec.backbone.get("task_type") == "causal_lm",
     )
-    trainer = Trainer(
+    trainer = hf_trainer.Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,

@@ -22,6 +22,7 @@ import contextlib
 import math
 import warnings
 import weakref
+from collections.abc import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
@@ -468,9 +469,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._live: dict[str, tuple[bool, tuple]] = {}
         # id(x) -> (a weak reference to x, its version, x cast to the GEMM dtype), for the pass under way
         self._casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
-        # the autocast dtype the layers ran under in the last pass although the hook saw no autocast: the model's
-        # forward entered it after the hook (accelerate, and so the Trainer, wrap `forward` in autocast)
-        self._layers_autocast: torch.dtype | None = None
+        self._depth = 0  # open forward_pass scopes: nested ones (PeftModel's, then the model's hook) join
         self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
@@ -497,8 +496,24 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         for row, (layer, *_) in enumerate(specs):
             layer.quantum_row[adapter_name] = row
 
+    @contextlib.contextmanager
+    def forward_pass(self, model: nn.Module) -> Iterator[None]:
+        """The scope of one forward pass of `model`, the one place a pass opens and closes. On opening, the
+        factors of the active adapters are computed (a new graph with grad enabled; the cache under no_grad),
+        outside any checkpointed block, and cast for the dtype the layers compute in: autocast's if autocast is
+        on now, else the frozen weights'. Nothing is carried over from an earlier pass. Entered by
+        QuantumModel._enable_peft_forward_hooks (PeftModel's forward and generate) and by the adapted model's
+        forward hooks (attach_to); a scope entered inside an open one joins it. Enter autocast before the scope
+        (the harness's Trainer does: qpeft.hf_trainer): autocast entered inside the model's forward leaves the
+        layers to form their factors one by one, every pass alike."""
+        self.open_pass(model)
+        try:
+            yield
+        finally:
+            self.close_pass()
+
     def attach_to(self, model: nn.Module) -> None:
-        """Hook `model`'s forward: begin_pass before it, end_pass after it (even if it raises)."""
+        """Hook `model`'s forward: a forward_pass around it (closed even if the forward raises)."""
         model.register_forward_pre_hook(self.begin_pass)
         model.register_forward_hook(self.end_pass, always_call=True)
 
@@ -511,37 +526,45 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                     del hooks[hook_id]
                     model._forward_hooks_always_called.pop(hook_id, None)
 
-    @torch.compiler.disable  # eager under torch.compile: Dynamo would guard on the pass counter, recompiling each step
     def begin_pass(self, module: nn.Module, args) -> None:
-        """Forward-pre-hook of the adapted model: compute the factors of the active adapters now, outside any
-        checkpointed block (a new graph when grad is enabled; the cache under no_grad)."""
+        """Forward-pre-hook of the adapted model: open its forward_pass."""
+        self.open_pass(module)
+
+    def end_pass(self, module: nn.Module, args, output) -> None:
+        """Forward hook of the adapted model (always called): close its forward_pass."""
+        self.close_pass()
+
+    @torch.compiler.disable  # eager under torch.compile: Dynamo would guard on the pass counter, recompiling each step
+    def open_pass(self, model: nn.Module) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            return
         self._live, self._casts = {}, {}
         self._pass_grad = torch.is_grad_enabled()
         if self._pass_grad:
             self._pass += 1
-        frozen = next((p for p in module.parameters() if not p.requires_grad), None)
+        frozen = next((p for p in model.parameters() if not p.requires_grad), None)
         self._base_dtype = None if frozen is None else frozen.dtype
         if self.disable_adapters:
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
-        dtype, expect_autocast = None, False
+        dtype = None
         if frozen is not None and frozen.dtype.is_floating_point:
-            device = frozen.device.type
-            # autocast entered inside the forward, after this hook: prepare what the layers ran under last pass
-            expect_autocast = self._layers_autocast is not None and not torch.is_autocast_enabled(device)
-            dtype = self._layers_autocast if expect_autocast else _compute_dtype(frozen.dtype, device)
+            dtype = _compute_dtype(frozen.dtype, frozen.device.type)
         for name in self.active_adapters:
             state = self.quantum_adapters[name] if name in self.quantum_adapters else None
             if state is not None and not state.is_meta:
                 self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
                 if dtype is not None:
-                    self._low_rank_banks(name, dtype, not self._may_fold(state, expect_autocast))
+                    self._low_rank_banks(name, dtype, not self._may_fold(state))
 
     @torch.compiler.disable
-    def end_pass(self, module: nn.Module, args, output) -> None:
-        """Forward hook of the adapted model: the pass is over, so the next call of a layer (outside the model's
-        forward, or recomputing a checkpointed block in backward) checks the cache again."""
-        self._live, self._casts = {}, {}
+    def close_pass(self) -> None:
+        """The pass is over: the next call of a layer (outside the model's forward, or recomputing a
+        checkpointed block in backward) checks the cache again."""
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._live, self._casts = {}, {}
 
     def cast_input(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         """x in the GEMM dtype. Within the model's forward one copy per input tensor, shared by the layers that
@@ -600,14 +623,14 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
-    def _may_fold(self, state: QuantumAdapterState, expect_autocast: bool) -> bool:
+    def _may_fold(self, state: QuantumAdapterState) -> bool:
         """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
         enabled, float32 or float64 weights, no adapter dropout, and no autocast unless the config's `fold`
         allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides whether
         the full-rank banks are cast for the low-rank path in advance.)"""
         full = (torch.float32, torch.float64)
         lam, fold = next(iter(state.lam.values())), state.config.fold
-        autocast = expect_autocast or torch.is_autocast_enabled(lam.device.type)
+        autocast = torch.is_autocast_enabled(lam.device.type)
         return (
             torch.is_grad_enabled()
             and fold != "never"
@@ -653,13 +676,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         state = self.quantum_adapters[name]
         ku, ru, kv, rv, kl, rl = state.index[row]
         banks, lam = store.get(("low_rank", dtype)), store["lam", kl][rl]
-        if banks is None:
-            banks = {}
-            if name in self._live:  # in the model's forward, but the pass prepared another dtype: the layer
-                # forms its factors alone; the next passes prepare the autocast dtype the hook did not see (a
-                # forward wrapped in autocast, as accelerate does), or stop expecting one if there is none
-                autocast = torch.is_autocast_enabled(lam.device.type)
-                self._layers_autocast = dtype if autocast else None
+        banks = {} if banks is None else banks  # another dtype than the pass prepared: formed here, alone
         full = state.full_rank_banks
         U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
         if kv in banks:  # lam folded in if the bank is narrow

@@ -138,7 +138,8 @@ class QuantumModel(BaseTuner):
 
     @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
-        """PeftModel.forward / generate enter this with the call's keyword arguments: mixed adapter batches
+        """PeftModel.forward / generate enter this with the call's keyword arguments: the hub's forward_pass
+        opens here, inside any autocast that wraps PeftModel.forward (accelerate's). Mixed adapter batches
         (`adapter_names=`) and aLoRA offsets are LoRA features, refused rather than silently ignored."""
         for arg in ("adapter_names", "alora_offsets"):
             if kwargs.get(arg) is not None:
@@ -146,7 +147,9 @@ class QuantumModel(BaseTuner):
                     f"Quantum-PEFT does not support {arg}= (mixed adapter batches are a LoRA feature): run one "
                     f"batch per adapter, switching with set_adapter. See {_UNSUPPORTED_DOC}."
                 )
-        yield
+        hub = getattr(self.model, HUB, None)
+        with hub.forward_pass(self.model) if isinstance(hub, QuantumHub) else contextlib.nullcontext():
+            yield
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
         model = super()._unload_and_optionally_merge(*args, **kwargs)
