@@ -4,10 +4,9 @@ model's call for a Quantum-PEFT adapter (`Trainer`)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-
-import contextlib
 
 import torch
 import transformers
