@@ -14,7 +14,9 @@ import math
 import subprocess
 import sys
 import types
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +29,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import qpeft
 from qpeft.errors import QpeftError
 from qpeft.quantum import pauli_num_params, quantize_angles
-from qpeft.tuner import QuantumConfig, QuantumLinear, create_quantum_optimizer, quantum_param_groups
+from qpeft.tuner import (
+    QuantumConfig,
+    QuantumConfigError,
+    QuantumLinear,
+    create_quantum_optimizer,
+    quantum_param_groups,
+)
 from qpeft.tuner.layer import HUB, QuantumHub
 
 
@@ -192,6 +200,53 @@ def test_save_load_round_trip(name, kw, tmp_path):
     # loaded for training: the adapter is trainable again
     trainable = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, is_trainable=True)
     assert any(p.requires_grad for n, p in trainable.named_parameters() if ".lam." in n)
+
+
+LEGACY_ADAPTERS = Path(__file__).parent / "data" / "adapters_v0"  # saved before module_names (its README)
+
+
+@pytest.mark.parametrize("name", ["pauli_r2", "pauli_r3_q4_mask2"])
+def test_adapter_files_saved_before_module_names_still_load(name):
+    """Adapter files of the format before module names were recorded load with a warning: their tensors are the
+    model's (bit-packed angles: their grid values, packed again to the same codes) and the model computes the
+    dense float64 reference's function of them."""
+    torch.manual_seed(0)
+    base = MLP().eval()  # the base the files were saved from (tests/data/adapters_v0/README.md)
+    folder = LEGACY_ADAPTERS / name
+    with pytest.warns(UserWarning, match="saved before Quantum-PEFT recorded its module names"):
+        model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    assert model.peft_config["default"].module_names == TARGETS  # recorded now, in row order
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    now = get_peft_model_state_dict(model)  # (a PeftModel's keys, as saved)
+    assert saved.keys() == now.keys()
+    for key, tensor in saved.items():
+        assert torch.equal(now[key], tensor), key
+    x, _ = inputs()
+    with torch.no_grad():
+        ref = _reference_forward(base.double(), _reference_weights(model), x.double())
+        torch.testing.assert_close(model(x).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_file_names_its_modules_and_a_mismatch_is_refused(tmp_path):
+    """adapter_config.json records the adapted modules in row order; loading checks them against the modules
+    the config matches in the model, and names what differs (missing, extra, or reordered)."""
+    base, model = make(dict(r=2))
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["module_names"] == TARGETS
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    assert not [w for w in seen if "module names" in str(w.message)]
+    for names, match in (
+        (["lin2", "lin1", "lin0"], "another order: row 0 is 'lin2' saved, 'lin0' here"),
+        (["lin0", "lin1", "lin3"], r"lacks: \['lin3'\]; modules it matched that were not saved: \['lin2'\]"),
+    ):
+        path.write_text(json.dumps({**saved, "module_names": names}))
+        with pytest.raises(QuantumConfigError, match=match):
+            PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)

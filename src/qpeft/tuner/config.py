@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -136,6 +137,13 @@ class QuantumConfig(PeftConfig):
             "quantised."
         },
     )
+    module_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Set when the adapter is injected, not by hand: the adapted modules in the order of the "
+            "adapter's rows (circuits, lam). Saved with the adapter and checked when it is loaded."
+        },
+    )
     quant_mode: Literal["qat", "ptq"] = field(
         default="qat",
         metadata={
@@ -145,7 +153,11 @@ class QuantumConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
+        # read from an adapter_config.json (it names a peft_version) written before module_names was recorded
+        self._saved_without_module_names = self.peft_version is not None and self.module_names is None
         super().__post_init__()
+        if self.module_names is not None:
+            self.module_names = list(self.module_names)
         self.peft_type = PEFT_TYPE
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
@@ -204,6 +216,35 @@ class QuantumConfig(PeftConfig):
             raise QuantumConfigError(f"QuantumConfig.fold={self.fold!r}: choose float32, autocast or never")
         if not 0.0 <= self.dropout < 1.0:
             raise QuantumConfigError(f"QuantumConfig.dropout={self.dropout}: use a value in [0, 1)")
+
+    def check_module_names(self, names: list[str], adapter_name: str) -> None:
+        """Record `names` (the modules an injection adapted, in row order) or, for a loaded adapter, check them
+        against the saved ones: the rows of an adapter file belong to the modules it names, not to positions."""
+        if self.module_names is None:
+            if self._saved_without_module_names:
+                warnings.warn(
+                    f"adapter '{adapter_name}' was saved before Quantum-PEFT recorded its module names "
+                    "(adapter_config.json has no module_names): its rows are assigned to the matched modules in "
+                    "injection order, unchecked. Save it again to record them.",
+                    stacklevel=3,
+                )
+            self.module_names = list(names)
+            return
+        if list(self.module_names) == list(names):
+            return
+        saved, here = list(self.module_names), list(names)
+        missing = [n for n in saved if n not in here]
+        extra = [n for n in here if n not in saved]
+        if missing or extra:
+            detail = f"saved for modules this model lacks: {missing}; modules it matched that were not saved: {extra}"
+        else:
+            row = next(i for i, (a, b) in enumerate(zip(saved, here)) if a != b)
+            detail = (
+                f"the same modules in another order: row {row} is {saved[row]!r} saved, {here[row]!r} here"
+            )
+        raise QuantumConfigError(
+            f"QuantumConfig.module_names of adapter '{adapter_name}' do not fit this model: {detail}"
+        )
 
     def rank_for(self, d_out: int, d_in: int, name: str) -> int:
         """K of one matrix: `r`, or min(d_out, d_in) for 'full'; an error names the setting when r is too big."""

@@ -77,11 +77,17 @@ class QuantumModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now)."""
+        """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now),
+        their rows in the order of config.module_names (recorded now, or checked for a loaded adapter)."""
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
         hub = getattr(model, HUB, None)
         if not isinstance(hub, QuantumHub) or adapter_name not in hub.pending:
             return
+        config = self.peft_config[adapter_name]
+        name_of = {id(module): name for name, module in model.named_modules()}
+        config.check_module_names(
+            [name_of[id(layer)] for layer, *_ in hub.pending[adapter_name]], adapter_name
+        )
         with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():  # as peft's layers
             hub.build(adapter_name, self.peft_config[adapter_name])
         self.set_adapter(self.active_adapters, inference_mode=self.peft_config[adapter_name].inference_mode)
