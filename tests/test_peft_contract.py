@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 import qpeft  # noqa: F401  (registers the QUANTUM peft type)
 from qpeft.quantum import quantize_angles
 from qpeft.tuner import QuantumConfig, QuantumUnsupportedError
-from qpeft.tuner.layer import PERIOD
+from qpeft.tuner.state import PERIOD
 
 
 # ---- peft's custom models (same layers and sizes) ----

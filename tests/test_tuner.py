@@ -36,7 +36,7 @@ from qpeft.tuner import (
     create_quantum_optimizer,
     quantum_param_groups,
 )
-from qpeft.tuner.layer import HUB, QuantumHub
+from qpeft.tuner.hub import HUB, QuantumHub
 
 
 class MLP(nn.Module):
@@ -702,7 +702,7 @@ def test_folded_update_saves_no_weight_sized_tensor(d_in, d_out):
 def test_folded_update_formed_twice_per_step_and_cached_under_no_grad(monkeypatch):
     """Training, a folded layer forms dW in forward and again in backward; under no_grad the first batch forms
     it and every later batch reuses it, until a parameter changes."""
-    from qpeft.tuner import layer as layer_module
+    from qpeft.tuner import ops as layer_module
 
     torch.manual_seed(0)
     model = get_peft_model(nn.Sequential(nn.Linear(48, 192)), QuantumConfig(r="full", target_modules=["0"]))
@@ -710,9 +710,9 @@ def test_folded_update_formed_twice_per_step_and_cached_under_no_grad(monkeypatc
     x = torch.randn(2, 256, 48)
     assert model.base_model.model[0]._update_weight_pays(x, "default")
     formed = []
-    build = layer_module._DeltaWeight.__call__
+    build = layer_module.DeltaWeight.__call__
     monkeypatch.setattr(
-        layer_module._DeltaWeight, "__call__", lambda self, *ops: formed.append(1) or build(self, *ops)
+        layer_module.DeltaWeight, "__call__", lambda self, *ops: formed.append(1) or build(self, *ops)
     )
     model(x).sum().backward()
     assert len(formed) == 2
@@ -729,10 +729,10 @@ def test_folded_update_formed_twice_per_step_and_cached_under_no_grad(monkeypatc
 
 @pytest.mark.parametrize("base", ["linear", "given"])
 def test_factored_linear_gradients_match_finite_differences(base):
-    """_FactoredLinear's hand-written backward (x V formed again, W cast again, lam's gradient from g^T x V)
+    """FactoredLinear's hand-written backward (x V formed again, W cast again, lam's gradient from g^T x V)
     against torch's finite differences in float64, for every input, with the base layer's GEMM inside the op or
     its output given; and with only some inputs needing a gradient, equal to autograd through the formula."""
-    from qpeft.tuner.layer import _FactoredLinear
+    from qpeft.tuner.ops import FactoredLinear
 
     g = torch.Generator().manual_seed(0)
     t, d_in, d_out, k = 5, 6, 4, 3
@@ -743,7 +743,7 @@ def test_factored_linear_gradients_match_finite_differences(base):
     result = torch.randn(2, t, d_out, generator=g, dtype=torch.float64)
 
     def op(x, result, weight, bias, u, v, lam):
-        return _FactoredLinear.apply(x, result, weight, bias, u, v, lam)
+        return FactoredLinear.apply(x, result, weight, bias, u, v, lam)
 
     def formula(x, result, weight, bias, u, v, lam):
         base_out = result if weight is None else x @ weight.T + bias
@@ -797,15 +797,13 @@ class LinearPair(nn.Module):
 
 def gemm_takeovers(monkeypatch) -> list[bool]:
     """A list that gets, per full-rank or folded op, whether it computed the base layer's GEMM itself."""
-    import qpeft.tuner.layer as layer_module
+    import qpeft.tuner.ops as layer_module
 
     gemm_inside = []
-    folded, factored = layer_module._FoldedLinear.apply, layer_module._FactoredLinear.apply
+    folded, factored = layer_module.FoldedLinear.apply, layer_module.FactoredLinear.apply
+    monkeypatch.setattr(layer_module.FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a))
     monkeypatch.setattr(
-        layer_module._FoldedLinear, "apply", lambda *a: gemm_inside.append(True) or folded(*a)
-    )
-    monkeypatch.setattr(
-        layer_module._FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
+        layer_module.FactoredLinear, "apply", lambda *a: gemm_inside.append(a[1] is None) or factored(*a)
     )
     return gemm_inside
 
@@ -813,7 +811,7 @@ def gemm_takeovers(monkeypatch) -> list[bool]:
 @pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("rank,fold", [(4, "float32"), ("full", "float32"), ("full", "never")])
 def test_the_base_layer_runs_as_called_when_hooked_or_subclassed(rank, fold, autocast, monkeypatch):
-    """An adapted layer computes the frozen GEMM itself (the fold, _FactoredLinear) only when calling its base
+    """An adapted layer computes the frozen GEMM itself (the fold, FactoredLinear) only when calling its base
     layer would do nothing more: a forward hook on the base layer fires and its change to the output is kept,
     and a Linear subclass's own forward runs. Each layer's output is base_layer(x) + x dW^T, dW the dense
     reference (get_delta_weight); without the hook, a plain Linear's GEMM is indeed taken over at full rank."""
@@ -996,7 +994,7 @@ def bert_grads(model, ids, labels, autocast: bool = False):
 def test_gradient_checkpointing(mapping, rank, fold, autocast):
     """Non-reentrant checkpointing gives the gradients of the run without it: at full rank in float32 with the
     factors built per matrix inside the checkpointed blocks (and rebuilt when they are recomputed), or with
-    _FactoredLinear (fold "never", or bf16 autocast), whose input cast a recomputed block makes again; under
+    FactoredLinear (fold "never", or bf16 autocast), whose input cast a recomputed block makes again; under
     autocast the layers that read one input share its cast in the forward only."""
     ids, labels = bert_batch()
     config = QuantumConfig(r=rank, mapping=mapping, target_modules=BERT_TARGETS, fold=fold)
@@ -1440,7 +1438,7 @@ def test_layers_share_the_pass_factors_and_see_later_changes(monkeypatch):
     """Within the model's forward the layers take the factors begin_pass validated (the cache check walks the
     adapter's parameters: one walk per pass, not one per layer, which a host-bound GPU step pays for in host
     time); after the pass, a layer called on its own checks the cache again and sees parameters that changed."""
-    from qpeft.tuner.layer import QuantumAdapterState
+    from qpeft.tuner.state import QuantumAdapterState
 
     base, model = make(dict(r=4))
     perturb(model)

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, quantum_param_groups
-from qpeft.tuner.layer import HUB, QuantumAdapterState, QuantumHub
+from qpeft.tuner.hub import HUB, QuantumHub
 from qpeft.tuner.optim import circuit_lrs
+from qpeft.tuner.state import QuantumAdapterState
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model

@@ -9,7 +9,9 @@ from torch import nn
 
 from qpeft.quantum import quantize_angles, to_qiskit
 from qpeft.tuner.config import QuantumConfigError
-from qpeft.tuner.layer import PERIOD, QuantumHub, QuantumLinear
+from qpeft.tuner.hub import QuantumHub
+from qpeft.tuner.layer import QuantumLinear
+from qpeft.tuner.state import PERIOD
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit

@@ -15,7 +15,9 @@ from torch import nn
 from qpeft.errors import QpeftError
 from qpeft.quantum import unpack_angles
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
-from qpeft.tuner.layer import HUB, PERIOD, QuantumHub, QuantumLinear
+from qpeft.tuner.hub import HUB, QuantumHub
+from qpeft.tuner.layer import QuantumLinear
+from qpeft.tuner.state import PERIOD
 
 PREFIX = "quantum_"
 _HUB_KEYS = f"{HUB}.quantum_adapters."  # state-dict keys of adapter state: <HUB_KEYS><adapter>.<rest>
@@ -42,7 +44,7 @@ def _shape(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
 
 class QuantumModel(BaseTuner):
     """Quantum-PEFT on a model: every target nn.Linear / Conv1D becomes a `QuantumLinear`; all trainable state
-    of an adapter lives in the model's `qpeft_hub` (see qpeft.tuner.layer), so one circuit simulation per
+    of an adapter lives in the model's `qpeft_hub` (see qpeft.tuner.hub), so one circuit simulation per
     distinct (n, K) serves every layer.
 
     Example:
