@@ -4,7 +4,7 @@
 `apply` turns the harness's adapter settings (`adapter.*`) into a `QuantumConfig` and injects the tuner into the
 model in place (the model stays a plain transformers model, so the Trainer saves and resumes it whole). The
 module-level functions are the harness's interface: on_step (adaptive rank mask), merge / unmerge,
-optimizer_overrides (circuit_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
+param_groups (circuit_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, quantum_param_groups
 from qpeft.tuner.hub import HUB, QuantumHub
-from qpeft.tuner.optim import circuit_lrs
 from qpeft.tuner.state import QuantumAdapterState
 
 ADAPTER = "default"
@@ -150,14 +149,6 @@ def masked_lam_entries(model: nn.Module) -> int:
         kept = mask if isinstance(mask, int) else state.target_rank(k)
         total += rows * (k - kept)
     return total
-
-
-def optimizer_overrides(model: nn.Module, cfg, lr: float) -> dict[int, dict]:
-    """Per-parameter optimiser settings, keyed by id: the circuit parameters get `adapter.circuit_lr` (null: lr;
-    "width": the per-bank rule, qpeft.tuner.width_circuit_lr) and no weight decay, as in the groups of
-    qpeft.quantum_param_groups."""
-    lrs = circuit_lrs(model, lr, _circuit_lr_setting(cfg))
-    return {pid: {"weight_decay": 0.0, "lr": value} for pid, value in lrs.items()}
 
 
 def _circuit_lr_setting(cfg) -> float | str | None:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from qpeft.errors import QpeftError
 from qpeft.quantum import KronSum
+from qpeft.tuner import fold
 from qpeft.tuner.config import QuantumConfig
 from qpeft.tuner.ops import DeltaWeight, cheapest_plan, compute_dtype, no_autocast
 from qpeft.tuner.state import QuantumAdapterState
@@ -148,7 +149,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             if state is not None and not state.is_meta:
                 self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
                 if dtype is not None:
-                    self._low_rank_banks(name, dtype, not self._may_fold(state))
+                    self._low_rank_banks(name, dtype, not fold.allowed(state, self._base_dtype))
 
     @torch.compiler.disable
     def close_pass(self) -> None:
@@ -186,7 +187,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         dW by ("dw", row)) of adapter `name`, computed or cached. The full-rank Pauli banks are sums only: a
         folding layer builds the factor it needs, and the low-rank path's cast banks are formed from the sums
         (_low_rank_banks), so that no float32 copy of them stays alive through a step, nor in the no_grad cache
-        (eval: 243 MB held at DeBERTaV3-base in bf16, where the float32 banks and their casts held 729 MB)."""
+        (docs/method.md section 4 has the memory measured)."""
         live = self._live.get(name)
         if quantise is None and live is not None and live[0] == torch.is_grad_enabled():
             return live[1]  # inside the model's forward: begin_pass computed or validated them
@@ -215,23 +216,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             cached = self._cache[name] = (key, computed, store)
         return (*cached[1], cached[2])
 
-    def _may_fold(self, state: QuantumAdapterState) -> bool:
-        """Whether a layer may take the folded path in this pass (QuantumLinear._update_weight_pays): grad
-        enabled, float32 or float64 weights, no adapter dropout, and no autocast unless the config's `fold`
-        allows it. (If a layer folds anyway, or does not, it builds what it needs; this only decides whether
-        the full-rank banks are cast for the low-rank path in advance.)"""
-        full = (torch.float32, torch.float64)
-        lam, fold = next(iter(state.lam.values())), state.config.fold
-        autocast = torch.is_autocast_enabled(lam.device.type)
-        return (
-            torch.is_grad_enabled()
-            and fold != "never"
-            and lam.dtype in full
-            and self._base_dtype in (*full, None)
-            and (fold == "autocast" or not autocast)
-            and state.config.dropout == 0
-        )
-
     @staticmethod
     def _kron_row(sums: dict, store: dict, key: str, row: int) -> KronSum:
         """Row `row` of bank `key`'s sum of Kronecker products, from the per-pass store (KronSum.rows)."""
@@ -245,13 +229,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         products (a full-rank bank in a pass that may fold; not cached, so a checkpointed block rebuilds it).
         Elementwise ops only: float32 whatever the autocast."""
         return us[key][row] if key in us else cls._kron_row(sums, store, key, row).dense().squeeze(0)
-
-    def factors(self, name: str, row: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(U, V, lam_eff) of matrix `row` of adapter `name`, float32: dW = U diag(lam_eff) V^T."""
-        us, _, sums, store = self._factors(name, quantise=None)
-        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
-        U, V = self._factor(us, sums, store, ku, ru), self._factor(us, sums, store, kv, rv)
-        return U, V, store["lam", kl][rl]
 
     def low_rank_factors(
         self, name: str, row: int, dtype: torch.dtype
@@ -286,7 +263,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         (float32, then cast), a full-rank Taylor one alone; with `full_rank` also the full-rank Pauli banks,
         formed from their sums. Their float32 forms are not kept: nothing saves them for backward (a
         cast needs no input there, and their layers apply lam to the cast factors), so only the cast copy lives
-        through the step (at full rank on DeBERTaV3-base, 486 MB of float32 factors against 243 MB in bf16)."""
+        through the step."""
         us, lams, sums, store = self._factors(name, quantise=None)
         if ("low_rank", dtype) in store:
             return
@@ -299,8 +276,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                 banks[key] = us[key].to(dtype).unbind(0)
             elif full_rank:
                 # laid out (B, K, n): one batched contraction (float32: a matmul, so autocast off), whose backward
-                # saves only the sum's small factors (dense()'s per-term products save (B, m, K) tensors: 68 MB on
-                # DeBERTaV3-base)
+                # saves only the sum's small factors (dense()'s per-term products save (B, m, K) tensors)
                 with no_autocast(sums[key].xs[0].device):
                     dense = sums[key].dense(transposed=True)
                 banks[key] = dense.to(dtype).transpose(1, 2).unbind(0)

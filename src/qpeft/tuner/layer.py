@@ -10,9 +10,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from qpeft.tuner import fold
 from qpeft.tuner.config import QuantumConfig
 from qpeft.tuner.hub import QuantumHub
-from qpeft.tuner.ops import FactoredLinear, FoldedLinear, compute_dtype
+from qpeft.tuner.ops import FactoredLinear, compute_dtype
 
 # the forwards that compute x W^T + b alone: a layer running one may have its GEMM computed by the adapter
 _GEMM_FORWARDS = (nn.Linear.forward, Conv1D.forward)
@@ -101,10 +102,10 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
     def _forward_adapted(self, x: Tensor, *args, **kwargs) -> Tensor:
         self.hub.check_not_reentrant()
         active = [name for name in self.active_adapters if name in self.quantum_row]
-        if len(active) == 1 and self._update_weight_pays(x, active[0]):
-            return self._forward_updated_weight(x, active[0])
+        if len(active) == 1 and fold.pays(self, x, active[0]):
+            return fold.forward(self, x, active[0])
         dtype = compute_dtype(x.dtype, x.device.type)
-        if len(active) == 1 and self._plain_base(active[0]):
+        if len(active) == 1 and self.plain_base(active[0]):
             name = active[0]
             x_c = self.hub.cast_input(x, dtype)  # shared with the other layers that read x
             U, V, lam = self.hub.low_rank_factors(name, self.quantum_row[name], dtype)
@@ -135,69 +136,21 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         )
         return flat.view(result.shape)
 
-    def _plain_base(self, name: str) -> bool:
+    def plain_base(self, name: str) -> bool:
         """Whether calling the base layer would compute x W^T + b and nothing else, and the adapter reads the same
         input (no dropout): then the adapted layer may compute the base GEMM itself. So the base layer runs
         nn.Linear's or GPT-2 Conv1D's own forward (not a subclass's: a quantised or otherwise special Linear keeps
-        its forward), and has no hooks and no forward replaced on the instance (accelerate's offloading does
-        that), which calling it would run; nor may any global module hook be registered
-        (`torch.nn.modules.module.register_module_forward_hook` and the like: they run for every module called)."""
+        its forward), and has no hooks of its own and no forward replaced on the instance (accelerate's
+        offloading does that), which calling it would run. Global module hooks (`register_module_forward_hook`)
+        are not looked for: they see the adapted layer, not its base layer, where the GEMM is taken over."""
         base = self.base_layer
         if not isinstance(self.quantum_dropout[name], nn.Identity) or base.weight.dim() != 2:
             return False
         if type(base).forward not in _GEMM_FORWARDS or "forward" in base.__dict__:
             return False
-        hooks = torch.nn.modules.module  # the global hooks live in that module's dicts
         return not (
-            base._forward_hooks
-            or base._forward_pre_hooks
-            or base._backward_hooks
-            or base._backward_pre_hooks
-            or hooks._global_forward_hooks
-            or hooks._global_forward_pre_hooks
-            or hooks._global_backward_hooks
-            or hooks._global_backward_pre_hooks
+            base._forward_hooks or base._forward_pre_hooks or base._backward_hooks or base._backward_pre_hooks
         )
-
-    def _update_weight_pays(self, x: Tensor, name: str) -> bool:
-        """Whether x (W + dW)^T costs fewer flops than x W^T + (x (V diag(lam))) U^T, forward and backward.
-
-        The low-rank path costs 3 T K (d_in + d_out) multiply-adds for T rows (three GEMMs of each factor's size;
-        a full-rank matrix's FactoredLinear forms x V once more, T K d_in); forming dW costs 4 P (dW, formed
-        again in backward, and its two factor gradients; P = d_out K d_in for the dense product, far less when a
-        Pauli factor is applied as its sum of Kronecker products) and its gradient g^T x T d_out d_in. So for a
-        wide K (full rank) and a large batch the update is folded into the weight; for LoRA-like K never. Only
-        for float32 / float64 weights, and under autocast only when the config's `fold` is "autocast" (W + dW is
-        then rounded to bf16 / fp16 once, which a small dW may not move: the trade AMP makes with a float32
-        master weight); only for a plain nn.Linear or Conv1D and without adapter dropout (one shared input)."""
-        weight, fold = self.base_layer.weight, self.hub.quantum_adapters[name].config.fold
-        if fold == "never" or weight.dtype not in (torch.float32, torch.float64):
-            return False
-        if torch.is_autocast_enabled(x.device.type):
-            if fold != "autocast":
-                return False
-        elif x.dtype != weight.dtype:
-            return False
-        if not self._plain_base(name):
-            return False
-        k, _, product = self.hub.product_plan(name, self.quantum_row[name])
-        rows, d_in, d_out = x.numel() // self.in_features, self.in_features, self.out_features
-        full_rank = self.hub.quantum_adapters[name].full_rank(self.quantum_row[name])
-        low_rank = 3 * rows * k * (d_in + d_out) + (rows * k * d_in if full_rank else 0)
-        return low_rank > 4 * product + rows * d_out * d_in
-
-    def _forward_updated_weight(self, x: Tensor, name: str) -> Tensor:
-        """The layer with W + s U diag(lam) V^T as its weight: equal to the low-rank path up to rounding. dW is
-        formed from the hub's tensors of this pass and formed again in backward (FoldedLinear), not saved;
-        under no_grad the hub's cached dW serves every batch."""
-        base, row = self.base_layer, self.quantum_row[name]
-        # (d_out, d_in); GPT-2's Conv1D stores (d_in, d_out)
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
-        if not torch.is_grad_enabled():
-            return nn.functional.linear(x, weight + self.hub.delta_weight(name, row), base.bias)
-        build, operands = self.hub.delta_weight_operands(name, row)
-        dtype = compute_dtype(weight.dtype, x.device.type)
-        return FoldedLinear.apply(x, weight, base.bias, dtype, build, *operands)
 
     def __repr__(self) -> str:
         return "quantum." + super().__repr__()

@@ -1,13 +1,13 @@
 """The autograd ops and product plans of Quantum-PEFT's layers: how dW = U diag(lam) V^T is formed with the
-fewest multiply-adds (cheapest_plan, DeltaWeight), a layer with its update folded into the weight
-(FoldedLinear), and a full-rank layer's low-rank update that saves no more than its input (FactoredLinear)."""
+fewest multiply-adds (cheapest_plan, DeltaWeight), and a full-rank layer's low-rank update that saves no more
+than its input (FactoredLinear). The folded layer is qpeft.tuner.fold."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from qpeft.quantum import KronSum, PauliCircuit
 
@@ -74,57 +74,6 @@ class DeltaWeight:
         return (self._dense(self.u_circuit, u_ops) * lam) @ self._dense(self.v_circuit, v_ops).T
 
 
-class FoldedLinear(torch.autograd.Function):
-    """y = x (W + dW)^T + b with dW = build(*operands), formed again in backward rather than saved.
-
-    Autograd through `linear(x, W + build(...))` would keep W + dW and the product's intermediates for backward:
-    about two weight-sized tensors per layer, 1.6x LoRA's step peak memory on DeBERTaV3-base at full rank. This
-    saves what a trainable nn.Linear saves (x; W and the small operands are alive anyway) and pays for it with
-    forming dW twice (docs/method.md section 4 has the measured cost).
-
-    The GEMMs run in `dtype`: the weights' own, or autocast's, into which W + dW (float32) is cast once per
-    pass and direction, as AMP casts a float32 master weight; dW and its gradient stay float32."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        dtype: torch.dtype,
-        build: DeltaWeight,
-        *operands: Tensor,
-    ) -> Tensor:
-        ctx.build, ctx.x_dtype = build, x.dtype
-        with no_autocast(x.device):
-            x = x.to(dtype)
-            ctx.save_for_backward(x, weight, *operands)
-            folded = (weight + build(*operands)).to(dtype)
-            return nn.functional.linear(x, folded, None if bias is None else bias.to(dtype))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        x, weight, *operands = ctx.saved_tensors
-        trains = ctx.needs_input_grad[5:]
-        with torch.enable_grad(), no_autocast(x.device):
-            leaves = [op.detach().requires_grad_(t) for op, t in zip(operands, trains)]
-            dw = ctx.build(*leaves)
-        with no_autocast(x.device):
-            flat = grad_out.reshape(-1, grad_out.shape[-1])
-            g = flat.to(x.dtype)
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (g @ (weight + dw.detach()).to(x.dtype)).view(x.shape).to(ctx.x_dtype)
-            grad_dw = (g.T @ x.reshape(-1, x.shape[-1])).to(dw.dtype)
-            grad_b = flat.sum(0) if ctx.needs_input_grad[2] else None
-            trained = [leaf for leaf in leaves if leaf.requires_grad]
-            grads = iter(torch.autograd.grad(dw, trained, grad_dw) if trained else ())
-        grad_ops = [next(grads) if t else None for t in trains]
-        grad_w = grad_dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, grad_b, None, None, *grad_ops
-
-
 class FactoredLinear(torch.autograd.Function):
     """y = x W^T + b + ((x V) diag(lam)) U^T, or `result` + the update when the base layer ran on its own,
     saving for backward only what the GEMMs' input gradients need: x, U, V, lam, and W as the parameter itself.
@@ -133,10 +82,10 @@ class FactoredLinear(torch.autograd.Function):
     x once per pass for all the layers that read it (query, key and value: QuantumHub.cast_input), where peft's
     LoRA layers save a copy each. Plain autograd would save more, all of it per layer:
 
-    - x V (T x K) for U's and lam's gradients: at full rank as large as x (453 MB on DeBERTaV3-base at batch
-      32 x 128 in bf16). It is formed again in backward instead: one more GEMM.
-    - the bf16 copy of W that autocast makes for the input gradient (the frozen weights: 170 MB there). W is
-      cast again in backward instead: one elementwise op per layer.
+    - x V (T x K) for U's and lam's gradients: at full rank as large as x. It is formed again in backward
+      instead: one more GEMM.
+    - the bf16 copy of W that autocast makes for the input gradient. W is cast again in backward instead: one
+      elementwise op per layer.
 
     lam multiplies U (U diag(lam) formed in float32, rounded once), not the (T, K) product, and its gradient is
     sum_o (g^T x V)[o, k] U[o, k], summed in float32: no (T, K) elementwise op either way. Every operand is cast
