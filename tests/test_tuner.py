@@ -269,6 +269,15 @@ def test_merge_unmerge_and_unload(name, kw):
             dw = inner.get_submodule(n).base_layer.weight - w0[n]
             active = c.rank_for(o, i, n) if not isinstance(c.rank_mask, int) else c.rank_mask
             assert torch.linalg.matrix_rank(dw.double(), atol=1e-5) <= active
+        assert all(inner.get_submodule(n)._w0 is None for n in TARGETS)  # no copy of a weight kept
+        model.unmerge_adapter()  # dW subtracted again, as peft's LoRA does
+        for n in TARGETS:
+            torch.testing.assert_close(inner.get_submodule(n).base_layer.weight, w0[n], atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+        for n in TARGETS:  # (the rounding of that round trip undone, for the exact checks next)
+            inner.get_submodule(n).base_layer.weight.copy_(w0[n])
+        model.merge_adapter(safe_merge=True)  # W0 kept: unmerge restores it exactly
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
         model.unmerge_adapter()
         for n in TARGETS:
             assert torch.equal(inner.get_submodule(n).base_layer.weight, w0[n])
@@ -294,7 +303,7 @@ def test_disable_adapter(name, kw):
         with model.disable_adapter():
             torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
         torch.testing.assert_close(model(x), out, atol=0, rtol=0)
-        model.merge_adapter()
+        model.merge_adapter(safe_merge=True)
         with model.disable_adapter():  # a merged adapter is unmerged when disabled, as peft's layers do
             torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
 
@@ -1263,7 +1272,7 @@ def test_float64_model_agrees_with_a_float64_reference(kw, fold, monkeypatch):
 
     # merge, unmerge, merge_and_unload: float64 weights equal to the reference's
     with torch.no_grad():
-        model.merge_adapter()
+        model.merge_adapter(safe_merge=True)
         for name, w in weights.items():
             torch.testing.assert_close(layers[name].get_base_layer().weight, w, atol=1e-13, rtol=1e-13)
         model.unmerge_adapter()

@@ -183,10 +183,11 @@ def others_at(groups: list[dict], model: nn.Module, lr: float) -> list[dict]:
 
 
 def merge(model: nn.Module) -> None:
-    """Fold s U diag(lam) V^T into each base weight (quantised angles if quant_bits); W0 is kept for unmerge."""
+    """Fold s U diag(lam) V^T into each base weight (quantised angles if quant_bits); a safe merge, so W0 is kept
+    for unmerge (the harness trains on after evaluating merged)."""
     for layer in _layers(model):
         if not layer.merged:
-            layer.merge()
+            layer.merge(safe_merge=True)
 
 
 def unmerge(model: nn.Module) -> None:

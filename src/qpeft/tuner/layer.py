@@ -19,6 +19,15 @@ from qpeft.tuner.ops import FactoredLinear, compute_dtype
 _GEMM_FORWARDS = (nn.Linear.forward, Conv1D.forward)
 
 
+def _add_into(weight: Tensor, dw: Tensor, sign: int) -> None:
+    """weight += sign * dW in place, the sum formed in the wider dtype and rounded once (a float32 dW into a
+    half-precision weight goes through one temporary; float32 into float32 through none)."""
+    if torch.promote_types(weight.dtype, dw.dtype) == weight.dtype:
+        weight.add_(dw, alpha=sign)
+    else:
+        weight.copy_((weight.to(dw.dtype) + sign * dw).to(weight.dtype))
+
+
 class QuantumLinear(nn.Module, BaseTunerLayer):
     """A frozen nn.Linear or GPT-2 Conv1D plus s U diag(lam) V^T, its factors read from the hub."""
 
@@ -59,7 +68,9 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         return dw.T if self.fan_in_fan_out else dw
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Fold the active (or given) adapters into the base weight; W0 is kept so unmerge restores it exactly."""
+        """Add the active (or given) adapters' dW to the base weight in place; unmerge subtracts it again, as
+        peft's LoRA does (W0 back up to rounding). With safe_merge the merged weight is formed on a copy and
+        checked for NaNs first, and W0 is kept, so that unmerge restores it exactly."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         weight = self.get_base_layer().weight
         for name in adapter_names:
@@ -67,22 +78,30 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
                 continue
             with torch.no_grad():
                 dw = self.get_delta_weight(name).to(weight.device)
-                new = weight.to(torch.promote_types(weight.dtype, dw.dtype)) + dw  # float64 stays float64
-                if safe_merge and not torch.isfinite(new).all():
-                    raise ValueError(
-                        f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
-                    )
-                if self._w0 is None:
-                    self._w0 = weight.detach().clone()
-                weight.copy_(new.to(weight.dtype))
+                if safe_merge:
+                    new = weight.to(torch.promote_types(weight.dtype, dw.dtype)) + dw  # float64 stays float64
+                    if not torch.isfinite(new).all():
+                        raise ValueError(
+                            f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
+                        )
+                    if self._w0 is None:
+                        self._w0 = weight.detach().clone()
+                    weight.copy_(new.to(weight.dtype))
+                else:
+                    _add_into(weight, dw, 1)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
+        weight = self.get_base_layer().weight
         with torch.no_grad():
-            self.get_base_layer().weight.copy_(self._w0)
+            if self._w0 is not None:  # a safe merge: W0 exactly
+                weight.copy_(self._w0)
+            else:
+                for name in reversed(self.merged_adapters):
+                    _add_into(weight, self.get_delta_weight(name).to(weight.device), -1)
         self._w0 = None
         self.merged_adapters = []
 
