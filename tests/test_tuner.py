@@ -507,13 +507,15 @@ def test_factors_in_float32_under_autocast_and_bfloat16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    ((_, (us, lams, sums), _),) = hub._cache.values()
+    ((_, f),) = hub._cache.values()
+    us, lams, sums = f.us, f.lams, f.sums
     assert all(u.dtype == torch.float32 for u in us.values()) and all(
         v.dtype == torch.float32 for v in lams.values()
     )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # no_grad builds the sums (merges)
         model(x)
-    ((_, (_, _, sums), _),) = hub._cache.values()
+    ((_, f),) = hub._cache.values()
+    sums = f.sums
     assert sums and all(x.dtype == torch.float32 for s in sums.values() for x in s.xs)
     model.to(torch.bfloat16)
     out = model(x.bfloat16())
@@ -533,7 +535,7 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         U, V, _ = hub.low_rank_factors("default", 0, torch.float32)  # the full-rank path's (lam apart)
         dw = hub.delta_weight("default", 0)
-    assert "n192_k48" not in hub._cache["default"][1][0]  # not built batched: per matrix, in the layer
+    assert (192, 48) not in hub._cache["default"][1].us  # not built batched: per matrix, in the layer
     for f in (U, V):
         assert f.dtype == torch.float32
         torch.testing.assert_close(f.T @ f, torch.eye(48), atol=1e-5, rtol=0)
@@ -544,20 +546,20 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
     x = torch.randn(4, 48)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x).sum().backward()
-    (_, (us, _, _), store) = hub._cache["default"]
-    assert "n192_k48" not in us
-    cast = store["low_rank", torch.bfloat16]["n192_k48"][0]
+    us, store = hub._cache["default"][1].us, hub._cache["default"][1].store
+    assert (192, 48) not in us
+    cast = store["low_rank", torch.bfloat16][192, 48][0]
     exact = hub.low_rank_factors("default", 0, torch.float32)[0].detach()
     assert cast.dtype == torch.bfloat16
     assert (cast == exact.to(torch.bfloat16)).float().mean() > 0.99  # a bf16 matmul: ~half would differ
     model(x).sum().backward()  # float32: the layer folds, so no bank is cast
-    assert "n192_k48" not in hub._cache["default"][2].get(("low_rank", torch.float32), {})
+    assert (192, 48) not in hub._cache["default"][1].store.get(("low_rank", torch.float32), {})
     # eval: the no_grad cache, which serves every batch until a parameter changes, holds the cast bank only too
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-    (_, (us, _, _), store) = hub._cache["default"]
-    assert "n192_k48" not in us and store["low_rank", torch.bfloat16]["n192_k48"][0].dtype == torch.bfloat16
+    us, store = hub._cache["default"][1].us, hub._cache["default"][1].store
+    assert (192, 48) not in us and store["low_rank", torch.bfloat16][192, 48][0].dtype == torch.bfloat16
     with torch.no_grad():
         torch.testing.assert_close(out.float(), model(x), rtol=2e-2, atol=2e-2)
 
@@ -609,9 +611,9 @@ def test_full_rank_update_folded_into_the_weight(conv1d, mapping, d_in, d_out, p
 def tensors_of_the_pass(hub: nn.Module, dtype: torch.dtype | None = None) -> list[Tensor]:
     """What the hub computed for the whole pass when it began (factors, lam, sums, and the low-rank banks cast
     to `dtype`): alive anyway, so not a layer's to save for backward."""
-    ((_, (us, lams, sums), store),) = hub._cache.values()
-    tensors = [*us.values(), *lams.values(), *(t for s in sums.values() for t in s.xs)]
-    return tensors + [t for bank in store.get(("low_rank", dtype), {}).values() for t in bank]
+    ((_, f),) = hub._cache.values()
+    tensors = [*f.us.values(), *f.lams.values(), *(t for s in f.sums.values() for t in s.xs)]
+    return tensors + [t for bank in f.store.get(("low_rank", dtype), {}).values() for t in bank]
 
 
 def saved_bytes(fn, exclude: list[Tensor]) -> int:
@@ -1160,13 +1162,13 @@ def test_single_output_layer_registers_nothing_untrainable():
 
 
 # float64 references: the dense circuit of tests/test_quantum.py (Kronecker products of the gates) and exp(A)
-def _reference_factor(state, bank_key: str, row: int) -> Tensor:
+def _reference_factor(state, bank_key: tuple[int, int], row: int) -> Tensor:
     from test_quantum import dense_A, dense_pauli
 
     from qpeft.quantum.taylor import skew
 
-    bank = state.banks[bank_key]
-    n, k = (int(v) for v in bank_key[1:].split("_k"))
+    n, k = bank_key
+    bank = state.banks[f"n{n}_k{k}"]
     if state.config.mapping == "pauli":
         return dense_pauli(bank.theta[row].detach(), n, state.config.layers)[:, :k]
     S = skew(bank.s[row : row + 1].detach(), k)[0]

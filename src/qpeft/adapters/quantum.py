@@ -245,11 +245,6 @@ def adapter_file_bytes(model: nn.Module) -> int:
     return len(safetensors_bytes(adapter_state_dict(model), metadata=SAFETENSORS_METADATA))
 
 
-def _width(bank_key: str) -> int:
-    """n of a circuit bank key 'n<n>_k<K>'."""
-    return int(bank_key[1:].split("_k")[0])
-
-
 def record_extra(model: nn.Module) -> dict:
     """Facts for the run record: mapping, L or order, K, matrices, groups, adapter file size, quantisation, mask."""
     state = _state(model)
@@ -265,7 +260,7 @@ def record_extra(model: nn.Module) -> dict:
         "scaling": c.scaling,
         "adapted_matrices": len(state.index),
         # LoRA r=8 on the same matrices, r (d_in + d_out) each: the paper's comparison, printed by the demo
-        "lora_r8_params": sum(8 * (_width(ku) + _width(kv)) for ku, _, kv, *_ in state.index),
+        "lora_r8_params": sum(8 * (i.u.n + i.v.n) for i in state.index),
         "circuit_groups": len(state.banks),
         "adapter_file_bytes": adapter_file_bytes(model),
         "quant_bits": c.quant_bits,

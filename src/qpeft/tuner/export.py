@@ -57,7 +57,7 @@ def export_circuits(
             (_, _, k), (ku, ru, kv, rv, kl, rl) = state.shapes[row], state.index[row]
             circuits = {}
             for factor, key, r in (("U", ku, ru), ("V", kv, rv)):
-                bank = state.banks[key]
+                bank = state.banks[key.name]
                 theta = bank.theta[r].double()
                 if config.quant_bits is not None:
                     theta = quantize_angles(theta, config.quant_bits, ste=False, period=PERIOD)

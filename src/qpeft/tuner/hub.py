@@ -32,7 +32,7 @@ from qpeft.quantum import KronSum
 from qpeft.tuner import fold
 from qpeft.tuner.config import QuantumConfig
 from qpeft.tuner.ops import DeltaWeight, cheapest_plan, compute_dtype, no_autocast
-from qpeft.tuner.state import QuantumAdapterState
+from qpeft.tuner.state import BankKey, PassFactors, QuantumAdapterState
 
 if TYPE_CHECKING:
     from qpeft.tuner.layer import QuantumLinear
@@ -180,11 +180,11 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         bits = state.config.quant_bits
         return bits is not None and (state.config.quant_mode == "qat" or not self.training)
 
-    def _factors(self, name: str, quantise: bool | None) -> tuple[dict, dict, dict, dict]:
-        """(stacked U's per bank, lam_eff per K, sums of Kronecker products per bank, a per-pass store: each
-        sum's rows by ("rows", bank) and each lam_eff's by ("lam", K), the banks cast for the low-rank path per
-        dtype by ("low_rank", dtype), each matrix's product plan by ("plan", row), and under no_grad each folded
-        dW by ("dw", row)) of adapter `name`, computed or cached. The full-rank Pauli banks are sums only: a
+    def _factors(self, name: str, quantise: bool | None) -> PassFactors:
+        """The factors of adapter `name` in this pass, computed or cached: its banks' stacked U's, lam_eff and
+        sums (QuantumAdapterState.compute), and a per-pass store: each sum's rows by ("rows", bank) and each
+        lam_eff's by ("lam", lam key), the banks cast for the low-rank path per dtype by ("low_rank", dtype), each
+        matrix's product plan by ("plan", row), and under no_grad each folded dW by ("dw", row). The full-rank Pauli banks are sums only: a
         folding layer builds the factor it needs, and the low-rank path's cast banks are formed from the sums
         (_low_rank_banks), so that no float32 copy of them stays alive through a step, nor in the no_grad cache
         (docs/method.md section 4 has the memory measured)."""
@@ -206,29 +206,28 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         cached = self._cache.get(name)
         if cached is None or cached[0] != key:
             # under no_grad the cache serves every batch until a parameter changes
-            computed = state.compute(quantise)
+            f = state.compute(quantise)
             # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
             # made now for the banks that layers will build from (no batched U), so that a checkpointed block
             # finds them made; for the others when first asked (_kron_row)
-            us, lams, sums = computed
-            store = {("rows", bank): kron.rows() for bank, kron in sums.items() if bank not in us}
-            store.update({("lam", k): lam.unbind(0) for k, lam in lams.items()})
-            cached = self._cache[name] = (key, computed, store)
-        return (*cached[1], cached[2])
+            f.store.update({("rows", bank): kron.rows() for bank, kron in f.sums.items() if bank not in f.us})
+            f.store.update({("lam", k): lam.unbind(0) for k, lam in f.lams.items()})
+            cached = self._cache[name] = (key, f)
+        return cached[1]
 
     @staticmethod
-    def _kron_row(sums: dict, store: dict, key: str, row: int) -> KronSum:
+    def _kron_row(f: PassFactors, key: BankKey, row: int) -> KronSum:
         """Row `row` of bank `key`'s sum of Kronecker products, from the per-pass store (KronSum.rows)."""
-        if ("rows", key) not in store:
-            store["rows", key] = sums[key].rows()
-        return store["rows", key][row]
+        if ("rows", key) not in f.store:
+            f.store["rows", key] = f.sums[key].rows()
+        return f.store["rows", key][row]
 
     @classmethod
-    def _factor(cls, us: dict, sums: dict, store: dict, key: str, row: int) -> Tensor:
+    def _factor(cls, f: PassFactors, key: BankKey, row: int) -> Tensor:
         """Row `row` of bank `key`, float32: from the batched bank, or built alone from its sum of Kronecker
         products (a full-rank bank in a pass that may fold; not cached, so a checkpointed block rebuilds it).
         Elementwise ops only: float32 whatever the autocast."""
-        return us[key][row] if key in us else cls._kron_row(sums, store, key, row).dense().squeeze(0)
+        return f.us[key][row] if key in f.us else cls._kron_row(f, key, row).dense().squeeze(0)
 
     def low_rank_factors(
         self, name: str, row: int, dtype: torch.dtype
@@ -241,22 +240,22 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         layer adds only its two GEMMs (and their backward) to the step, fewer kernel launches than LoRA's layer
         (tests/test_tuner.py). Any other dtype, or a full-rank bank not cast in advance (a pass that may fold),
         is formed for this matrix alone, inside the layer (a checkpointed block must recompute what it formed)."""
-        us, _, sums, store = self._factors(name, quantise=None)
+        f = self._factors(name, quantise=None)
         state = self.quantum_adapters[name]
-        ku, ru, kv, rv, kl, rl = state.index[row]
-        banks, lam = store.get(("low_rank", dtype)), store["lam", kl][rl]
+        r = state.index[row]
+        banks, lam = f.store.get(("low_rank", dtype)), f.store["lam", r.lam_key][r.lam_row]
         banks = {} if banks is None else banks  # another dtype than the pass prepared: formed here, alone
         full = state.full_rank_banks
-        U = banks[ku][ru] if ku in banks else self._factor(us, sums, store, ku, ru).to(dtype)
-        if kv in banks:  # lam folded in if the bank is narrow
-            V = banks[kv][rv]
+        U = banks[r.u][r.u_row] if r.u in banks else self._factor(f, r.u, r.u_row).to(dtype)
+        if r.v in banks:  # lam folded in if the bank is narrow
+            V = banks[r.v][r.v_row]
         else:
-            V = self._factor(us, sums, store, kv, rv)
-            V = (V if kv in full else V * lam).to(dtype)
+            V = self._factor(f, r.v, r.v_row)
+            V = (V if r.v in full else V * lam).to(dtype)
         if state.full_rank(row):
             return U, V, lam
         # (a narrow matrix whose V bank is full rank, with mixed shapes: lam for this matrix alone)
-        return U, V * lam.to(dtype) if kv in full else V, None
+        return U, V * lam.to(dtype) if r.v in full else V, None
 
     def _low_rank_banks(self, name: str, dtype: torch.dtype, full_rank: bool) -> None:
         """The banks of adapter `name` cast to `dtype`, as rows: a narrow bank with lam folded into its V rows
@@ -264,34 +263,34 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         formed from their sums. Their float32 forms are not kept: nothing saves them for backward (a
         cast needs no input there, and their layers apply lam to the cast factors), so only the cast copy lives
         through the step."""
-        us, lams, sums, store = self._factors(name, quantise=None)
-        if ("low_rank", dtype) in store:
+        f = self._factors(name, quantise=None)
+        if ("low_rank", dtype) in f.store:
             return
         state, banks = self.quantum_adapters[name], {}
-        for key in state.banks:
+        for key in state.bank_keys:
             if key not in state.full_rank_banks:  # narrow: always built batched
-                u = us[key] * state.lam_of_rows(key, lams) if key in state.lam_rows else us[key]
+                u = f.us[key] * state.lam_of_rows(key, f.lams) if key in state.lam_rows else f.us[key]
                 banks[key] = u.to(dtype).unbind(0)
-            elif key in us:  # full rank, built batched (Taylor)
-                banks[key] = us[key].to(dtype).unbind(0)
+            elif key in f.us:  # full rank, built batched (Taylor)
+                banks[key] = f.us[key].to(dtype).unbind(0)
             elif full_rank:
                 # laid out (B, K, n): one batched contraction (float32: a matmul, so autocast off), whose backward
                 # saves only the sum's small factors (dense()'s per-term products save (B, m, K) tensors)
-                with no_autocast(sums[key].xs[0].device):
-                    dense = sums[key].dense(transposed=True)
+                with no_autocast(f.sums[key].xs[0].device):
+                    dense = f.sums[key].dense(transposed=True)
                 banks[key] = dense.to(dtype).transpose(1, 2).unbind(0)
-        store["low_rank", dtype] = banks
+        f.store["low_rank", dtype] = banks
 
     def product_plan(self, name: str, row: int, quantise: bool | None = None) -> tuple[int, str, int]:
         """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see cheapest_plan);
         it depends on the shapes alone, so it is kept in the per-pass store."""
-        _, _, sums, store = self._factors(name, quantise)
-        if ("plan", row) not in store:
+        f = self._factors(name, quantise)
+        if ("plan", row) not in f.store:
             state = self.quantum_adapters[name]
-            (d_out, d_in, k), (ku, _, kv, _, _, _) = state.shapes[row], state.index[row]
+            (d_out, d_in, k), r = state.shapes[row], state.index[row]
             # a row's cost is its bank's per circuit
-            store["plan", row] = (k, *cheapest_plan(d_out, d_in, k, sums.get(ku), sums.get(kv)))
-        return store["plan", row]
+            f.store["plan", row] = (k, *cheapest_plan(d_out, d_in, k, f.sums.get(r.u), f.sums.get(r.v)))
+        return f.store["plan", row]
 
     def delta_weight_operands(
         self, name: str, row: int, quantise: bool | None = None
@@ -299,25 +298,25 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         """dW of matrix `row` as a function of a few tensors of this pass: `build(*operands)` forms it (float32,
         by the cheapest plan). The operands are the factors' own tensors (a batched row, or the Kronecker
         factors of a sum) and lam, so a folded layer can form dW again in backward instead of saving it."""
-        us, _, sums, store = self._factors(name, quantise)
-        ku, ru, kv, rv, kl, rl = self.quantum_adapters[name].index[row]
+        f = self._factors(name, quantise)
+        r = self.quantum_adapters[name].index[row]
         _, how, _ = self.product_plan(name, row, quantise)
         sides = []
-        for key, r, applied in ((ku, ru, how == "u"), (kv, rv, how == "v")):
+        for key, i, applied in ((r.u, r.u_row, how == "u"), (r.v, r.v_row, how == "v")):
             # the batched row when there is one, unless the plan applies this factor's sum
-            if key in us and not applied:
-                sides.append((None, (us[key][r],)))
+            if key in f.us and not applied:
+                sides.append((None, (f.us[key][i],)))
             else:
-                kron = self._kron_row(sums, store, key, r)
+                kron = self._kron_row(f, key, i)
                 sides.append((kron.circuit, tuple(kron.xs)))
         (u_circuit, u_ops), (v_circuit, v_ops) = sides
         build = DeltaWeight(how, u_circuit, len(u_ops), v_circuit)
-        return build, (*u_ops, *v_ops, store["lam", kl][rl])
+        return build, (*u_ops, *v_ops, f.store["lam", r.lam_key][r.lam_row])
 
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
         """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
         is enabled), forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
-        _, _, _, store = self._factors(name, quantise)
+        store = self._factors(name, quantise).store
         if not torch.is_grad_enabled() and ("dw", row) in store:
             return store["dw", row]
         build, operands = self.delta_weight_operands(name, row, quantise)

@@ -4,6 +4,8 @@ and the batched simulation of all its factors."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -23,57 +25,96 @@ from qpeft.tuner.ops import no_autocast
 PERIOD = 4 * math.pi  # RY(theta) uses theta/2: the rotation angle theta/2 is quantised over [-pi, pi)
 
 
+class BankKey(NamedTuple):
+    """A circuit bank: the factors of dimension n and rank k of an adapter, simulated together."""
+
+    n: int
+    k: int
+
+    @property
+    def name(self) -> str:
+        """Its name in the module tree and so in the adapter file: 'n<n>_k<k>'."""
+        return f"n{self.n}_k{self.k}"
+
+
+class MatrixRows(NamedTuple):
+    """Where one matrix of an adapter reads its factors: U's bank and row, V's, and its row of lam `lam_key`."""
+
+    u: BankKey
+    u_row: int
+    v: BankKey
+    v_row: int
+    lam_key: str  # 'k<K>': the name of the (M, K) lam of every matrix of rank K
+    lam_row: int
+
+
+@dataclass
+class PassFactors:
+    """What an adapter's banks gave in one pass (or, under no_grad, until a parameter changes)."""
+
+    us: dict[BankKey, Tensor]  # (B, n, K) per bank built batched (not the full-rank Pauli banks)
+    lams: dict[str, Tensor]  # s * lam * mask, (M, K) per lam key
+    sums: dict[BankKey, KronSum]  # the Pauli banks as sums of Kronecker products, where built
+    store: dict = field(default_factory=dict)  # per-pass values by (kind, key), filled as asked: QuantumHub
+
+
 class QuantumAdapterState(nn.Module):
     """The trainable state of one adapter: a circuit bank per distinct (n, K), lam (M, K) and a mask per K.
 
-    Matrix i of the adapter reads row `index[i]` = (U bank, U row, V bank, V row, lam key, lam row).
+    Matrix i of the adapter reads `index[i]` (MatrixRows: U's bank and row, V's, its lam row).
     """
 
     def __init__(self, config: QuantumConfig, shapes: list[tuple[int, int, int]]):
         super().__init__()
         self.config = config
         self.shapes = shapes  # (d_out, d_in, K) per matrix
-        rows: dict[str, int] = {}
-        self.index: list[tuple[str, int, str, int, str, int]] = []
+        rows: dict[BankKey | str, int] = {}
+        self.index: list[MatrixRows] = []
         for d_out, d_in, k in shapes:
-            ku, kv, kl = f"n{d_out}_k{k}", f"n{d_in}_k{k}", f"k{k}"
+            ku, kv, kl = BankKey(d_out, k), BankKey(d_in, k), f"k{k}"
             ru = rows[ku] = rows.get(ku, -1) + 1
             rv = rows[kv] = rows.get(kv, -1) + 1
             rl = rows[kl] = rows.get(kl, -1) + 1
-            self.index.append((ku, ru, kv, rv, kl, rl))
+            self.index.append(MatrixRows(ku, ru, kv, rv, kl, rl))
         # banks whose every matrix is full rank: with grad enabled their factors are built per matrix, and only
         # the side a folded update needs (QuantumHub.delta_weight); the others are built batched, once per pass
         partial = {
-            key for (d_out, d_in, k), i in zip(shapes, self.index) if k < min(d_out, d_in) for key in i[:3:2]
+            key
+            for (d_out, d_in, k), i in zip(shapes, self.index)
+            if k < min(d_out, d_in)
+            for key in (i.u, i.v)
         }
-        self.full_rank_banks = {key for i in self.index for key in i[:3:2]} - partial
-        by_size = {"key": lambda s: (len(s), s)}
+        self.full_rank_banks = {key for i in self.index for key in (i.u, i.v)} - partial
+        by_size = {"key": lambda s: (len(s), s)}  # the order of names (and so of init): by length, then text
+        self.bank_keys = sorted(
+            {i.u for i in self.index} | {i.v for i in self.index}, key=lambda b: by_size["key"](b.name)
+        )
         self.banks = nn.ModuleDict()
-        for key in sorted({i[0] for i in self.index} | {i[2] for i in self.index}, **by_size):
-            n, k = (int(v) for v in key[1:].split("_k"))
+        for key in self.bank_keys:
+            n, k, batch = key.n, key.k, rows[key] + 1
             if config.mapping == "pauli":
-                self.banks[key] = PauliStiefel(n, k, config.layers, init=config.init, batch=rows[key] + 1)
+                self.banks[key.name] = PauliStiefel(n, k, config.layers, init=config.init, batch=batch)
             else:
-                self.banks[key] = TaylorStiefel(n, k, config.order, init=config.init, batch=rows[key] + 1)
+                self.banks[key.name] = TaylorStiefel(n, k, config.order, init=config.init, batch=batch)
         self.lam = nn.ParameterDict()
         # s of each lam row, (M, 1) float64 (cast to the compute dtype), from the shapes alone (not saved: the
         # config rebuilds it); kept off the module's buffers so that casting the adapter to half precision leaves
         # s exact
         row_scales: dict[str, list[float]] = {}
-        for (d_out, _, k), (*_, kl, _) in zip(shapes, self.index):
-            row_scales.setdefault(kl, []).append(config.scale(k, d_out))
+        for (d_out, _, k), i in zip(shapes, self.index):
+            row_scales.setdefault(i.lam_key, []).append(config.scale(k, d_out))
         self.scale: dict[str, Tensor] = {}
         self._scales: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}  # _scale_on's casts
         # per narrow bank with V rows: (lam key, the lam row of each bank row; U rows point one past the end, at a
         # row of ones): there lam is folded into the V factors in one op per bank (QuantumHub._low_rank_banks)
-        owners: dict[str, tuple[str, dict[int, int]]] = {}  # V bank -> (its lam key, {bank row: lam row})
-        for *_, kv, rv, kl, rl in self.index:
-            owners.setdefault(kv, (kl, {}))[1][rv] = rl
-        self.lam_rows: dict[str, tuple[str, Tensor]] = {
+        owners: dict[BankKey, tuple[str, dict[int, int]]] = {}  # V bank -> (its lam key, {bank row: lam row})
+        for i in self.index:
+            owners.setdefault(i.v, (i.lam_key, {}))[1][i.v_row] = i.lam_row
+        self.lam_rows: dict[BankKey, tuple[str, Tensor]] = {
             key: (kl, torch.tensor([lam_of.get(r, rows[kl] + 1) for r in range(rows[key] + 1)]))
             for key, (kl, lam_of) in owners.items()
         }
-        for key in sorted({i[4] for i in self.index}, **by_size):
+        for key in sorted({i.lam_key for i in self.index}, **by_size):
             m, k = rows[key] + 1, int(key[1:])
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
             self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
@@ -151,15 +192,16 @@ class QuantumAdapterState(nn.Module):
         lam = next(iter(self.lam.values()))
         return torch.float64 if lam.dtype == torch.float64 else torch.float32
 
-    def compute(self, quantise: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, KronSum]]:
+    def compute(self, quantise: bool) -> PassFactors:
         """Run the banks once, in `compute_dtype` (float32; float64 for a float64 adapter) with autocast off:
         {bank: (B, n, K)} (not the full-rank Pauli banks: their users build what they need from the sums),
-        {K: (M, K) s * lam * mask}, and {bank: its circuits as a sum of Kronecker products} (Pauli)."""
+        {lam key: (M, K) s * lam * mask}, and {bank: its circuits as a sum of Kronecker products} (Pauli)."""
         device = next(iter(self.lam.values())).device
         work = self.compute_dtype
         us, sums = {}, {}
         with no_autocast(device):
-            for key, bank in self.banks.items():
+            for key in self.bank_keys:
+                bank = self.banks[key.name]
                 if self.config.mapping == "pauli":
                     theta = bank.theta.to(device, work)
                     if quantise:
@@ -183,7 +225,7 @@ class QuantumAdapterState(nn.Module):
                 k: lam.to(work) * self.mask(k).to(work) * self._scale_on(k, device, work)
                 for k, lam in self.lam.items()
             }
-        return us, lams, sums
+        return PassFactors(us, lams, sums)
 
     def _scale_on(self, key: str, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The (M, 1) per-row s of lam bank `key` on `device` in `dtype` (made once, not every pass)."""
@@ -194,10 +236,10 @@ class QuantumAdapterState(nn.Module):
 
     def full_rank(self, row: int) -> bool:
         """Whether matrix `row` reads full-rank banks only (then its layer applies lam itself: FactoredLinear)."""
-        ku, _, kv, *_ = self.index[row]
-        return ku in self.full_rank_banks and kv in self.full_rank_banks
+        i = self.index[row]
+        return i.u in self.full_rank_banks and i.v in self.full_rank_banks
 
-    def lam_of_rows(self, key: str, lams: dict[str, Tensor]) -> Tensor:
+    def lam_of_rows(self, key: BankKey, lams: dict[str, Tensor]) -> Tensor:
         """(B, 1, K): for each row of bank `key`, the lam_eff of the matrix whose V it is, ones for U rows."""
         kl, rows = self.lam_rows[key]
         lam = lams[kl]
