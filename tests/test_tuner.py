@@ -61,8 +61,8 @@ SHAPES = [(20, 10), (20, 20), (12, 20)]  # (d_out, d_in)
 # name, config kwargs: the rows this method adds to the matrix
 CASES = [
     ("pauli_r2_l1", dict(r=2)),
-    ("pauli_r4_l2", dict(r=4, layers=2)),
-    ("pauli_r8_l0", dict(r=8, layers=0)),
+    ("pauli_r4_l2", dict(r=4, depth=2)),
+    ("pauli_r8_l0", dict(r=8, depth=0)),
     ("pauli_full", dict(r="full")),
     ("pauli_small_init", dict(r=3, init="small")),
     ("pauli_sqrt_scaling", dict(r=4, scaling="sqrt_rank", alpha=4.0)),
@@ -139,7 +139,7 @@ def test_identity_at_init_and_trainable_parameters(name, kw):
     n_adapter = sum(p.numel() for n, p in model.named_parameters() if n in adapter)
     if c.mapping == "pauli":  # P(d_out, L) + P(d_in, L) + K per matrix
         assert n_adapter == sum(
-            pauli_num_params(o, c.layers) + pauli_num_params(i, c.layers) + k for (o, i), k in zip(SHAPES, ks)
+            pauli_num_params(o, c.depth) + pauli_num_params(i, c.depth) + k for (o, i), k in zip(SHAPES, ks)
         )
     else:  # (d_out + d_in) K - K^2 per matrix
         assert n_adapter == sum((o + i) * k - k * k for (o, i), k in zip(SHAPES, ks))
@@ -204,6 +204,21 @@ def test_save_load_round_trip(name, kw, tmp_path):
 
 
 LEGACY_ADAPTERS = Path(__file__).parent / "data" / "adapters_v0"  # saved before module_names (its README)
+
+
+def test_saved_config_holds_the_method_not_the_runtime_fold_nor_old_names(tmp_path):
+    """adapter_config.json leaves out `fold` (a runtime choice) and writes the circuit depth as `depth`; a file
+    of the older form (`layers`, `fold`) still loads, its `layers` read as `depth`."""
+    from peft import PeftConfig
+
+    config = QuantumConfig(r=2, depth=2, fold="never", target_modules=TARGETS)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["depth"] == 2 and "fold" not in saved and "layers" not in saved
+    assert PeftConfig.from_pretrained(tmp_path).fold == "float32"  # the default, for a loaded adapter
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**saved, "layers": 3, "fold": "never"}))
+    old = PeftConfig.from_pretrained(tmp_path)
+    assert isinstance(old, QuantumConfig) and old.depth == 3 and old.layers is None and old.fold == "never"
 
 
 @pytest.mark.parametrize("name", ["pauli_r2", "pauli_r3_q4_mask2"])
@@ -416,9 +431,9 @@ def test_config_errors():
 @pytest.mark.parametrize(
     "kw,field",
     [
-        (dict(layers=1.5), "layers"),
-        (dict(layers=-1), "layers"),
-        (dict(layers=True), "layers"),
+        (dict(depth=1.5), "depth"),
+        (dict(depth=-1), "depth"),
+        (dict(depth=True), "depth"),
         (dict(mapping="taylor", order=2.5), "order"),
         (dict(mapping="taylor", order=0), "order"),
         (dict(alpha=-1.0), "alpha"),
@@ -445,8 +460,8 @@ def test_config_refuses_at_construction(kw, field):
 
 
 def test_config_accepts_the_boundaries():
-    assert QuantumConfig(layers=0, alpha=0.0, target_modules=["lin0"]).layers == 0
-    assert QuantumConfig(layers="2").layers == 2  # a string integer (a command-line override) is read as one
+    assert QuantumConfig(depth=0, alpha=0.0, target_modules=["lin0"]).depth == 0
+    assert QuantumConfig(depth="2").depth == 2  # a string integer (a command-line override) is read as one
     assert QuantumConfig(alpha=4).alpha == 4
 
 
@@ -1079,7 +1094,7 @@ def test_gpt2_conv1d_round_trip(tmp_path):
     with torch.no_grad():
         ref = base(input_ids=ids).logits
     model = get_peft_model(
-        copy.deepcopy(base), QuantumConfig(r=2, layers=2, target_modules=["c_attn", "c_proj"])
+        copy.deepcopy(base), QuantumConfig(r=2, depth=2, target_modules=["c_attn", "c_proj"])
     )
     assert model.peft_config["default"].fan_in_fan_out  # Conv1D stores (in, out)
     layer = model.get_base_model().transformer.h[0].attn.c_attn
@@ -1170,7 +1185,7 @@ def _reference_factor(state, bank_key: tuple[int, int], row: int) -> Tensor:
     n, k = bank_key
     bank = state.banks[f"n{n}_k{k}"]
     if state.config.mapping == "pauli":
-        return dense_pauli(bank.theta[row].detach(), n, state.config.layers)[:, :k]
+        return dense_pauli(bank.theta[row].detach(), n, state.config.depth)[:, :k]
     S = skew(bank.s[row : row + 1].detach(), k)[0]
     return torch.linalg.matrix_exp(dense_A(bank.B[row].detach(), S))[:, :k]
 
@@ -1202,7 +1217,7 @@ def _reference_forward(base: nn.Module, weights: dict[str, Tensor], x: Tensor) -
     [
         dict(r=4),
         dict(r="full"),
-        dict(r=4, layers=2, quant_bits=6),
+        dict(r=4, depth=2, quant_bits=6),
         dict(r=3, mapping="taylor", order=20),
     ],  # (order 20: truncation below 1e-16)
     ids=["pauli_r4", "pauli_full", "pauli_quantised", "taylor_r3"],
@@ -1290,9 +1305,7 @@ def test_quantised_adapter_reloads_exactly_for_angles_beyond_two_pi(dtype, tmp_p
     use the same grid angles bit for bit, so their outputs are equal, not merely close."""
     torch.manual_seed(0)
     base = MLP().to(dtype).eval()
-    model = get_peft_model(
-        copy.deepcopy(base), config(r=4, layers=2, quant_bits=5, init_weights=False)
-    ).eval()
+    model = get_peft_model(copy.deepcopy(base), config(r=4, depth=2, quant_bits=5, init_weights=False)).eval()
     with torch.no_grad():
         for bank in hub_of(model).quantum_adapters["default"].banks.values():
             bank.theta.uniform_(-40.0, 40.0)

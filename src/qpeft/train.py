@@ -223,7 +223,8 @@ def _train(
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)
-        distributed.check_same_state(model, method.record_facts(model))
+        facts = method.record_facts(model)  # once: Quantum-PEFT's serialises the adapter for its file size
+        distributed.check_same_state(model, facts)
         final = family.evaluate(trainer, evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
@@ -282,7 +283,7 @@ def _train(
             curve=learning_curve(trainer.state.log_history, family, main, evals) if t.eval_steps else None,
             argv=sys.argv,
             finished_at=datetime.now(timezone.utc).isoformat(),
-            adapter_extra=method.record_facts(model),
+            adapter_extra=facts,
             adapter_file_bytes=adapter_file.stat().st_size if adapter_file else None,
         )
     except NonFiniteLoss:

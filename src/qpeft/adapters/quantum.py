@@ -71,7 +71,7 @@ def quantum_config(cfg, target_names: list[str], total_steps: int) -> QuantumCon
         return QuantumConfig(
             r=int(rank) if str(rank).isdigit() else rank,
             mapping="pauli" if method == "quantum" else "taylor",
-            layers=int(cfg.get("layers", 1)),
+            depth=int(cfg.get("layers", 1)),
             order=int(cfg.get("order", 8)),
             alpha=float(16.0 if alpha is None else alpha),
             scaling=cfg.get("scaling") or "rank",
@@ -253,7 +253,7 @@ def record_extra(model: nn.Module) -> dict:
     masks = [state.mask(k) for k in state.lam]
     return {
         "mapping": c.mapping,
-        "layers": c.layers if c.mapping == "pauli" else None,
+        "layers": c.depth if c.mapping == "pauli" else None,
         "order": c.order if c.mapping == "taylor" else None,
         "rank": ks[0] if len(ks) == 1 else ks,
         "alpha": c.alpha,

@@ -45,11 +45,13 @@ class QuantumConfig(PeftConfig):
     mapping: Literal["pauli", "taylor"] = field(
         default="pauli",
         metadata={
-            "help": "'pauli': RY/CZ circuit of `layers` entangling layers; 'taylor': Lie-algebra map by a "
+            "help": "'pauli': RY/CZ circuit of `depth` entangling layers; 'taylor': Lie-algebra map by a "
             "truncated Taylor series of `order` terms."
         },
     )
-    layers: int = field(default=1, metadata={"help": "Pauli mapping: entangling layers L (>= 0)."})
+    depth: int = field(
+        default=1, metadata={"help": "Pauli mapping: the circuit's entangling layers L (>= 0)."}
+    )
     order: int = field(default=8, metadata={"help": "Taylor mapping: series order (>= 1)."})
     alpha: float = field(
         default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
@@ -144,6 +146,10 @@ class QuantumConfig(PeftConfig):
             "adapter's rows (circuits, lam). Saved with the adapter and checked when it is loaded."
         },
     )
+    layers: int | None = field(
+        default=None,
+        metadata={"help": "The old name of `depth`: configs saved before it still load. Not saved."},
+    )
     quant_mode: Literal["qat", "ptq"] = field(
         default="qat",
         metadata={
@@ -158,6 +164,8 @@ class QuantumConfig(PeftConfig):
         super().__post_init__()
         if self.module_names is not None:
             self.module_names = list(self.module_names)
+        if self.layers is not None:  # the old name of depth
+            self.depth, self.layers = self.layers, None
         self.peft_type = PEFT_TYPE
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
@@ -173,7 +181,7 @@ class QuantumConfig(PeftConfig):
             self.init = "uniform" if self.mapping == "pauli" else "small"
         if self.init not in ("uniform", "small"):
             raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
-        for name, low in (("layers", 0), ("order", 1)):
+        for name, low in (("depth", 0), ("order", 1)):
             value = getattr(self, name)
             if isinstance(value, str) and value.isdigit():
                 value = int(value)
@@ -223,6 +231,14 @@ class QuantumConfig(PeftConfig):
             raise QuantumConfigError(f"QuantumConfig.fold={self.fold!r}: choose float32 or never")
         if not 0.0 <= self.dropout < 1.0:
             raise QuantumConfigError(f"QuantumConfig.dropout={self.dropout}: use a value in [0, 1)")
+
+    def to_dict(self) -> dict:
+        """What adapter_config.json holds: the method's settings, not `fold` (a runtime choice: a loaded adapter
+        folds by default) nor the old name `layers`."""
+        out = super().to_dict()
+        out.pop("fold", None)
+        out.pop("layers", None)
+        return out
 
     def check_module_names(self, names: list[str], adapter_name: str) -> None:
         """Record `names` (the modules an injection adapted, in row order) or, for a loaded adapter, check them

@@ -63,7 +63,7 @@ def export_circuits(
                     theta = quantize_angles(theta, config.quant_bits, ste=False, period=PERIOD)
                 n = bank.circuit.n
                 try:
-                    circuit = to_qiskit(n, config.layers, theta, name=f"{layer_name}.{factor}")
+                    circuit = to_qiskit(n, config.depth, theta, name=f"{layer_name}.{factor}")
                 except ValueError as err:
                     raise ValueError(
                         f"export_circuits: layer {layer_name!r}, factor {factor}: {err}"

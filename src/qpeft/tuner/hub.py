@@ -56,10 +56,10 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._base_dtype: torch.dtype | None = None  # of the model's frozen weights, seen when a pass begins
-        self._cache: dict[str, tuple[tuple, tuple, dict]] = {}
-        # adapter -> (grad enabled, its _factors) for the forward pass under way: set by begin_pass, cleared by
-        # end_pass, so that the model's layers skip re-validating the cache (a walk over its parameters) each
-        self._live: dict[str, tuple[bool, tuple]] = {}
+        self._cache: dict[str, tuple[tuple, PassFactors]] = {}  # adapter -> (cache key, its factors)
+        # adapter -> (grad enabled, its factors) for the pass under way: set by open_pass, cleared by close_pass,
+        # so that the model's layers skip re-validating the cache (a walk over its parameters) each
+        self._live: dict[str, tuple[bool, PassFactors]] = {}
         # id(x) -> (a weak reference to x, its version, x cast to the GEMM dtype), for the pass under way
         self._casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
         self._depth = 0  # open forward_pass scopes: nested ones (PeftModel's, then the model's hook) join
@@ -190,7 +190,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         (docs/method.md section 4 has the memory measured)."""
         live = self._live.get(name)
         if quantise is None and live is not None and live[0] == torch.is_grad_enabled():
-            return live[1]  # inside the model's forward: begin_pass computed or validated them
+            return live[1]  # inside the pass: open_pass computed or validated them
         state = self.quantum_adapters[name]
         state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise

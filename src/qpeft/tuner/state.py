@@ -93,7 +93,7 @@ class QuantumAdapterState(nn.Module):
         for key in self.bank_keys:
             n, k, batch = key.n, key.k, rows[key] + 1
             if config.mapping == "pauli":
-                self.banks[key.name] = PauliStiefel(n, k, config.layers, init=config.init, batch=batch)
+                self.banks[key.name] = PauliStiefel(n, k, config.depth, init=config.init, batch=batch)
             else:
                 self.banks[key.name] = TaylorStiefel(n, k, config.order, init=config.init, batch=batch)
         self.lam = nn.ParameterDict()
