@@ -22,12 +22,16 @@ class Trainer(transformers.Trainer):
     it: the adapter's forward pass opens in the model's forward-pre-hook and decides its compute dtype then
     (qpeft.tuner QuantumHub.forward_pass). Other methods run as in transformers' own Trainer."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from qpeft.tuner import QuantumLinear
+
+        self.autocast_around_call = any(isinstance(m, QuantumLinear) for m in self.model.modules())
+
     def autocast_smart_context_manager(
         self, cache_enabled: bool | None = True
     ) -> contextlib.AbstractContextManager:
-        from qpeft.tuner import QuantumLinear
-
-        if any(isinstance(m, QuantumLinear) for m in self.model.modules()):
+        if self.autocast_around_call:
             return self.accelerator.autocast()
         return super().autocast_smart_context_manager(cache_enabled)
 
