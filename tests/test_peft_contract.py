@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 import qpeft  # noqa: F401  (registers the QUANTUM peft type)
 from qpeft.quantum import quantize_angles
 from qpeft.tuner import QuantumConfig, QuantumUnsupportedError
-from qpeft.tuner.layer import PERIOD
+from qpeft.tuner.state import PERIOD
 
 
 # ---- peft's custom models (same layers and sizes) ----
@@ -94,10 +94,10 @@ QUANTUM = [
     ("MLP 5 Quantum", "MLP", QuantumConfig, {"target_modules": ["lin0"], "modules_to_save": ["lin1"]}),
     ("MLP 6 Quantum bias", "MLP", QuantumConfig, {"target_modules": ["lin0", "lin1"], "r": 2, "bias": "all"}),
     (
-        "MLP 7 Quantum layers=2",
+        "MLP 7 Quantum depth=2",
         "MLP",
         QuantumConfig,
-        {"target_modules": ["lin0", "lin1"], "r": 2, "layers": 2},
+        {"target_modules": ["lin0", "lin1"], "r": 2, "depth": 2},
     ),
     ("MLP 8 Quantum full", "MLP", QuantumConfig, {"target_modules": ["lin0", "lin1"], "r": "full"}),
     (

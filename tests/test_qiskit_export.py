@@ -105,7 +105,7 @@ class MLP(nn.Module):
 
 @needs_qiskit
 @pytest.mark.parametrize(
-    "kw", [dict(r=2, layers=2), dict(r=2, layers=1, quant_bits=5)], ids=["float", "quantised"]
+    "kw", [dict(r=2, depth=2), dict(r=2, depth=1, quant_bits=5)], ids=["float", "quantised"]
 )
 def test_export_circuits_rebuilds_every_layer_update(kw):
     """export_circuits gives every adapted layer's U and V circuits by name; U diag(lam_eff) V^T from Qiskit's

@@ -141,16 +141,16 @@ def test_fast_circuit_equals_dense_reference(n, layers, block):
         applied = kron.apply(m)
         for b in range(2):
             ref = dense_pauli(theta[b], n, layers)[:, :k]
-            for fast in (U[b], by_slots[b], kron.dense()[b], kron.row(b).dense()[0]):
+            for fast in (U[b], by_slots[b], kron.dense()[b]):
                 torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
             scale = m[b, :, 0]
-            # one circuit alone: by row(b) (a slice), and by rows()[b] (an unbind, group 0 cut to its columns)
-            for row in (kron.row(b), kron.rows()[b]):
-                torch.testing.assert_close(row.dense()[0], ref, atol=1e-12, rtol=0)
-                torch.testing.assert_close(
-                    row.dense(scale, transposed=True)[0], (ref * scale).T, atol=1e-12, rtol=0
-                )
-                torch.testing.assert_close(row.apply(m[b : b + 1])[0], ref @ m[b], atol=1e-12, rtol=0)
+            # one circuit alone: rows()[b] (an unbind, group 0 cut to its columns)
+            row = kron.rows()[b]
+            torch.testing.assert_close(row.dense()[0], ref, atol=1e-12, rtol=0)
+            torch.testing.assert_close(
+                row.dense(scale, transposed=True)[0], (ref * scale).T, atol=1e-12, rtol=0
+            )
+            torch.testing.assert_close(row.apply(m[b : b + 1])[0], ref @ m[b], atol=1e-12, rtol=0)
             torch.testing.assert_close(applied[b], ref @ m[b], atol=1e-12, rtol=0)
 
 

@@ -77,14 +77,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "quantum_k8_l2": ("quantum", {"rank": 8, "layers": 2}),
     "quantum_kfull_l1": ("quantum", {"rank": "full", "layers": 1}),
     "quantum_kfull_l2": ("quantum", {"rank": "full", "layers": 2}),
-    # K=full folded into the weight under autocast as well (adapter.fold=autocast): the trade a GPU run decides
-    "quantum_kfull_l1_fold": ("quantum", {"rank": "full", "layers": 1, "fold": "autocast"}),
     # K=full never folded (adapter.fold=never): the low-rank path in float32, where the default folds
     "quantum_kfull_l1_unfolded": ("quantum", {"rank": "full", "layers": 1, "fold": "never"}),
     "quantum_taylor_k1": ("quantum_taylor", {"rank": 1}),
 }
-# methods that differ from another only under autocast: benched by default with --dtype bf16 only
-AUTOCAST_ONLY = ("quantum_kfull_l1_fold",)
 # benched only when --methods names them (the GPU check does; on CPU the float32 low-rank path at full rank is
 # several times the fold's step, minutes of `make bench`)
 ON_REQUEST = ("quantum_kfull_l1_unfolded",)
@@ -426,8 +422,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated, any of: " + ",".join(METHODS) + f" (default: all but {', '.join(ON_REQUEST)}; "
-        f"{', '.join(AUTOCAST_ONLY)} with --dtype bf16 only)",
+        help="comma-separated, any of: " + ",".join(METHODS) + f" (default: all but {', '.join(ON_REQUEST)})",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
@@ -440,9 +435,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.methods is None:
-        args.methods = ",".join(
-            m for m in METHODS if (args.dtype == "bf16" or m not in AUTOCAST_ONLY) and m not in ON_REQUEST
-        )
+        args.methods = ",".join(m for m in METHODS if m not in ON_REQUEST)
     args.methods = [m for m in args.methods.split(",") if m]
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else len(os.sched_getaffinity(0))

@@ -1,16 +1,39 @@
-"""The transformers Trainer as qpeft runs it: TrainingArguments from the checked settings, and the optimiser
-built with a method's own parameter groups (Quantum-PEFT's circuit learning rate)."""
+"""The transformers Trainer as qpeft runs it: TrainingArguments from the checked settings, the optimiser built
+with a method's own parameter groups (Quantum-PEFT's circuit learning rate), and autocast entered around the
+model's call for a Quantum-PEFT adapter (`Trainer`)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+import transformers
+from transformers import TrainingArguments
 
 from qpeft.config import TrainerSettings
 from qpeft.errors import QpeftError
+
+
+class Trainer(transformers.Trainer):
+    """transformers' Trainer. With a Quantum-PEFT adapter in the model, mixed precision's autocast is also entered
+    around the model's call (compute_loss, prediction_step), not only inside its forward where accelerate puts
+    it: the adapter's forward pass opens in the model's forward-pre-hook and decides its compute dtype then
+    (qpeft.tuner QuantumHub.forward_pass). Other methods run as in transformers' own Trainer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from qpeft.tuner import QuantumLinear
+
+        self.autocast_around_call = any(isinstance(m, QuantumLinear) for m in self.model.modules())
+
+    def autocast_smart_context_manager(
+        self, cache_enabled: bool | None = True
+    ) -> contextlib.AbstractContextManager:
+        if self.autocast_around_call:
+            return self.accelerator.autocast()
+        return super().autocast_smart_context_manager(cache_enabled)
 
 
 def use_cpu(trainer: TrainerSettings) -> bool:

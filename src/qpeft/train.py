@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import transformers
 from omegaconf import OmegaConf
-from transformers import PrinterCallback, Trainer, set_seed
+from transformers import PrinterCallback, set_seed
 
 from qpeft import adapters, backbones, distributed, hf_trainer, provenance, records, tasks, wandb_log
 from qpeft.callbacks import CsvLogger, LogLines, NonFiniteLoss, StepHook, Throughput
@@ -207,7 +207,7 @@ def _train(
         world_size=ranks.world_size,
         token_loss=spec.backbone.get("task_type") == "causal_lm",
     )
-    trainer = Trainer(
+    trainer = hf_trainer.Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -231,7 +231,8 @@ def _train(
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)
-        distributed.check_same_state(model, method.record_facts(model))
+        facts = method.record_facts(model)  # once: Quantum-PEFT's serialises the adapter for its file size
+        distributed.check_same_state(model, facts)
         final = family.evaluate(trainer, evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
@@ -293,7 +294,7 @@ def _train(
             curve=learning_curve(trainer.state.log_history, family, main, evals) if t.eval_steps else None,
             argv=sys.argv,
             finished_at=datetime.now(timezone.utc).isoformat(),
-            adapter_extra=method.record_facts(model),
+            adapter_extra=facts,
             adapter_file_bytes=adapter_file.stat().st_size if adapter_file else None,
         )
     except NonFiniteLoss:

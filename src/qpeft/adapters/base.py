@@ -9,7 +9,6 @@ makes `get_method(name)(settings)`, and then only calls the methods below: no op
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,11 +171,6 @@ def settings_from_config(values: Mapping[str, Any], prefix: str = "adapter") -> 
         raise QpeftError(f"{prefix}.method is not set: choose one of {', '.join(sorted(METHODS))}")
     cls = get_method(values["method"])
     return build_dataclass(cls.settings_class, dict(values), prefix)
-
-
-def settings_dict(settings: AdapterSettings) -> dict[str, Any]:
-    """The settings as a plain dict (the run record's adapter_cfg)."""
-    return dataclasses.asdict(settings)
 
 
 # --- helpers shared by the methods: the target rule, the head, the generic counts ---------------------------

@@ -4,7 +4,7 @@
 `apply` turns the harness's adapter settings (`adapter.*`) into a `QuantumConfig` and injects the tuner into the
 model in place (the model stays a plain transformers model, so the Trainer saves and resumes it whole). The
 module-level functions are the harness's interface: on_step (adaptive rank mask), merge / unmerge,
-optimizer_overrides (circuit_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
+param_groups (circuit_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, quantum_param_groups
-from qpeft.tuner.layer import HUB, QuantumAdapterState, QuantumHub
-from qpeft.tuner.optim import circuit_lrs
+from qpeft.tuner.hub import HUB, QuantumHub
+from qpeft.tuner.state import QuantumAdapterState
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model
@@ -71,7 +71,7 @@ def quantum_config(cfg, target_names: list[str], total_steps: int) -> QuantumCon
         return QuantumConfig(
             r=int(rank) if str(rank).isdigit() else rank,
             mapping="pauli" if method == "quantum" else "taylor",
-            layers=int(cfg.get("layers", 1)),
+            depth=int(cfg.get("layers", 1)),
             order=int(cfg.get("order", 8)),
             alpha=float(16.0 if alpha is None else alpha),
             scaling=cfg.get("scaling") or "rank",
@@ -151,14 +151,6 @@ def masked_lam_entries(model: nn.Module) -> int:
     return total
 
 
-def optimizer_overrides(model: nn.Module, cfg, lr: float) -> dict[int, dict]:
-    """Per-parameter optimiser settings, keyed by id: the circuit parameters get `adapter.circuit_lr` (null: lr;
-    "width": the per-bank rule, qpeft.tuner.width_circuit_lr) and no weight decay, as in the groups of
-    qpeft.quantum_param_groups."""
-    lrs = circuit_lrs(model, lr, _circuit_lr_setting(cfg))
-    return {pid: {"weight_decay": 0.0, "lr": value} for pid, value in lrs.items()}
-
-
 def _circuit_lr_setting(cfg) -> float | str | None:
     value = cfg.get("circuit_lr")
     return value if value is None or value == "width" else float(value)
@@ -191,10 +183,11 @@ def others_at(groups: list[dict], model: nn.Module, lr: float) -> list[dict]:
 
 
 def merge(model: nn.Module) -> None:
-    """Fold s U diag(lam) V^T into each base weight (quantised angles if quant_bits); W0 is kept for unmerge."""
+    """Fold s U diag(lam) V^T into each base weight (quantised angles if quant_bits); a safe merge, so W0 is kept
+    for unmerge (the harness trains on after evaluating merged)."""
     for layer in _layers(model):
         if not layer.merged:
-            layer.merge()
+            layer.merge(safe_merge=True)
 
 
 def unmerge(model: nn.Module) -> None:
@@ -252,11 +245,6 @@ def adapter_file_bytes(model: nn.Module) -> int:
     return len(safetensors_bytes(adapter_state_dict(model), metadata=SAFETENSORS_METADATA))
 
 
-def _width(bank_key: str) -> int:
-    """n of a circuit bank key 'n<n>_k<K>'."""
-    return int(bank_key[1:].split("_k")[0])
-
-
 def record_extra(model: nn.Module) -> dict:
     """Facts for the run record: mapping, L or order, K, matrices, groups, adapter file size, quantisation, mask."""
     state = _state(model)
@@ -265,14 +253,14 @@ def record_extra(model: nn.Module) -> dict:
     masks = [state.mask(k) for k in state.lam]
     return {
         "mapping": c.mapping,
-        "layers": c.layers if c.mapping == "pauli" else None,
+        "layers": c.depth if c.mapping == "pauli" else None,
         "order": c.order if c.mapping == "taylor" else None,
         "rank": ks[0] if len(ks) == 1 else ks,
         "alpha": c.alpha,
         "scaling": c.scaling,
         "adapted_matrices": len(state.index),
         # LoRA r=8 on the same matrices, r (d_in + d_out) each: the paper's comparison, printed by the demo
-        "lora_r8_params": sum(8 * (_width(ku) + _width(kv)) for ku, _, kv, *_ in state.index),
+        "lora_r8_params": sum(8 * (i.u.n + i.v.n) for i in state.index),
         "circuit_groups": len(state.banks),
         "adapter_file_bytes": adapter_file_bytes(model),
         "quant_bits": c.quant_bits,

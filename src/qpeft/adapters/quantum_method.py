@@ -49,10 +49,10 @@ class QuantumCommonSettings(OwnLrSettings):
         "qat", "qat (straight-through while training) | ptq (at eval/merge/save)"
     )
     dropout: float = option(0.0, "dropout on the adapter input, as LoRA's, in [0, 1)")
-    fold: Literal["float32", "autocast", "never"] = option(
+    fold: Literal["float32", "never"] = option(
         "float32",
-        "wide updates (full rank, large batch) as x (W + dW)^T when that costs fewer flops: float32 (without "
-        "autocast only) | autocast (under bf16 / fp16 autocast too) | never (docs/method.md section 4)",
+        "wide updates (full rank, large batch) as x (W + dW)^T when that costs fewer flops, in float32 without "
+        "autocast | never (docs/method.md section 4)",
     )
     circuit_lr: float | Literal["width"] | None = option(
         None,

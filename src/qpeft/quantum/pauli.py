@@ -318,13 +318,9 @@ class KronSum:
     def __init__(self, circuit: PauliCircuit, xs: list[Tensor], batch: int):
         self.circuit, self.xs, self.batch = circuit, xs, batch
 
-    def row(self, i: int) -> KronSum:
-        """Circuit i of the batch alone (a view)."""
-        return KronSum(self.circuit, [x[:, i : i + 1] for x in self.xs], 1)
-
     def rows(self) -> list[KronSum]:
         """Every circuit of the batch alone, as views of one `unbind` per factor: the gradients of all rows
-        meet in one stack in backward, where `row(i)` for each i costs a zero-filled slice gradient and an
+        meet in one stack in backward, where a slice per row would cost a zero-filled slice gradient and an
         add apiece (kernel launches, for a bank of many matrices). Once for the bank rather than per row: group
         0's factors are cut to the q columns that U's first k columns read (see `apply`), and each factor is
         laid out circuit-major, so that a row's terms are contiguous and `apply`'s reshapes of them are views."""

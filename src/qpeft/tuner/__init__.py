@@ -2,7 +2,8 @@
 
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
 from qpeft.tuner.export import export_circuits
-from qpeft.tuner.layer import QuantumHub, QuantumLinear
+from qpeft.tuner.hub import QuantumHub
+from qpeft.tuner.layer import QuantumLinear
 from qpeft.tuner.model import QuantumModel, QuantumUnsupportedError, register
 from qpeft.tuner.optim import circuit_parameters, create_quantum_optimizer, quantum_param_groups
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -44,11 +45,13 @@ class QuantumConfig(PeftConfig):
     mapping: Literal["pauli", "taylor"] = field(
         default="pauli",
         metadata={
-            "help": "'pauli': RY/CZ circuit of `layers` entangling layers; 'taylor': Lie-algebra map by a "
+            "help": "'pauli': RY/CZ circuit of `depth` entangling layers; 'taylor': Lie-algebra map by a "
             "truncated Taylor series of `order` terms."
         },
     )
-    layers: int = field(default=1, metadata={"help": "Pauli mapping: entangling layers L (>= 0)."})
+    depth: int = field(
+        default=1, metadata={"help": "Pauli mapping: the circuit's entangling layers L (>= 0)."}
+    )
     order: int = field(default=8, metadata={"help": "Taylor mapping: series order (>= 1)."})
     alpha: float = field(
         default=16.0, metadata={"help": "Update scale numerator: s = alpha / K (see `scaling`)."}
@@ -77,13 +80,13 @@ class QuantumConfig(PeftConfig):
         },
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input, as LoRA's."})
-    fold: Literal["float32", "autocast", "never"] = field(
+    fold: Literal["float32", "never"] = field(
         default="float32",
         metadata={
-            "help": "When a wide update (full rank, large batch, no dropout) is folded into the weight, "
-            "x (W + dW)^T, because that costs fewer flops than x V and its product with U: 'float32' only in "
-            "float32 / float64 without autocast; 'autocast' also under bf16 / fp16 autocast (W + dW formed in "
-            "float32 and cast once, as AMP casts a float32 master weight); 'never': always the low-rank path."
+            "help": "'float32': a wide update (full rank, large batch, no dropout) is folded into the weight, "
+            "x (W + dW)^T, where that costs fewer flops than x V and its product with U, in float32 / float64 "
+            "without autocast (qpeft.tuner.fold); 'never': always the low-rank path. ('autocast', of older "
+            "configs, reads as 'float32'.)"
         },
     )
     target_modules: list[str] | str | None = field(
@@ -136,6 +139,17 @@ class QuantumConfig(PeftConfig):
             "quantised."
         },
     )
+    module_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Set when the adapter is injected, not by hand: the adapted modules in the order of the "
+            "adapter's rows (circuits, lam). Saved with the adapter and checked when it is loaded."
+        },
+    )
+    layers: int | None = field(
+        default=None,
+        metadata={"help": "The old name of `depth`: configs saved before it still load. Not saved."},
+    )
     quant_mode: Literal["qat", "ptq"] = field(
         default="qat",
         metadata={
@@ -145,7 +159,13 @@ class QuantumConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
+        # read from an adapter_config.json (it names a peft_version) written before module_names was recorded
+        self._saved_without_module_names = self.peft_version is not None and self.module_names is None
         super().__post_init__()
+        if self.module_names is not None:
+            self.module_names = list(self.module_names)
+        if self.layers is not None:  # the old name of depth
+            self.depth, self.layers = self.layers, None
         self.peft_type = PEFT_TYPE
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
@@ -161,7 +181,7 @@ class QuantumConfig(PeftConfig):
             self.init = "uniform" if self.mapping == "pauli" else "small"
         if self.init not in ("uniform", "small"):
             raise QuantumConfigError(f"QuantumConfig.init={self.init!r}: choose 'uniform' or 'small'")
-        for name, low in (("layers", 0), ("order", 1)):
+        for name, low in (("depth", 0), ("order", 1)):
             value = getattr(self, name)
             if isinstance(value, str) and value.isdigit():
                 value = int(value)
@@ -200,10 +220,54 @@ class QuantumConfig(PeftConfig):
                 )
         if self.rank_mask == "adaptive" and not self.total_step:
             raise QuantumConfigError("QuantumConfig.rank_mask='adaptive' needs total_step (optimizer steps)")
-        if self.fold not in ("float32", "autocast", "never"):
-            raise QuantumConfigError(f"QuantumConfig.fold={self.fold!r}: choose float32, autocast or never")
+        if (
+            self.fold == "autocast"
+        ):  # folding under autocast too: removed, its step was 2.52x LoRA's on an H200
+            warnings.warn(
+                "QuantumConfig.fold='autocast' is no longer offered: read as 'float32'", stacklevel=3
+            )
+            self.fold = "float32"
+        if self.fold not in ("float32", "never"):
+            raise QuantumConfigError(f"QuantumConfig.fold={self.fold!r}: choose float32 or never")
         if not 0.0 <= self.dropout < 1.0:
             raise QuantumConfigError(f"QuantumConfig.dropout={self.dropout}: use a value in [0, 1)")
+
+    def to_dict(self) -> dict:
+        """What adapter_config.json holds: the method's settings, not `fold` (a runtime choice: a loaded adapter
+        folds by default) nor the old name `layers`."""
+        out = super().to_dict()
+        out.pop("fold", None)
+        out.pop("layers", None)
+        return out
+
+    def check_module_names(self, names: list[str], adapter_name: str) -> None:
+        """Record `names` (the modules an injection adapted, in row order) or, for a loaded adapter, check them
+        against the saved ones: the rows of an adapter file belong to the modules it names, not to positions."""
+        if self.module_names is None:
+            if self._saved_without_module_names:
+                warnings.warn(
+                    f"adapter '{adapter_name}' was saved before Quantum-PEFT recorded its module names "
+                    "(adapter_config.json has no module_names): its rows are assigned to the matched modules in "
+                    "injection order, unchecked. Save it again to record them.",
+                    stacklevel=3,
+                )
+            self.module_names = list(names)
+            return
+        if list(self.module_names) == list(names):
+            return
+        saved, here = list(self.module_names), list(names)
+        missing = [n for n in saved if n not in here]
+        extra = [n for n in here if n not in saved]
+        if missing or extra:
+            detail = f"saved for modules this model lacks: {missing}; modules it matched that were not saved: {extra}"
+        else:
+            row = next(i for i, (a, b) in enumerate(zip(saved, here)) if a != b)
+            detail = (
+                f"the same modules in another order: row {row} is {saved[row]!r} saved, {here[row]!r} here"
+            )
+        raise QuantumConfigError(
+            f"QuantumConfig.module_names of adapter '{adapter_name}' do not fit this model: {detail}"
+        )
 
     def rank_for(self, d_out: int, d_in: int, name: str) -> int:
         """K of one matrix: `r`, or min(d_out, d_in) for 'full'; an error names the setting when r is too big."""

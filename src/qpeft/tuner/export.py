@@ -9,7 +9,9 @@ from torch import nn
 
 from qpeft.quantum import quantize_angles, to_qiskit
 from qpeft.tuner.config import QuantumConfigError
-from qpeft.tuner.layer import PERIOD, QuantumHub, QuantumLinear
+from qpeft.tuner.hub import QuantumHub
+from qpeft.tuner.layer import QuantumLinear
+from qpeft.tuner.state import PERIOD
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -55,13 +57,13 @@ def export_circuits(
             (_, _, k), (ku, ru, kv, rv, kl, rl) = state.shapes[row], state.index[row]
             circuits = {}
             for factor, key, r in (("U", ku, ru), ("V", kv, rv)):
-                bank = state.banks[key]
+                bank = state.banks[key.name]
                 theta = bank.theta[r].double()
                 if config.quant_bits is not None:
                     theta = quantize_angles(theta, config.quant_bits, ste=False, period=PERIOD)
                 n = bank.circuit.n
                 try:
-                    circuit = to_qiskit(n, config.layers, theta, name=f"{layer_name}.{factor}")
+                    circuit = to_qiskit(n, config.depth, theta, name=f"{layer_name}.{factor}")
                 except ValueError as err:
                     raise ValueError(
                         f"export_circuits: layer {layer_name!r}, factor {factor}: {err}"

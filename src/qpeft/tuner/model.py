@@ -15,7 +15,9 @@ from torch import nn
 from qpeft.errors import QpeftError
 from qpeft.quantum import unpack_angles
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
-from qpeft.tuner.layer import HUB, PERIOD, QuantumHub, QuantumLinear
+from qpeft.tuner.hub import HUB, QuantumHub
+from qpeft.tuner.layer import QuantumLinear
+from qpeft.tuner.state import PERIOD
 
 PREFIX = "quantum_"
 _HUB_KEYS = f"{HUB}.quantum_adapters."  # state-dict keys of adapter state: <HUB_KEYS><adapter>.<rest>
@@ -42,7 +44,7 @@ def _shape(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
 
 class QuantumModel(BaseTuner):
     """Quantum-PEFT on a model: every target nn.Linear / Conv1D becomes a `QuantumLinear`; all trainable state
-    of an adapter lives in the model's `qpeft_hub` (see qpeft.tuner.layer), so one circuit simulation per
+    of an adapter lives in the model's `qpeft_hub` (see qpeft.tuner.hub), so one circuit simulation per
     distinct (n, K) serves every layer.
 
     Example:
@@ -77,11 +79,17 @@ class QuantumModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now)."""
+        """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now),
+        their rows in the order of config.module_names (recorded now, or checked for a loaded adapter)."""
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
         hub = getattr(model, HUB, None)
         if not isinstance(hub, QuantumHub) or adapter_name not in hub.pending:
             return
+        config = self.peft_config[adapter_name]
+        name_of = {id(module): name for name, module in model.named_modules()}
+        config.check_module_names(
+            [name_of[id(layer)] for layer, *_ in hub.pending[adapter_name]], adapter_name
+        )
         with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():  # as peft's layers
             hub.build(adapter_name, self.peft_config[adapter_name])
         self.set_adapter(self.active_adapters, inference_mode=self.peft_config[adapter_name].inference_mode)
@@ -138,7 +146,8 @@ class QuantumModel(BaseTuner):
 
     @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
-        """PeftModel.forward / generate enter this with the call's keyword arguments: mixed adapter batches
+        """PeftModel.forward / generate enter this with the call's keyword arguments: the hub's forward_pass
+        opens here, inside any autocast that wraps PeftModel.forward (accelerate's). Mixed adapter batches
         (`adapter_names=`) and aLoRA offsets are LoRA features, refused rather than silently ignored."""
         for arg in ("adapter_names", "alora_offsets"):
             if kwargs.get(arg) is not None:
@@ -146,7 +155,9 @@ class QuantumModel(BaseTuner):
                     f"Quantum-PEFT does not support {arg}= (mixed adapter batches are a LoRA feature): run one "
                     f"batch per adapter, switching with set_adapter. See {_UNSUPPORTED_DOC}."
                 )
-        yield
+        hub = getattr(self.model, HUB, None)
+        with hub.forward_pass(self.model) if isinstance(hub, QuantumHub) else contextlib.nullcontext():
+            yield
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
         model = super()._unload_and_optionally_merge(*args, **kwargs)

@@ -18,7 +18,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 
 from qpeft.errors import QpeftError
 from qpeft.quantum import PauliStiefel, TaylorStiefel
-from qpeft.tuner.layer import QuantumHub
+from qpeft.tuner.hub import QuantumHub
 
 # the Trainer's rule for which parameters decay (transformers.Trainer.get_decay_parameter_names)
 _NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
