@@ -103,7 +103,7 @@ def test_claims_carry_welch_intervals(tmp_path):
             for seed in range(5 if lr == 8e-4 else 2):
                 write(tmp_path, "sst2", setting, lr, seed, devs[seed] + bonus)
     runs, records = claim.load(tmp_path)
-    lines, csv = claim.tables(runs, records)
+    lines, csv = claim.tables_of(runs, records)
     text = "\n".join(lines)
     ref = stats.ttest_ind(default, lora, equal_var=False).confidence_interval()
     gap = sum(default) / 5 - sum(lora) / 5

@@ -5,7 +5,7 @@ for, and the answer with its uncertainty.
 
 `--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
 the grid extended by 5x past a winning edge, then each point's other seeds at its chosen lr and the linear-head
-runs. Without it: `results/tables/claim_minilm.{md,csv}` and `results/figures/claim_<task>_curves.png`.
+runs. Without it: `results/tables/claim_minilm_claims.{md,csv}` and `results/figures/claim_<task>_curves.png`.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _pm(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
 
 
-def tables(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list[str], str]:
+def tables_of(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list[str], str]:
     """The study's markdown page and its CSV (one row per task, point and head)."""
     cs = choices(runs)
     lines = [
@@ -421,6 +421,26 @@ def load(records_root: Path) -> tuple[list[Run], list[tuple[Path, Record]]]:
     return [to_run(r) for _, r in records], records
 
 
+def build(records_root: Path, tables: Path, figures: Path | None) -> list[Path]:
+    """`results/tables/claim_minilm_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
+    study's records under `records_root`. `<preset>.md` is `make tables`' own layout of the same records."""
+    runs, records = load(records_root)
+    lines, csv = tables_of(runs, records)
+    cs = choices(runs)
+    written = []
+    for task in sorted({r.task for r in runs}):
+        name = f"claim_{task}_curves.png"
+        if figures is not None:
+            curve_figure(runs, cs, task, figures / name)
+            written.append(figures / name)
+        lines += [f"![{TASK_LABELS.get(task, task)}: learning curves](../figures/{name})", ""]
+    tables.mkdir(parents=True, exist_ok=True)
+    md, csv_path = tables / f"{PRESET}_claims.md", tables / f"{PRESET}_claims.csv"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    csv_path.write_text(csv, encoding="utf-8")
+    return [md, csv_path, *written]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", default="outputs/claim_minilm", help="folder with the study's records")
@@ -430,31 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         root = Path(args.records)
-        if args.pending and not root.exists():
-            return 0  # nothing ran yet: the presets' own grids come first
-        runs, records = load(root)
         if args.pending:
-            for line in pending(runs):
-                print(line)
+            if root.exists():  # nothing ran yet: the presets' own grids come first
+                for line in pending(load(root)[0]):
+                    print(line)
             return 0
-        lines, csv = tables(runs, records)
-        cs = choices(runs)
-        for task in sorted({r.task for r in runs}):
-            path = Path(args.figures) / f"claim_{task}_curves.png"
-            curve_figure(runs, cs, task, path)
-            lines += [
-                f"![{TASK_LABELS.get(task, task)}: learning curves]({Path('../figures') / path.name})",
-                "",
-            ]
+        for path in build(root, Path(args.tables), Path(args.figures)):
             print(path)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.tables)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{PRESET}.md").write_text("\n".join(lines), encoding="utf-8")
-    (out / f"{PRESET}.csv").write_text(csv, encoding="utf-8")
-    print(out / f"{PRESET}.md")
     return 0
 
 

@@ -1,7 +1,8 @@
 """`python -m qpeft.tables` / `qpeft-tables` (`make tables`): build every table from run records.
 
 With no `--roots`, every committed table is rebuilt from the committed records, `results/records` ->
-`results/tables` (each preset's table, the throughput table and each frontier study's points table); when
+`results/tables` (each preset's table, the throughput table, each frontier study's points table and the claim
+study's page); when
 `outputs/` holds runs of your own, they are tabled too, beside the committed ones and marked `(yours)`, into
 `outputs/tables` (results/tables stays what the committed records give). With `--roots`, the records under those
 folders alone are tabled into `--out`.
@@ -40,12 +41,22 @@ def frontier_points(records, records_root: Path, out: Path) -> list[Path]:
     return written
 
 
+def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
+    """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals), without figures."""
+    from qpeft import claim
+
+    if not any(r.experiment == claim.PRESET for _, r in records):
+        return []
+    return claim.build(records_root / claim.PRESET, out, figures=None)
+
+
 def committed_and_yours(out: Path, yours_out: Path, reference: str) -> tuple[list[Path], list[str]]:
     """`make tables`: the committed tables from results/records, and yours (outputs/) beside them in yours_out."""
     if not COMMITTED.is_dir():
         raise TablesError(f"no such folder: {COMMITTED} (run from the repository root)")
     committed, files, _ = load_labelled_records([COMMITTED])
     written = write_tables(committed, out, reference) + frontier_points(committed, COMMITTED, out)
+    written += claim_pages(committed, COMMITTED, out)
     lines = [f"read {files} record files ({len(committed)} distinct runs) under {COMMITTED}"]
     if YOURS_ROOT.is_dir() and any(YOURS_ROOT.rglob(RECORD_NAME)):
         found, n_yours, _ = load_labelled_records([YOURS_ROOT])
