@@ -245,7 +245,7 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     before = (run_dir / "record.json").read_bytes()
     other = run_cli([*args, "trainer.lr=0.01"])
     assert other.returncode == 2 and "Traceback" not in other.stderr
-    assert "hyperparameters.lr: 0.0008 there, 0.01 now" in other.stderr and "experiment_name=" in other.stderr
+    assert "trainer.lr: 0.0008 there, 0.01 now" in other.stderr and "experiment_name=" in other.stderr
     assert (run_dir / "record.json").read_bytes() == before
     # a setting that does not change the result (eval batch size) still finds the finished run
     again = run_cli([*args, "trainer.eval_batch_size=8"])

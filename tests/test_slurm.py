@@ -132,7 +132,11 @@ def test_multirun_on_slurm_writes_four_records_and_builds_the_table(slurm, tmp_p
     )
     assert tables.returncode == 0, tables.stderr
     md = (tmp_path / "tables" / "slurm_test.md").read_text()
-    rows = [line for line in md.splitlines() if "quantum_k" in line or "lora_r8" in line]
+    rows = [
+        line
+        for line in md.splitlines()
+        if line.startswith("|") and ("quantum_k" in line or "lora_r8" in line)
+    ]
     assert len(rows) == 2 and all("±" in r for r in rows), md  # mean ± std over the two seeds
 
 
