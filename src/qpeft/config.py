@@ -225,7 +225,7 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
 
 
 # hyperparameters a task protocol provides; the record's `hyperparameters` holds the protocol's values with the
-# effective trainer values on top (the layout records and settings.json have always had)
+# effective trainer values on top (the layout records and settings.json have always had), a null override too
 PROTOCOL_KEYS = (
     "lr",
     "epochs",
@@ -236,6 +236,8 @@ PROTOCOL_KEYS = (
     "weight_decay",
     "train_limit",
     "heldout",
+    "heldout_clean",
+    "eval_steps",
     "scheduler",
     "cls_dropout",
     "drop_path",
@@ -270,7 +272,8 @@ def run_spec(cfg: DictConfig) -> RunSpec:
     hp = dict(resolved(cfg.task.protocols[protocol], f"task.protocols.{protocol}"))
     for key in PROTOCOL_KEYS:
         value = getattr(trainer, key)
-        if value is not None and (key in hp or value != TrainerSettings.__dataclass_fields__[key].default):
+        # a key the protocol sets takes the run's value, null included (trainer.train_limit=null: all the data)
+        if key in hp or value != TrainerSettings.__dataclass_fields__[key].default:
             hp[key] = value
     image_backbone = cfg.backbone.kind in ("timm", "timm_config")
     if (cfg.task.family == "vtab") != image_backbone:
