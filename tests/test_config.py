@@ -117,7 +117,11 @@ def test_record_hyperparameters_are_the_values_the_run_used():
     study's GPU runs lift the protocol's train_limit (train_limit=null) and score every 400 steps."""
     base = ["experiment=claim_minilm", "task=glue/sst2", "adapter=frontier/lora_r1_alr"]
     protocol = run_spec(compose_cfg(base)).hyperparameters
-    assert protocol["train_limit"] == 32000 and protocol["eval_steps"] == 200 and protocol["heldout_clean"] is True
+    assert (
+        protocol["train_limit"] == 32000
+        and protocol["eval_steps"] == 200
+        and protocol["heldout_clean"] is True
+    )
     hp = run_spec(compose_cfg([*base, "trainer.train_limit=null", "trainer.eval_steps=400"])).hyperparameters
     assert hp["train_limit"] is None and hp["eval_steps"] == 400 and hp["heldout"] == 500
     # a protocol without the key gets it only where the run departs from the trainer's default
