@@ -42,7 +42,7 @@ if [ -z "${SKIP_FIGURES:-}" ]; then
   $PY -m qpeft.bench --device cuda --dtype bf16 --batch 32 --seq 128 --steps 20 --warmup 3 --infer-steps 2 \
     --methods lora_r8,quantum_k8_l1,quantum_kfull_l1 --out "$OUT" --name bench-bf16
   echo "== 2. run.py step time (DeBERTaV3-base shape, 30 steps of batch 32 x 128) at $(( $(date +%s) - T0 ))s"
-  $PY scripts/gpu_check.py --only deberta --methods head_only,lora,quantum --steps 30 --parallel 1 --no-bench \
+  $PY scripts/gpu_check.py --only deberta_v3_base --methods head_only,lora,quantum --steps 30 --parallel 1 --no-bench \
     --tokenizer "$MINILM" --out "$RUNS/check"
   tar -czf "$OUT/check.tar.gz" -C "$RUNS" check
 fi

@@ -22,6 +22,7 @@ def write(
     held: float,
     dev: float | None = None,
     backbone="minilm_l6",
+    experiment="claim_minilm",
 ):
     spec = claim.POINTS[setting]
     method = "head_only" if setting == "head_only" else "lora"
@@ -36,7 +37,7 @@ def write(
         seed=seed,
         metrics={metric: dev / 100, f"{metric}_heldout": held / 100},
         main_metric=metric,
-        experiment="claim_minilm",
+        experiment=experiment,
         adapter=method,
         adapter_cfg=cfg,
         adapter_params=0 if setting == "head_only" else 1000,
@@ -103,7 +104,7 @@ def test_claims_carry_welch_intervals(tmp_path):
             for seed in range(5 if lr == 8e-4 else 2):
                 write(tmp_path, "sst2", setting, lr, seed, devs[seed] + bonus)
     runs, records = claim.load(tmp_path)
-    lines, csv = claim.tables_of(runs, records)
+    lines, csv = claim.tables_of(runs, records, claim.choices(runs))
     text = "\n".join(lines)
     ref = stats.ttest_ind(default, lora, equal_var=False).confidence_interval()
     gap = sum(default) / 5 - sum(lora) / 5
@@ -123,3 +124,27 @@ def test_a_record_of_another_setting_is_named(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(Exception, match="mystery"):
         claim.load(tmp_path)
+
+
+def test_a_one_lr_preset_takes_each_point_at_its_lr_and_chooses_nothing(tmp_path):
+    """claim_gpu_sst2 (scripts/gpu_claim.sh): the points at one shared lr; each is taken at that lr whatever the
+    rule's grid would ask, points that did not run are left out, and a point run at two lrs is refused."""
+    gpu = "claim_gpu_sst2"
+    default, lora = [84.6, 84.9], [87.0, 88.5, 86.8]
+    for seed, dev in enumerate(default):
+        write(tmp_path, "sst2", "quantum_kfull_l1_ws", 8e-4, seed, 88.0, dev, experiment=gpu)
+    for seed, dev in enumerate(lora):
+        write(tmp_path, "sst2", "lora_r1", 8e-4, seed, 87.0, dev, experiment=gpu)
+    paths = claim.build(tmp_path, tmp_path / "tables", tmp_path / "figures", preset=gpu)
+    text = (tmp_path / "tables" / f"{gpu}_claims.md").read_text()
+    assert [p.name for p in paths] == [f"{gpu}_claims.md", f"{gpu}_claims.csv", f"{gpu}_sst2_curves.png"]
+    assert "lr choices" not in text and "at the shared lr" in text and "pending" not in text
+    ref = stats.ttest_ind(default, lora, equal_var=False).confidence_interval()
+    gap = sum(default) / 2 - sum(lora) / 3
+    assert f"| SST-2 | LoRA r=1 | 1.00x | 1.00x | {gap:+.2f} [{ref.low:+.2f}, {ref.high:+.2f}]" in text
+    assert ("**behind**" in text) == (ref.high < 0)
+    with pytest.raises(Exception, match="no records of experiment claim_minilm"):
+        claim.load(tmp_path)  # the study itself has none of these
+    write(tmp_path, "sst2", "lora_r1", 4e-3, 0, 80.0, experiment=gpu)
+    with pytest.raises(Exception, match="several lrs"):
+        claim.build(tmp_path, tmp_path / "tables", None, preset=gpu)

@@ -63,3 +63,32 @@ def test_claim_study_records_come_from_committed_code():
         if not known and shallow:
             pytest.skip(f"a shallow clone cannot tell whether {commit} is in the history")
         assert known, f"{path}: commit {commit} is not in this repository's history"
+
+
+# The GPU claim runs (scripts/gpu_claim.sh, docs/claim.md): the device's copy of the checkout carried an older .git
+# (9a68c80) under the tree of commit 808ac6b, so the records name 9a68c80+dirty and the diff between the two.
+GPU_RECORDS = ("claim_gpu_sst2", "9a68c80d4ef21bdfa70e9c6bc52fb5311ab26334", "808ac6b")
+
+
+def test_gpu_claim_records_are_the_tree_of_a_commit(tmp_path, monkeypatch):
+    """The diff hash every GPU claim record carries is the one that turns its named commit into the tree of a later
+    commit: their code is that commit's, rebuilt here (a clone at the named commit, the later tree over it)."""
+    folder, base, tree = GPU_RECORDS
+    records = [json.loads(p.read_text()) for p in find_records(REPO / "results" / "records" / folder)]
+    assert records and {r["git_commit"] for r in records} == {base + "+dirty"}
+    hashes = {r["code_diff_sha256"] for r in records}
+    assert len(hashes) == 1
+    for commit in (base, tree):
+        if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO).returncode != 0:
+            pytest.skip(f"commit {commit} is not in this clone's history (shallow)")
+    rebuilt = tmp_path / "rebuilt"
+    git(tmp_path, "clone", "-q", "--no-checkout", str(REPO), str(rebuilt))
+    git(rebuilt, "checkout", "-q", base)
+    for name in git(rebuilt, "ls-files", "-z").split("\0"):
+        if name:
+            (rebuilt / name).unlink()
+    archive = subprocess.run(["git", "archive", tree], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(rebuilt)], input=archive, check=True)
+    monkeypatch.setattr(provenance, "REPO", rebuilt)
+    state = provenance.code_state()
+    assert state.label == base + "+dirty" and state.diff_sha256 == hashes.pop()

@@ -49,7 +49,7 @@ def test_report_from_committed_records(tmp_path):
     report, written = build(tmp_path / "one", RESULTS / "records")
     text = report.read_text()
     presets = {json.loads(p.read_text())["experiment"] for p in find_records(RESULTS / "records")}
-    assert presets == {"minilm_glue", "diag_sst2", "frontier_minilm", "claim_minilm"}
+    assert presets == {"minilm_glue", "diag_sst2", "frontier_minilm", "claim_minilm", "claim_gpu_sst2"}
     for preset in presets:
         assert f"\n## {preset}\n" in text, preset
     links = linked_files(report)

@@ -17,10 +17,10 @@ TABLES = REPO / "results" / "tables"
 # every committed table `make tables` builds from results/records (params.* come from `make params`, no records)
 COMMITTED = [
     f"{stem}.{ext}"
-    for stem in ("claim_minilm", "diag_sst2", "frontier_minilm", "minilm_glue")
+    for stem in ("claim_gpu_sst2", "claim_minilm", "diag_sst2", "frontier_minilm", "minilm_glue")
     for ext in ("md", "tex", "csv")
 ] + ["throughput.md", "throughput.csv", "frontier_minilm_points.md", "frontier_minilm_points.csv"]
-COMMITTED += ["claim_minilm_claims.md", "claim_minilm_claims.csv"]
+COMMITTED += [f"{stem}_claims.{ext}" for stem in ("claim_minilm", "claim_gpu_sst2") for ext in ("md", "csv")]
 
 
 def test_committed_tables_rebuild_byte_for_byte(tmp_path, monkeypatch):

@@ -2,10 +2,14 @@
 for, and the answer with its uncertainty.
 
     python -m qpeft.claim [--records outputs/claim_minilm] [--pending]
+    python -m qpeft.claim --preset claim_gpu_sst2 --records results/records/claim_gpu_sst2
 
 `--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
 the grid extended by 5x past a winning edge, then each point's other seeds at its chosen lr and the linear-head
 runs. Without it: `results/tables/claim_minilm_claims.{md,csv}` and `results/figures/claim_<task>_curves.png`.
+`--preset claim_gpu_sst2`: the same points run on a GPU on SST-2's full training set at one shared lr
+(scripts/gpu_claim.sh): no lr is chosen, every point is taken at the one lr it ran at
+(`results/tables/claim_gpu_sst2_claims.md`, `results/figures/claim_gpu_sst2_sst2_curves.png`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from qpeft.tables.load import load_records
 from qpeft.tables.render import csv_text, markdown
 
 PRESET = "claim_minilm"
+FIXED_LR_PRESETS = {  # presets of the same points at one shared lr: nothing chosen -> their page's title
+    "claim_gpu_sst2": "the claim points on SST-2's full training set (one epoch, GPU), at the shared lr 8e-4",
+}
 GRID = (1.6e-4, 8e-4, 4e-3)  # every point's lr grid, 5x apart around the shared 8e-4 (fixed before the runs)
 STEP = 5.0  # the grid is extended by one such step past a winning edge ...
 LR_RANGE = (1e-5, 0.5)  # ... within these bounds
@@ -154,6 +161,22 @@ def choices(runs: list[Run]) -> list[Choice]:
     return [choose(runs, task, setting) for task in sorted({r.task for r in runs}) for setting in POINTS]
 
 
+def fixed_choices(runs: list[Run]) -> list[Choice]:
+    """A preset run at one shared lr: each point is taken at the one lr it ran at (nothing is chosen)."""
+    out = []
+    for task in sorted({r.task for r in runs}):
+        for setting in POINTS:
+            mine = [r for r in runs if (r.task, r.setting, r.backbone) == (task, setting, STANDARD)]
+            lrs = sorted({r.lr for r in mine})
+            if len(lrs) > 1:
+                raise QpeftError(f"{task}/{setting} ran at several lrs {lrs}: not a one-lr preset")
+            if lrs:
+                out.append(
+                    Choice(task, setting, {lrs[0]: float(np.mean([r.heldout for r in mine]))}, lrs[0], [])
+                )
+    return out
+
+
 def _args(task: str, setting: str, lr: float, seeds: list[int], backbone: str = STANDARD) -> str:
     spec = POINTS[setting]
     preset, lr_key = (
@@ -203,14 +226,19 @@ def _pm(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {float(np.std(values, ddof=1)):.2f}"
 
 
-def tables_of(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list[str], str]:
+def tables_of(
+    runs: list[Run], records: list[tuple[Path, Record]], cs: list[Choice], preset: str = PRESET
+) -> tuple[list[str], str]:
     """The study's markdown page and its CSV (one row per task, point and head)."""
-    cs = choices(runs)
+    fixed = preset in FIXED_LR_PRESETS
+    title = FIXED_LR_PRESETS.get(preset, "the paper's claim at 1,000 steps")
+    command = "python -m qpeft.claim" + (f" --preset {preset}" if preset != PRESET else "")
     lines = [
-        f"# {PRESET}: the paper's claim at 1,000 steps",
+        f"# {preset}: {title}",
         "",
-        f"Built by `python -m qpeft.claim` from {len(records)} records (docs/claim.md has the protocol and the lr "
-        "rule). Metrics x100; mean ± sample std over seeds; gaps are differences of means with their 95% Welch "
+        f"Built by `{command}` from {len(records)} records (docs/claim.md has the protocol"
+        + (" and the lr rule" if not fixed else "; every point ran at the one lr, nothing was chosen")
+        + "). Metrics x100; mean ± sample std over seeds; gaps are differences of means with their 95% Welch "
         "interval; `ahead` / `behind` only where the interval excludes zero.",
         "",
         "## The held-out slices",
@@ -243,16 +271,20 @@ def tables_of(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list
     ]
     lines += [markdown(headers, facts_rows, align="lrlrr").rstrip("\n"), ""]
 
-    lines += ["## The lr choices (held-out mean over seeds 0 and 1)", ""]
     rows = []
-    for c in cs:
+    for c in [] if fixed else cs:
         tried = ", ".join(f"{lr:g}: {s:.2f}" for lr, s in sorted(c.scores.items()))
         state = f"{c.chosen:g}" if c.chosen is not None else f"pending ({len(c.missing)} runs)"
         rows.append([TASK_LABELS.get(c.task, c.task), POINTS[c.setting].label, tried, state])
-    lines += [markdown(["task", "point", "held-out by lr", "chosen"], rows, align="llll").rstrip("\n"), ""]
+    if rows:
+        lines += ["## The lr choices (held-out mean over seeds 0 and 1)", ""]
+        lines += [
+            markdown(["task", "point", "held-out by lr", "chosen"], rows, align="llll").rstrip("\n"),
+            "",
+        ]
 
     csv_rows = []
-    for backbone, title in [(STANDARD, "classifier + pooler"), (LINEAR, "linear, without the pooler")]:
+    for backbone, head_title in [(STANDARD, "classifier + pooler"), (LINEAR, "linear, without the pooler")]:
         rows = []
         for c in cs:
             mine = at_choice(runs, c, backbone)
@@ -290,9 +322,9 @@ def tables_of(runs: list[Run], records: list[tuple[Path, Record]]) -> tuple[list
                 "held-out",
                 "seeds",
             ]
-            lines += [f"## Points at their chosen lr, head: {title}", ""]
+            lines += [f"## Points at {'the shared' if fixed else 'their chosen'} lr, head: {head_title}", ""]
             lines += [markdown(headers + ["code"], rows, align="lllrrrrll").rstrip("\n"), ""]
-        lines += claim_lines(runs, cs, backbone, title)
+        lines += claim_lines(runs, cs, backbone, head_title)
     heads = [
         "task",
         "point",
@@ -312,6 +344,8 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
     by = {(c.task, c.setting): c for c in cs}
     for task in sorted({r.task for r in runs}):
         for a, b in CLAIMS:
+            if (task, a) not in by or (task, b) not in by:
+                continue
             ra, rb = at_choice(runs, by[(task, a)], backbone), at_choice(runs, by[(task, b)], backbone)
             if not ra or not rb:
                 continue
@@ -367,18 +401,19 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
     settings = [DEFAULT] + [b for _, b in CLAIMS]
     for ax, suffix, name in [(axes[0], "", "dev"), (axes[1], "_heldout", "held-out")]:
         for i, setting in enumerate(settings):
-            c = next(c for c in cs if c.task == task and c.setting == setting)
-            mine = [r for r in at_choice(runs, c, STANDARD) if r.curve]
+            c = next((c for c in cs if c.task == task and c.setting == setting), None)
+            mine = [r for r in at_choice(runs, c, STANDARD) if r.curve] if c else []
             if not mine:
                 continue
-            steps = sorted({p["step"] for r in mine for p in r.curve})
+            # each run's last point is its end, wherever it fell (seeds keep different numbers of examples)
+            end = max(r.curve[-1]["step"] for r in mine)
+            points = [(end if p is r.curve[-1] else p["step"], p) for r in mine for p in r.curve]
             shown, means, lows, highs = [], [], [], []
-            for step in steps:
+            for step in sorted({step for step, _ in points}):
                 v = [
                     100 * p[metric + suffix]
-                    for r in mine
-                    for p in r.curve
-                    if p["step"] == step and p.get(metric + suffix) is not None
+                    for at, p in points
+                    if at == step and p.get(metric + suffix) is not None
                 ]
                 if not v:
                     continue
@@ -413,29 +448,31 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
     plt.close(fig)
 
 
-def load(records_root: Path) -> tuple[list[Run], list[tuple[Path, Record]]]:
+def load(records_root: Path, preset: str = PRESET) -> tuple[list[Run], list[tuple[Path, Record]]]:
     records, _ = load_records([records_root])
-    records = [(p, r) for p, r in records if r.experiment == PRESET]
+    records = [(p, r) for p, r in records if r.experiment == preset]
     if not records:
-        raise QpeftError(f"no records of experiment {PRESET} under {records_root}: run `make claim` first")
+        how = "scripts/gpu_claim.sh" if preset in FIXED_LR_PRESETS else "make claim"
+        raise QpeftError(f"no records of experiment {preset} under {records_root}: run `{how}` first")
     return [to_run(r) for _, r in records], records
 
 
-def build(records_root: Path, tables: Path, figures: Path | None) -> list[Path]:
-    """`results/tables/claim_minilm_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
+def build(records_root: Path, tables: Path, figures: Path | None, preset: str = PRESET) -> list[Path]:
+    """`results/tables/<preset>_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
     study's records under `records_root`. `<preset>.md` is `make tables`' own layout of the same records."""
-    runs, records = load(records_root)
-    lines, csv = tables_of(runs, records)
-    cs = choices(runs)
+    runs, records = load(records_root, preset)
+    cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
+    lines, csv = tables_of(runs, records, cs, preset)
     written = []
+    prefix = "claim" if preset == PRESET else preset
     for task in sorted({r.task for r in runs}):
-        name = f"claim_{task}_curves.png"
+        name = f"{prefix}_{task}_curves.png"
         if figures is not None:
             curve_figure(runs, cs, task, figures / name)
             written.append(figures / name)
         lines += [f"![{TASK_LABELS.get(task, task)}: learning curves](../figures/{name})", ""]
     tables.mkdir(parents=True, exist_ok=True)
-    md, csv_path = tables / f"{PRESET}_claims.md", tables / f"{PRESET}_claims.csv"
+    md, csv_path = tables / f"{preset}_claims.md", tables / f"{preset}_claims.csv"
     md.write_text("\n".join(lines), encoding="utf-8")
     csv_path.write_text(csv, encoding="utf-8")
     return [md, csv_path, *written]
@@ -447,15 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tables", default="results/tables")
     ap.add_argument("--figures", default="results/figures")
     ap.add_argument("--pending", action="store_true", help="only print the run.py arguments still to run")
+    ap.add_argument(
+        "--preset",
+        default=PRESET,
+        choices=[PRESET, *FIXED_LR_PRESETS],
+        help="the study, or a preset of its points at one shared lr (nothing chosen)",
+    )
     args = ap.parse_args(argv)
     try:
         root = Path(args.records)
         if args.pending:
+            if args.preset != PRESET:
+                ap.error("--pending: only the study itself has an lr rule that asks for runs")
             if root.exists():  # nothing ran yet: the presets' own grids come first
                 for line in pending(load(root)[0]):
                     print(line)
             return 0
-        for path in build(root, Path(args.tables), Path(args.figures)):
+        for path in build(root, Path(args.tables), Path(args.figures), args.preset):
             print(path)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)

@@ -42,12 +42,16 @@ def frontier_points(records, records_root: Path, out: Path) -> list[Path]:
 
 
 def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
-    """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals), without figures."""
+    """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals), and that of its
+    points at one shared lr on a GPU, without figures."""
     from qpeft import claim
 
-    if not any(r.experiment == claim.PRESET for _, r in records):
-        return []
-    return claim.build(records_root / claim.PRESET, out, figures=None)
+    have = {r.experiment for _, r in records}
+    written = []
+    for preset in [claim.PRESET, *claim.FIXED_LR_PRESETS]:
+        if preset in have:
+            written += claim.build(records_root / preset, out, figures=None, preset=preset)
+    return written
 
 
 def committed_and_yours(out: Path, yours_out: Path, reference: str) -> tuple[list[Path], list[str]]:

@@ -74,6 +74,7 @@ PRESET_TASKS = {
     "minilm_glue": ["sst2", "cola", "mrpc", "stsb", "rte"],
     "frontier_minilm": ["sst2", "stsb"],
     "claim_minilm": ["sst2", "stsb"],
+    "claim_gpu_sst2": ["sst2"],
 }
 PART_LABELS = {"m": "m", "mm": "mm", "acc": "acc", "f1": "F1"}
 SUMMARY_LABELS = {
