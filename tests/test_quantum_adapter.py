@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from qpeft.adapters import adapter_params
+from qpeft.adapters import adapter_params, get_method, settings_from_config
 from qpeft.adapters import quantum as qa
+from qpeft.errors import QpeftError
 from qpeft.quantum import pauli_num_params
 from qpeft.quantum.pauli import PauliCircuit
 
@@ -20,6 +20,9 @@ from qpeft.quantum.pauli import PauliCircuit
 def cfg(**kw):
     base = dict(
         method="quantum",
+        name="q",
+        lr=1e-3,
+        targets=MLP_TARGETS,
         rank=4,
         layers=1,
         alpha=8,
@@ -29,7 +32,10 @@ def cfg(**kw):
         quant_mode="qat",
         dropout=0.0,
     )
-    return OmegaConf.create({**base, **kw})
+    values = {**base, **kw}
+    if values["method"] == "quantum_taylor":
+        del values["layers"]  # the Taylor mapping has no circuit depth
+    return settings_from_config(values)  # the typed settings run.py hands the adapter
 
 
 class MLP(nn.Module):
@@ -180,18 +186,22 @@ def test_quantised_state_dict_and_modes(tmp_path):
 
 
 def test_rank_errors_and_full():
-    with pytest.raises(ValueError, match="adapter.rank"):
+    """A rank above a layer's width is the tuner's check at injection, named as the harness's setting; a rank
+    below 1 the settings' own, when the config is composed."""
+    with pytest.raises(
+        ValueError, match=r"adapter.rank=17 exceeds min\(d_out, d_in\)=16 of fc1 .*adapter.rank <= 16"
+    ):
         mlp(cfg(rank=17))
-    with pytest.raises(ValueError, match="adapter.rank"):
-        mlp(cfg(rank=0))
+    with pytest.raises(QpeftError, match="adapter.rank=0 is out of range"):
+        cfg(rank=0)
     _, model = mlp(cfg(rank="full"))
     ks = [lam.shape[1] for lam in qa._state(model).lam.values()]
     assert sorted(ks) == [16, 24]
     assert adapter_params(model, ["cls"]) == sum(
         pauli_num_params(o, 1) + pauli_num_params(i, 1) + min(o, i) for o, i in MLP_SHAPES
     )
-    with pytest.raises(ValueError, match="quant_bits"):
-        mlp(cfg(method="quantum_taylor", quant_bits=4))
+    with pytest.raises(QpeftError, match="quant_bits"):
+        cfg(method="quantum_taylor", quant_bits=4)
 
 
 def test_one_simulation_per_dimension_not_per_matrix(monkeypatch):
@@ -418,7 +428,7 @@ def test_param_groups_put_the_circuits_at_circuit_lr_without_decay():
     """The groups a Method class hands the optimiser: every circuit parameter (and nothing else) at
     adapter.circuit_lr without weight decay."""
     _, model = mlp(cfg(circuit_lr=0.05))
-    groups = qa.param_groups(model, cfg(circuit_lr=0.05), lr=1e-3, weight_decay=0.1)
+    groups = get_method("quantum")(cfg(circuit_lr=0.05)).optimizer_groups(model, lr=1e-3, weight_decay=0.1)
     circuit = [g for g in groups if g["lr"] == 0.05]
     assert len(circuit) == 1 and circuit[0]["weight_decay"] == 0.0
     assert {id(p) for p in circuit[0]["params"]} == {id(p) for p in qa._state(model).banks.parameters()}
@@ -444,14 +454,11 @@ def test_masked_lam_entries_are_not_counted(mask, kept):
     """A rank mask keeps K - kept entries of each matrix's lam at zero for good: not parameters. The count is
     the angles plus `kept` per matrix (adaptive: target_rank, the final budget, AdaLoRA's convention), from the
     method the harness records it with; the adapter file still holds all K."""
-    from qpeft.adapters import get_method, settings_from_config
-
     c = cfg(rank=4, rank_mask=mask, target_rank=1 if mask == "adaptive" else None)
     _, model = mlp(c)
     angles = sum(pauli_num_params(o, 1) + pauli_num_params(i, 1) for o, i in MLP_SHAPES)
     assert adapter_params(model, ["cls"]) == angles + 4 * len(MLP_SHAPES)  # what is trainable
-    settings = OmegaConf.create({**c, "name": "q", "lr": 1e-3, "targets": MLP_TARGETS})
-    method = get_method("quantum")(settings_from_config(settings))
+    method = get_method("quantum")(c)
     assert method.adapter_params(model, ["cls"]) == angles + kept * len(MLP_SHAPES)
 
 

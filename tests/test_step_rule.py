@@ -19,12 +19,10 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from qpeft.adapters import get_method, settings_from_config
-from qpeft.adapters import quantum as qa
 from qpeft.errors import QpeftError
 from qpeft.quantum import PauliStiefel, TaylorStiefel, pauli_num_params
 from qpeft.tuner import QuantumConfig, QuantumLinear, quantum_param_groups
@@ -210,6 +208,3 @@ def test_harness_settings_and_groups():
     expected = sorted(LR * math.sqrt(12 * n / pauli_num_params(n, 1)) for n in (D_IN, *D_OUTS.values()))
     assert sorted(g["lr"] for g in groups if g["lr"] != LR) == pytest.approx(expected)
     assert method.record_facts(model)["scaling"] == "width"
-    # the harness's config path agrees with the settings path
-    plain = qa.param_groups(model, OmegaConf.create({"circuit_lr": "width"}), LR, 0.0)
-    assert sorted(g["lr"] for g in plain if g["lr"] != LR) == pytest.approx(expected)

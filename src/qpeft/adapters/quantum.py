@@ -4,13 +4,15 @@
 `apply` turns the harness's adapter settings (`adapter.*`) into a `QuantumConfig` and injects the tuner into the
 model in place (the model stays a plain transformers model, so the Trainer saves and resumes it whole). The
 module-level functions are the harness's interface: on_step (adaptive rank mask), merge / unmerge,
-param_groups (circuit_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
+others_at (adapter_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -20,9 +22,13 @@ from torch import Tensor, nn
 
 from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
-from qpeft.tuner import QuantumConfig, QuantumLinear, QuantumModel, quantum_param_groups
+from qpeft.tuner import QuantumLinear, QuantumModel
+from qpeft.tuner.config import QuantumConfigError
 from qpeft.tuner.hub import HUB, QuantumHub
 from qpeft.tuner.state import QuantumAdapterState
+
+if TYPE_CHECKING:
+    from qpeft.adapters.quantum_method import QuantumCommonSettings
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model
@@ -39,57 +45,18 @@ def _conv1d_type():
     return Conv1D
 
 
-def _check_rank(rank, d_out: int, d_in: int, name: str) -> None:
-    """adapter.rank: a positive int <= min(d_out, d_in), or "full"."""
-    if str(rank) == "full":
-        return
-    if isinstance(rank, str) and rank.isdigit():
-        rank = int(rank)
-    if not isinstance(rank, int) or rank < 1:
-        raise AdapterConfigError(f"adapter.rank={rank!r} is not a positive integer or 'full'")
-    limit = min(d_out, d_in)
-    if rank > limit:
-        raise AdapterConfigError(
-            f"adapter.rank={rank} exceeds min(d_out, d_in)={limit} of {name} ({d_out}x{d_in}); "
-            f"set adapter.rank <= {limit} or adapter.rank=full"
-        )
+# the tuner's field names that the harness calls otherwise (adapter.<setting>)
+SETTING_NAMES = {"r": "rank", "depth": "layers"}
 
 
-def quantum_config(cfg, target_names: list[str], total_steps: int) -> QuantumConfig:
-    """The QuantumConfig of the harness's adapter settings (`adapter.*`) for the given module names."""
-    method = cfg.get("method", "quantum")
-    if method not in ("quantum", "quantum_taylor"):
-        raise AdapterConfigError(f"adapter.method={method!r}: this module implements quantum, quantum_taylor")
-    alpha = cfg.get("alpha")
-    rank = cfg.get("rank", 8)
-    options = {
-        k: cfg.get(k)
-        for k in ("target_rank", "mask_beta", "mask_warmup", "mask_final", "mask_interval")
-        if cfg.get(k) is not None
-    }
-    try:
-        return QuantumConfig(
-            r=int(rank) if str(rank).isdigit() else rank,
-            mapping="pauli" if method == "quantum" else "taylor",
-            depth=int(cfg.get("layers", 1)),
-            order=int(cfg.get("order", 8)),
-            alpha=float(16.0 if alpha is None else alpha),
-            scaling=cfg.get("scaling") or "rank",
-            init=cfg.get("init"),
-            dropout=float(cfg.get("dropout", 0.0) or 0.0),
-            fold=cfg.get("fold", "float32"),
-            target_modules=list(target_names),
-            rank_mask=cfg.get("rank_mask"),
-            total_step=total_steps,
-            quant_bits=cfg.get("quant_bits"),
-            quant_mode=cfg.get("quant_mode", "qat"),
-            **options,
-        )
-    except ValueError as e:  # QuantumConfig names its field; the harness user sets adapter.<field>
-        raise AdapterConfigError(str(e).replace("QuantumConfig.", "adapter.")) from e
+def as_setting(message: str) -> str:
+    """A QuantumConfig error as the harness user reads it: `QuantumConfig.r=1000` -> `adapter.rank=1000`."""
+    return re.sub(r"QuantumConfig\.(\w+)", lambda m: "adapter." + SETTING_NAMES.get(m[1], m[1]), message)
 
 
-def apply(model: nn.Module, cfg, targets: list[str], head: list[str], total_steps: int) -> nn.Module:
+def apply(
+    model: nn.Module, settings: QuantumCommonSettings, targets: list[str], head: list[str], total_steps: int
+) -> nn.Module:
     """Freeze the backbone, inject the Quantum-PEFT tuner into every target Linear/Conv1D (not in the head)."""
     if hasattr(model, HUB):
         raise AdapterConfigError("the model already carries a quantum adapter; build a fresh model")
@@ -106,11 +73,11 @@ def apply(model: nn.Module, cfg, targets: list[str], head: list[str], total_step
                 f"adapter.targets matched {name} ({type(mod).__name__}); the quantum adapter needs nn.Linear or "
                 "Conv1D modules: narrow adapter.targets"
             )
-        _check_rank(cfg.get("rank", 8), d_out, d_in, name)
-    config = quantum_config(cfg, sorted(found), total_steps)
-    tuner = QuantumModel(
-        model, config, ADAPTER
-    )  # injects in place; the model keeps the hub and wrapped layers
+    config = settings.quantum_config(sorted(found), total_steps)
+    try:  # injects in place; the model keeps the hub and wrapped layers
+        tuner = QuantumModel(model, config, ADAPTER)
+    except QuantumConfigError as e:  # what depends on the model: a rank above a layer's width
+        raise AdapterConfigError(as_setting(str(e))) from e
     tuner._cast_adapter_dtype(ADAPTER, autocast_adapter_dtype=True)  # float32 adapter, as get_peft_model does
     for name, p in model.named_parameters():  # peft froze everything but the adapter: the head trains too
         if in_head(name, head):
@@ -149,18 +116,6 @@ def masked_lam_entries(model: nn.Module) -> int:
         kept = mask if isinstance(mask, int) else state.target_rank(k)
         total += rows * (k - kept)
     return total
-
-
-def _circuit_lr_setting(cfg) -> float | str | None:
-    value = cfg.get("circuit_lr")
-    return value if value is None or value == "width" else float(value)
-
-
-def param_groups(model: nn.Module, cfg, lr: float, weight_decay: float) -> list[dict]:
-    """The optimiser's parameter groups (qpeft.quantum_param_groups): circuit parameters at `adapter.circuit_lr`
-    (null: lr; "width": per bank) without decay; lam and the head at lr with `weight_decay` (not on biases and
-    norms)."""
-    return quantum_param_groups(model, lr, _circuit_lr_setting(cfg), weight_decay)
 
 
 def others_at(groups: list[dict], model: nn.Module, lr: float) -> list[dict]:

@@ -1,22 +1,23 @@
 """Quantum-PEFT (Pauli and Taylor mappings) behind the Method interface; the adapter is adapters/quantum.py.
 
-The settings classes check every option when the config is composed (docs/method.md says what each means);
-what depends on the model (a rank above a layer's width, an int rank_mask above the rank) is checked by
-quantum.apply, which raises QpeftError naming the setting.
+The settings classes are the one place the harness's Quantum-PEFT options live: their defaults, their checks when
+the config is composed (docs/method.md says what each means), and `quantum_config`, which hands them to the
+peft tuner's `QuantumConfig`. What depends on the model (a rank above a layer's width, an int rank_mask above the
+rank) the tuner checks when it is injected; its error names the harness's setting (`quantum.as_setting`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from qpeft.adapters import quantum
 from qpeft.adapters.base import Method, OwnLrSettings, check_fraction, option, register, require
 from qpeft.errors import QpeftError
+from qpeft.tuner import QuantumConfig, quantum_param_groups
 
 
 @dataclass
@@ -104,6 +105,35 @@ class QuantumCommonSettings(OwnLrSettings):
                 self.circuit_lr > 0, "circuit_lr", self.circuit_lr, "set adapter.circuit_lr > 0 (or null)"
             )
 
+    def _mapping(self) -> dict[str, Any]:
+        """The QuantumConfig fields of the mapping (each subclass's)."""
+        raise NotImplementedError
+
+    def quantum_config(self, module_names: list[str], total_steps: int) -> QuantumConfig:
+        """The tuner's config of these settings for the given modules: `adapter.*` -> `QuantumConfig` fields."""
+        try:
+            return QuantumConfig(
+                r=self.rank,
+                alpha=16.0 if self.alpha is None else float(self.alpha),
+                scaling=self.scaling or "rank",
+                init=self.init,
+                dropout=float(self.dropout),
+                fold=self.fold,
+                target_modules=list(module_names),
+                rank_mask=self.rank_mask,
+                target_rank=self.target_rank,
+                total_step=total_steps,
+                mask_beta=self.mask_beta,
+                mask_warmup=self.mask_warmup,
+                mask_final=self.mask_final,
+                mask_interval=self.mask_interval,
+                quant_bits=self.quant_bits,
+                quant_mode=self.quant_mode,
+                **self._mapping(),
+            )
+        except ValueError as e:  # QuantumConfig names its field; the harness user sets adapter.<setting>
+            raise quantum.AdapterConfigError(quantum.as_setting(str(e))) from e
+
 
 @dataclass
 class QuantumSettings(QuantumCommonSettings):
@@ -116,6 +146,9 @@ class QuantumSettings(QuantumCommonSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.layers >= 0, "layers", self.layers, "set adapter.layers >= 0 (0 = no entangling layer)")
+
+    def _mapping(self) -> dict[str, Any]:
+        return {"mapping": "pauli", "depth": self.layers}
 
 
 @dataclass
@@ -132,6 +165,9 @@ class QuantumTaylorSettings(QuantumCommonSettings):
                 "adapter.quant_bits applies to periodic angles (adapter=quantum): set adapter.quant_bits=null"
             )
 
+    def _mapping(self) -> dict[str, Any]:
+        return {"mapping": "taylor", "order": self.order}
+
 
 @register("quantum")
 class QuantumMethod(Method):
@@ -139,13 +175,8 @@ class QuantumMethod(Method):
 
     settings_class = QuantumSettings
 
-    def _cfg(self) -> dict:
-        """The settings as the mapping adapters/quantum.py reads (`.get`)."""
-        values = dataclasses.asdict(self.settings)
-        return {k: v for k, v in values.items() if v is not None or k in ("rank_mask", "quant_bits")}
-
     def apply(self, model: nn.Module, targets: list[str], head: list[str], total_steps: int) -> nn.Module:
-        return quantum.apply(model, self._cfg(), targets, head, total_steps)
+        return quantum.apply(model, self.settings, targets, head, total_steps)
 
     def on_step(self, model: nn.Module, global_step: int) -> None:
         quantum.on_step(model, global_step)
@@ -161,9 +192,8 @@ class QuantumMethod(Method):
         groups them (weight decay on all but biases and norms). With adapter_lr, lam and the circuits' base lr
         are adapter_lr and the head's parameters are moved back to `lr`."""
         adapter_lr = self.settings.adapter_lr
-        groups = quantum.param_groups(  # the library's qpeft.quantum_param_groups
-            model, self._cfg(), lr if adapter_lr is None else adapter_lr, weight_decay
-        )
+        base = lr if adapter_lr is None else adapter_lr
+        groups = quantum_param_groups(model, base, self.settings.circuit_lr, weight_decay)
         return groups if adapter_lr is None else quantum.others_at(groups, model, lr)
 
     def adapter_params(self, model: nn.Module, head: list[str]) -> int:

@@ -277,7 +277,7 @@ class QuantumConfig(PeftConfig):
         if self.r > limit:
             raise QuantumConfigError(
                 f"QuantumConfig.r={self.r} exceeds min(d_out, d_in)={limit} of {name} ({d_out}x{d_in}); "
-                f"set r <= {limit} or r='full'"
+                f"set QuantumConfig.r <= {limit} or QuantumConfig.r='full'"
             )
         return self.r
 
