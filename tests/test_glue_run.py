@@ -247,8 +247,8 @@ def test_a_run_held_by_another_process_is_skipped_then_runs_when_free(glue_dir, 
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "trainer.lr: 0.0008 there, 0.01 now" in other.stderr and "experiment_name=" in other.stderr
     assert (run_dir / "record.json").read_bytes() == before
-    # a setting that does not change the result (eval batch size) still finds the finished run
-    again = run_cli([*args, "trainer.eval_batch_size=8"])
+    # a setting that cannot change the result (logging cadence) still finds the finished run
+    again = run_cli([*args, "trainer.logging_steps=5"])
     assert again.returncode == 0 and "finished already" in again.stdout
 
 

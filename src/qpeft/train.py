@@ -11,7 +11,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,15 +124,24 @@ def learning_curve(
     return [{"step": step, **values} for step, values in sorted(points.items())] or None
 
 
-def _train(
-    spec: RunSpec,
-    folder: RunFolder,
-    settings: dict,
-    ranks: distributed.Ranks,
-    code: provenance.CodeState | None,
-) -> dict:
-    say = print if ranks.main else _quiet
-    start = time.time()
+@dataclass
+class Built:
+    """What `build` made: the adapted model and its method, the task's data, the step budget, the counts."""
+
+    model: torch.nn.Module
+    method: adapters.Method
+    family: tasks.TaskFamily
+    train_ds: Any
+    evals: dict
+    collator: Any
+    total_steps: int
+    head: list[str]
+    n_adapter: int
+    n_head: int
+
+
+def build(spec: RunSpec, ranks: distributed.Ranks, say: Callable[..., None], folder: RunFolder) -> Built:
+    """Threads, seed, the backbone, the data, then the adapter on the backbone; says what it built."""
     t = spec.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -145,7 +158,6 @@ def _train(
         )
     set_seed(spec.seed)
 
-    # build the model and data, then the adapter
     model, preprocessor = build_model(spec)
     positions = backbones.max_positions(model)
     if family.text and t.max_length and positions and t.max_length > positions:
@@ -160,49 +172,47 @@ def _train(
     head = list(spec.backbone.head)
     targets = list(spec.adapter_settings.targets or spec.backbone.targets)
     model = method.apply(model, targets, head, total_steps)
-    n_adapter = method.adapter_params(model, head)
-    n_head = adapters.head_params(model, head)
-    tag = spec.adapter["name"]
+    built = Built(
+        model,
+        method,
+        family,
+        train_ds,
+        evals,
+        collator,
+        total_steps,
+        head,
+        n_adapter=method.adapter_params(model, head),
+        n_head=adapters.head_params(model, head),
+    )
     procs = f" on {ranks.world_size} processes" if ranks.distributed else ""
     say(
-        f"[qpeft] {spec.task.name} | {spec.backbone.name} | {tag} | seed {spec.seed}: adapter params "
-        f"{n_adapter:,}, head params {n_head:,}, train {len(train_ds):,} examples, {total_steps:,} steps"
-        f"{procs} -> {folder.path}",
+        f"[qpeft] {spec.task.name} | {spec.backbone.name} | {spec.adapter['name']} | seed {spec.seed}: adapter "
+        f"params {built.n_adapter:,}, head params {built.n_head:,}, train {len(train_ds):,} examples, "
+        f"{total_steps:,} steps{procs} -> {folder.path}",
         flush=True,
     )
+    return built
 
-    # the Trainer, with qpeft's callbacks and the method's optimiser groups
-    run_id = provenance.run_id(spec.experiment, spec.task.name, spec.backbone.name, tag, spec.seed)
-    wandb_run = None
-    if ranks.main:  # one W&B run per run; the Trainer's WandbCallback logs from rank 0 only
-        wandb_run = wandb_log.start(
-            spec.cfg.logger,
-            folder.path,
-            run_id,
-            name=f"{spec.task.name}/{spec.backbone.name}/{tag}/seed{spec.seed}",
-            config=OmegaConf.to_container(spec.cfg, resolve=True),
-            tags=[
-                f"method:{spec.adapter['method']}",
-                f"backbone:{spec.backbone.name}",
-                f"task:{spec.task.name}",
-                f"seed:{spec.seed}",
-            ],
-            job_type=spec.task.name,
-        )
+
+def make_trainer(
+    spec: RunSpec, built: Built, folder: RunFolder, ranks: distributed.Ranks, run_id: str, wandb_on: bool
+) -> tuple[hf_trainer.Trainer, Throughput]:
+    """The Trainer, with qpeft's callbacks and the method's optimiser groups."""
+    t, family, model = spec.trainer, built.family, built.model
     throughput = Throughput()
     callbacks = [CsvLogger(folder.path / METRICS_NAME), throughput]
     log_file = not sys.stderr.isatty()  # nohup / SLURM: one line per logging step, no progress bars
     if log_file:
-        callbacks.append(LogLines(total_steps))
+        callbacks.append(LogLines(built.total_steps))
         transformers.utils.logging.disable_progress_bar()
-    callbacks.append(StepHook(lambda step: method.on_step(model, step)))
+    callbacks.append(StepHook(lambda step: built.method.on_step(model, step)))
     args = hf_trainer.training_args(
         t,
         folder.path,
         spec.seed,
         family.text,
         run_id,
-        wandb_run is not None,
+        wandb_on,
         keep_logits=family.scored_from_logits,
         world_size=ranks.world_size,
         token_loss=spec.backbone.get("task_type") == "causal_lm",
@@ -210,15 +220,135 @@ def _train(
     trainer = hf_trainer.Trainer(
         model=model,
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=family.trainer_evals(evals),
-        data_collator=collator,
+        train_dataset=built.train_ds,
+        eval_dataset=family.trainer_evals(built.evals),
+        data_collator=built.collator,
         compute_metrics=family.compute_metrics if family.scored_from_logits else None,
         callbacks=callbacks,
     )
     if log_file:
         trainer.remove_callback(PrinterCallback)  # LogLines prints the same logs with the step count
-    hf_trainer.use_param_groups(trainer, method.optimizer_groups(model, t.lr, t.weight_decay))
+    hf_trainer.use_param_groups(trainer, built.method.optimizer_groups(model, t.lr, t.weight_decay))
+    return trainer, throughput
+
+
+def start_wandb(spec: RunSpec, folder: RunFolder, run_id: str):
+    """One W&B run per run (rank 0; the Trainer's WandbCallback logs from rank 0 only); None when it is off."""
+    tag = spec.adapter["name"]
+    return wandb_log.start(
+        spec.cfg.logger,
+        folder.path,
+        run_id,
+        name=f"{spec.task.name}/{spec.backbone.name}/{tag}/seed{spec.seed}",
+        config=OmegaConf.to_container(spec.cfg, resolve=True),
+        tags=[
+            f"method:{spec.adapter['method']}",
+            f"backbone:{spec.backbone.name}",
+            f"task:{spec.task.name}",
+            f"seed:{spec.seed}",
+        ],
+        job_type=spec.task.name,
+    )
+
+
+@dataclass
+class Outcome:
+    """What training and the final evaluation gave, for the record."""
+
+    final: dict
+    facts: dict
+    adapter_file: Path | None
+    resumed_from: str | None
+    wall_time_s: float
+
+
+def make_record(
+    spec: RunSpec,
+    built: Built,
+    trainer: hf_trainer.Trainer,
+    throughput: Throughput,
+    outcome: Outcome,
+    ranks: distributed.Ranks,
+    run_id: str,
+    settings: dict,
+    code: provenance.CodeState | None,
+) -> records.Record:
+    """The run's record: what ran (settings, code, versions, data), what it gave, and what it cost."""
+    t, model, train_ds = spec.trainer, built.model, built.train_ds
+    main = spec.task.main_metric
+    step_time = throughput.step_time()
+    samples_per_step = t.batch_size * t.grad_accum  # batch_size: the global batch, over all ranks
+    cols = getattr(train_ds, "column_names", None) or []
+    mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
+    peak, peak_kind = provenance.peak_memory()
+    peak, ranks_seen = distributed.max_over_ranks(peak)  # the busiest rank's peak, not rank 0's alone
+    if ranks_seen > 1:
+        peak_kind = f"{peak_kind}_max_of_{ranks_seen}_ranks"
+    final = outcome.final
+    return records.Record(
+        run_id=run_id,
+        experiment=spec.experiment,
+        task=spec.task.name,
+        task_family=spec.task.family,
+        task_group=spec.task.get("group"),
+        backbone=spec.backbone.name,
+        adapter=spec.adapter["method"],
+        adapter_tag=spec.adapter["name"],
+        adapter_cfg=spec.adapter,
+        seed=spec.seed,
+        protocol=spec.protocol,
+        hyperparameters=spec.hyperparameters,
+        metrics=final,
+        metrics_unavailable=built.family.unavailable_metrics(final) or None,  # E2E without Java
+        main_metric=main,
+        score=final[main],
+        adapter_params=built.method.adapter_params(model, built.head),  # AdaLoRA: the final budget
+        head_params=built.n_head,
+        total_params=sum(p.numel() for p in model.parameters()),
+        train_samples=len(train_ds),
+        eval_samples={k: len(v) for k, v in built.evals.items()},
+        optimizer_steps=trainer.state.global_step,
+        step_time_s=step_time,
+        train_samples_per_s=samples_per_step / step_time if step_time else None,
+        train_tokens_per_s=samples_per_step * mean_tokens / step_time if step_time and mean_tokens else None,
+        peak_mem_bytes=peak,
+        peak_mem_kind=peak_kind,
+        wall_time_s=outcome.wall_time_s,
+        resumed_from=outcome.resumed_from,
+        world_size=ranks.world_size if ranks.distributed else None,
+        config=OmegaConf.to_container(spec.cfg, resolve=True),
+        versions=provenance.versions(),
+        git_commit=code.label if code else None,
+        code_diff_sha256=code.diff_sha256 if code else None,
+        # what was read: the held-out slice's facts, and the content hash the settings guard compares
+        data={**(built.family.data_facts or {}), "fingerprint": settings["data"]}
+        if settings["data"]
+        else built.family.data_facts,
+        curve=learning_curve(trainer.state.log_history, built.family, main, built.evals)
+        if t.eval_steps
+        else None,
+        argv=sys.argv,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+        adapter_extra=outcome.facts,
+        adapter_file_bytes=outcome.adapter_file.stat().st_size if outcome.adapter_file else None,
+    )
+
+
+def _train(
+    spec: RunSpec,
+    folder: RunFolder,
+    settings: dict,
+    ranks: distributed.Ranks,
+    code: provenance.CodeState | None,
+) -> dict:
+    say = print if ranks.main else _quiet
+    start = time.time()
+    built = build(spec, ranks, say, folder)
+    model = built.model
+    tag = spec.adapter["name"]
+    run_id = provenance.run_id(spec.experiment, spec.task.name, spec.backbone.name, tag, spec.seed)
+    wandb_run = start_wandb(spec, folder, run_id) if ranks.main else None
+    trainer, throughput = make_trainer(spec, built, folder, ranks, run_id, wandb_run is not None)
 
     # train (resuming from the last complete checkpoint) and evaluate
     if ranks.main:
@@ -231,72 +361,18 @@ def _train(
     record = None
     try:
         trainer.train(resume_from_checkpoint=last)
-        facts = method.record_facts(model)  # once: Quantum-PEFT's serialises the adapter for its file size
+        facts = built.method.record_facts(
+            model
+        )  # once: Quantum-PEFT's serialises the adapter for its file size
         distributed.check_same_state(model, facts)
-        final = family.evaluate(trainer, evals, folder.path)
+        final = built.family.evaluate(trainer, built.evals, folder.path)
         main = spec.task.main_metric
         if main not in final:
             raise QpeftError(f"task.main_metric={main} is not among the computed metrics {sorted(final)}")
-
-        # the record
-        n_adapter = method.adapter_params(model, head)  # AdaLoRA: the final budget
-        step_time = throughput.step_time()
-        samples_per_step = t.batch_size * t.grad_accum  # batch_size: the global batch, over all ranks
-        cols = getattr(train_ds, "column_names", None) or []
-        mean_tokens = float(np.mean([len(x) for x in train_ds["input_ids"]])) if "input_ids" in cols else None
-        peak, peak_kind = provenance.peak_memory()
-        peak, ranks_seen = distributed.max_over_ranks(peak)  # the busiest rank's peak, not rank 0's alone
-        if ranks_seen > 1:
-            peak_kind = f"{peak_kind}_max_of_{ranks_seen}_ranks"
         # the trained adapter as its library loads it (peft / qpeft.QuantumConfig): folder adapter/
-        adapter_file = method.save_adapter(model, folder.path / "adapter") if ranks.main else None
-        record = records.Record(
-            run_id=run_id,
-            experiment=spec.experiment,
-            task=spec.task.name,
-            task_family=spec.task.family,
-            task_group=spec.task.get("group"),
-            backbone=spec.backbone.name,
-            adapter=spec.adapter["method"],
-            adapter_tag=tag,
-            adapter_cfg=spec.adapter,
-            seed=spec.seed,
-            protocol=spec.protocol,
-            hyperparameters=spec.hyperparameters,
-            metrics=final,
-            metrics_unavailable=family.unavailable_metrics(final) or None,  # E2E without Java
-            main_metric=main,
-            score=final[main],
-            adapter_params=n_adapter,
-            head_params=n_head,
-            total_params=sum(p.numel() for p in model.parameters()),
-            train_samples=len(train_ds),
-            eval_samples={k: len(v) for k, v in evals.items()},
-            optimizer_steps=trainer.state.global_step,
-            step_time_s=step_time,
-            train_samples_per_s=samples_per_step / step_time if step_time else None,
-            train_tokens_per_s=samples_per_step * mean_tokens / step_time
-            if step_time and mean_tokens
-            else None,
-            peak_mem_bytes=peak,
-            peak_mem_kind=peak_kind,
-            wall_time_s=time.time() - start,
-            resumed_from=last,
-            world_size=ranks.world_size if ranks.distributed else None,
-            config=OmegaConf.to_container(spec.cfg, resolve=True),
-            versions=provenance.versions(),
-            git_commit=code.label if code else None,
-            code_diff_sha256=code.diff_sha256 if code else None,
-            # what was read: the held-out slice's facts, and the content hash the settings guard compares
-            data={**(family.data_facts or {}), "fingerprint": settings["data"]}
-            if settings["data"]
-            else family.data_facts,
-            curve=learning_curve(trainer.state.log_history, family, main, evals) if t.eval_steps else None,
-            argv=sys.argv,
-            finished_at=datetime.now(timezone.utc).isoformat(),
-            adapter_extra=facts,
-            adapter_file_bytes=adapter_file.stat().st_size if adapter_file else None,
-        )
+        adapter_file = built.method.save_adapter(model, folder.path / "adapter") if ranks.main else None
+        outcome = Outcome(final, facts, adapter_file, last, time.time() - start)
+        record = make_record(spec, built, trainer, throughput, outcome, ranks, run_id, settings, code)
     except NonFiniteLoss:
         if ranks.main:
             folder.drop_checkpoints()  # diverged weights: a retry must start afresh
@@ -309,7 +385,7 @@ def _train(
     if code and code.diff:  # before the record: a record never names a diff that is not there
         (folder.path / provenance.DIFF_NAME).write_text(code.diff)
     records.write_record(folder.record_path, record)
-    if not t.keep_checkpoints:
+    if not spec.trainer.keep_checkpoints:
         folder.keep_trained_weights(model)
     record = record.to_dict()
     print(summary_line(record, folder.record_path), flush=True)
@@ -319,7 +395,7 @@ def _train(
                 "task": spec.task.name,
                 "adapter": tag,
                 main: record["metrics"][main],
-                "adapter_params": n_adapter,
+                "adapter_params": record["adapter_params"],
             }
         )
     )
