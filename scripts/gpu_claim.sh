@@ -15,6 +15,11 @@
 # Everything lands in $OUT (at most 8 files): gpu_claim.log, nvidia-smi.txt, bench-bf16.{md,csv}, check.tar.gz
 # (gpu_check's summary and logs) and claim_gpu_sst2.tar.gz (each finished run's record.json and log).
 #   QPEFT_GLUE_DIR=<glue> MINILM=<model folder> OUT=<dir> bash scripts/gpu_claim.sh
+# On a lent machine that gets a copy of the checkout (docs/claim.md, "On a GPU"): carry the wheels
+# (scripts/offline_wheels.py), SST-2, the MiniLM pack (../shared/tools/minilm_pack.py) and a bare clone of HEAD
+# (`git clone --bare --depth 1 file://$PWD .gpu/repo.git`), and point git at that clone before running:
+# `export GIT_DIR=$PWD/.gpu/repo.git GIT_WORK_TREE=$PWD; git read-tree HEAD`. The copy's own .git there can be
+# older than HEAD, and the records would then name that commit with a diff.
 #   ... SKIP_FIGURES=1 PAR=2 POINTS="claim/head_only_lr frontier/lora_r1_alr" SEEDS=0 \
 #       bash scripts/gpu_claim.sh trainer.max_steps=2 trainer.eval_limit=20     # a smoke test on a CPU
 set -u
