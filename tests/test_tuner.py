@@ -265,6 +265,43 @@ def test_adapter_file_names_its_modules_and_a_mismatch_is_refused(tmp_path):
             PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
 
 
+def test_a_refused_adapter_leaves_the_model_as_it_was(tmp_path):
+    """The shapes and the saved module names are checked before any layer is wrapped (the adapter's state is
+    sized from a pre-scan of the target modules, VeRA's precedent): a refused second adapter leaves no trace
+    in the model, and the first one computes what it did."""
+    base, model = make(dict(r=2))
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "module_names": ["lin1", "lin0", "lin2"]}))
+    x, _ = inputs()
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    keys = set(model.state_dict())
+    with pytest.raises(QuantumConfigError, match="another order"):
+        model.load_adapter(tmp_path, adapter_name="other")
+    too_wide = QuantumConfig(r=64, target_modules=TARGETS)  # above lin's width: refused by the pre-scan
+    with pytest.raises(QuantumConfigError, match="QuantumConfig.r=64 exceeds"):
+        model.add_adapter("wide", too_wide)
+    inner = model.get_base_model()
+    assert set(model.state_dict()) == keys
+    assert all(set(inner.get_submodule(n).quantum_row) == {"default"} for n in TARGETS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=0, rtol=0)
+
+
+def test_adapters_are_matched_by_config_not_from_a_state_dict():
+    """peft's injection from a state_dict's keys finds layers by their own tensors; Quantum-PEFT's live in the
+    circuit banks, so it is refused with a message, not left to match nothing."""
+    from peft import inject_adapter_in_model
+
+    from qpeft.tuner import QuantumUnsupportedError
+
+    with pytest.raises(QuantumUnsupportedError, match="not from a state_dict"):
+        inject_adapter_in_model(config(r=2), MLP(), state_dict={"lin0.weight": torch.zeros(1)})
+
+
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
 def test_merge_unmerge_and_unload(name, kw):
     base, model = make(kw)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -30,12 +29,8 @@ from torch import Tensor, nn
 from qpeft.errors import QpeftError
 from qpeft.quantum import KronSum
 from qpeft.tuner import fold
-from qpeft.tuner.config import QuantumConfig
 from qpeft.tuner.ops import DeltaWeight, cheapest_plan, compute_dtype, no_autocast
 from qpeft.tuner.state import BankKey, PassFactors, QuantumAdapterState
-
-if TYPE_CHECKING:
-    from qpeft.tuner.layer import QuantumLinear
 
 HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
 
@@ -51,8 +46,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.merged_adapters = []
         self._disable_adapters = False
-        # adapter -> layers in injection order, until its state is built (rows follow this order)
-        self.pending: dict[str, list[tuple[QuantumLinear, int, int, int]]] = {}
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._base_dtype: torch.dtype | None = None  # of the model's frozen weights, seen when a pass begins
@@ -68,26 +61,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
     def _apply(self, *args, **kwargs):
         self._cache, self._live, self._casts = {}, {}, {}  # .to() / .float() replace tensors
         return super()._apply(*args, **kwargs)
-
-    def build(self, adapter_name: str, config: QuantumConfig) -> None:
-        """Create the adapter's banks for the layers registered while injecting; assign each layer its rows."""
-        specs = self.pending.pop(adapter_name, [])
-        if not specs:
-            return
-        if adapter_name in self.quantum_adapters:
-            raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
-        state = QuantumAdapterState(config, [(o, i, k) for _, o, i, k in specs])
-        weight = specs[0][0].get_base_layer().weight
-        # the base weight's dtype and device, as peft's layers (get_peft_model then upcasts a half-precision
-        # adapter to float32, autocast_adapter_dtype); the factors are computed in float32 either way, in float64
-        # for a float64 model (QuantumAdapterState.compute_dtype)
-        if weight.dtype.is_floating_point:
-            state.to(weight.dtype)
-        if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
-            state.to(weight.device)
-        self.quantum_adapters[adapter_name] = state
-        for row, (layer, *_) in enumerate(specs):
-            layer.quantum_row[adapter_name] = row
 
     @contextlib.contextmanager
     def forward_pass(self, model: nn.Module) -> Iterator[None]:

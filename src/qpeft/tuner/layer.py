@@ -35,7 +35,7 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
     other_param_names = ("quantum_row",)
 
     def __init__(
-        self, base_layer: nn.Module, adapter_name: str, hub: QuantumHub, config: QuantumConfig, k: int
+        self, base_layer: nn.Module, adapter_name: str, hub: QuantumHub, config: QuantumConfig, row: int
     ):
         nn.Module.__init__(self)
         self.base_layer = base_layer
@@ -49,14 +49,14 @@ class QuantumLinear(nn.Module, BaseTunerLayer):
         self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
         object.__setattr__(self, "hub", hub)  # a reference, not a submodule: the hub's state lives once
         self._w0: Tensor | None = None
-        self.update_layer(adapter_name, config, k)
+        self.update_layer(adapter_name, config, row)
 
-    def update_layer(self, adapter_name: str, config: QuantumConfig, k: int) -> None:
-        """Register this layer for `adapter_name`; the hub assigns its rows when the adapter is built."""
+    def update_layer(self, adapter_name: str, config: QuantumConfig, row: int) -> None:
+        """Adapt this layer by `adapter_name`: its factors are matrix `row` of that adapter's state in the hub."""
         self.quantum_dropout[adapter_name] = (
             nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         )
-        self.hub.pending.setdefault(adapter_name, []).append((self, self.out_features, self.in_features, k))
+        self.quantum_row[adapter_name] = row
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """dW in the layout of the base weight (transposed for Conv1D), float32 (float64 for a float64 model)."""

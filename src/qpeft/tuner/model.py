@@ -7,7 +7,12 @@ import warnings
 from collections.abc import Iterator
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _ExcludedModule,
+    _maybe_include_all_linear_layers,
+)
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.integrations import init_empty_weights
 from torch import nn
@@ -17,7 +22,7 @@ from qpeft.quantum import unpack_angles
 from qpeft.tuner.config import PEFT_TYPE, QuantumConfig, QuantumConfigError
 from qpeft.tuner.hub import HUB, QuantumHub
 from qpeft.tuner.layer import QuantumLinear
-from qpeft.tuner.state import PERIOD
+from qpeft.tuner.state import PERIOD, QuantumAdapterState
 
 PREFIX = "quantum_"
 _HUB_KEYS = f"{HUB}.quantum_adapters."  # state-dict keys of adapter state: <HUB_KEYS><adapter>.<rest>
@@ -40,6 +45,16 @@ def _shape(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
     """(d_out, d_in) of a Linear or Conv1D weight."""
     d0, d1 = module.weight.shape
     return (d1, d0) if fan_in_fan_out else (d0, d1)
+
+
+def _place(state: QuantumAdapterState, weight: torch.Tensor) -> None:
+    """The adapter state in the base weight's dtype and on its device, as peft's layers (get_peft_model then
+    upcasts a half-precision adapter to float32, autocast_adapter_dtype); the factors are computed in float32
+    either way, in float64 for a float64 model (QuantumAdapterState.compute_dtype)."""
+    if weight.dtype.is_floating_point:
+        state.to(weight.dtype)
+    if not state.is_meta:  # meta under low_cpu_mem_usage: loading assigns the tensors
+        state.to(weight.device)
 
 
 class QuantumModel(BaseTuner):
@@ -71,6 +86,36 @@ class QuantumModel(BaseTuner):
             hub.attach_to(self.model)
         return hub
 
+    def _target_shapes(self, model: nn.Module, config: QuantumConfig) -> dict[str, tuple[int, int, int]]:
+        """(d_out, d_in, K) of every module the config adapts, by name in module order: peft's own matching, run
+        before any layer is wrapped (VeRA's `_find_dim` precedent), so that the adapter's state is sized and the
+        saved module names checked before the model changes."""
+        config = _maybe_include_all_linear_layers(
+            self._prepare_adapter_config(config, self.get_model_config(model)), model
+        )
+        conv1d = _conv1d_type()
+        inside: list[str] = []  # a tuner layer's own submodules (its base layer) are not targets
+        shapes: dict[str, tuple[int, int, int]] = {}
+        for key, module in model.named_modules():
+            if not key or any(key.startswith(p) for p in inside):
+                continue
+            if isinstance(module, BaseTunerLayer):
+                inside.append(key + ".")
+            if isinstance(module, QuantumHub):
+                continue
+            matched = self._check_target_module_exists(config, key)
+            if not matched or isinstance(matched, _ExcludedModule):
+                continue
+            base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+            if not isinstance(base, (nn.Linear, conv1d)):
+                raise QuantumConfigError(
+                    f"QuantumConfig.target_modules matched {key} ({type(base).__name__}); Quantum-PEFT adapts "
+                    "nn.Linear and Conv1D modules: narrow target_modules"
+                )
+            d_out, d_in = _shape(base, fan_in_fan_out=isinstance(base, conv1d))
+            shapes[key] = (d_out, d_in, config.rank_for(d_out, d_in, key))
+        return shapes
+
     def inject_adapter(
         self,
         model: nn.Module,
@@ -79,22 +124,43 @@ class QuantumModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """peft's injection, then the adapter's banks for all layers it wrapped (their sizes are known only now),
-        their rows in the order of config.module_names (recorded now, or checked for a loaded adapter)."""
-        super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
+        """The adapter's state first, from the shapes of the modules it adapts (rows in the order of
+        config.module_names: recorded now, or checked for a loaded adapter); then peft's injection, each layer
+        taking its rows by module name. The state joins the hub with the first wrapped layer, so peft's
+        set_adapter and inference_mode see it as they see any adapter's weights."""
+        if state_dict is not None:
+            raise QuantumUnsupportedError(
+                "Quantum-PEFT adapters are matched by their config's target_modules, not from a state_dict (their "
+                f"tensors belong to the circuit banks, not to the layers). See {_UNSUPPORTED_DOC}."
+            )
         hub = getattr(model, HUB, None)
-        if not isinstance(hub, QuantumHub) or adapter_name not in hub.pending:
-            return
+        if isinstance(hub, QuantumHub) and adapter_name in hub.quantum_adapters:
+            raise QpeftError(f"adapter '{adapter_name}' already exists: choose another adapter_name")
         config = self.peft_config[adapter_name]
-        name_of = {id(module): name for name, module in model.named_modules()}
-        config.check_module_names(
-            [name_of[id(layer)] for layer, *_ in hub.pending[adapter_name]], adapter_name
-        )
-        with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():  # as peft's layers
-            hub.build(adapter_name, self.peft_config[adapter_name])
-        self.set_adapter(self.active_adapters, inference_mode=self.peft_config[adapter_name].inference_mode)
-        if adapter_name not in self.active_adapters:  # an added adapter is not trainable until set active
-            hub.quantum_adapters[adapter_name].requires_grad_(False)
+        shapes = self._target_shapes(model, config)
+        state = None
+        if shapes:  # none matched: peft's injection names the problem
+            config.check_module_names(list(shapes), adapter_name)
+            with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():  # as peft's layers
+                state = QuantumAdapterState(config, [shapes[name] for name in config.module_names])
+            first = model.get_submodule(config.module_names[0])
+            _place(state, (first.get_base_layer() if isinstance(first, BaseTunerLayer) else first).weight)
+        rows = {name: row for row, name in enumerate(config.module_names or [])}
+        self._new_adapter = (adapter_name, state, rows)
+        try:
+            super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
+        finally:
+            self._new_adapter = None
+        wrapped = {
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, QuantumLinear) and adapter_name in m.quantum_row
+        }
+        if wrapped != set(shapes):
+            raise QpeftError(
+                f"adapter '{adapter_name}': peft wrapped {sorted(wrapped ^ set(shapes))} unlike the pre-scan of "
+                "target modules (a Quantum-PEFT bug: please report it)"
+            )
 
     def _create_and_replace(
         self,
@@ -106,35 +172,23 @@ class QuantumModel(BaseTuner):
         current_key: str,
         **optional_kwargs,
     ) -> None:
+        name, state, rows = self._new_adapter
+        hub = self._ensure_hub(adapter_name)
+        if name not in hub.quantum_adapters:  # with the first layer: see inject_adapter
+            hub.quantum_adapters[name] = state
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        conv1d = _conv1d_type()
-        if isinstance(base, conv1d):
-            if not config.fan_in_fan_out:
-                config.fan_in_fan_out = True  # as peft's LoRA does, silently: Conv1D stores (in, out)
-        elif isinstance(base, nn.Linear):
-            if config.fan_in_fan_out:
-                warnings.warn(
-                    "fan_in_fan_out is set to True but the target module is nn.Linear: setting it False",
-                    stacklevel=2,
-                )
-                config.fan_in_fan_out = False
-        else:
-            raise QuantumConfigError(
-                f"QuantumConfig.target_modules matched {current_key} ({type(base).__name__}); Quantum-PEFT adapts "
-                "nn.Linear and Conv1D modules: narrow target_modules"
+        # Conv1D stores (in, out): fan_in_fan_out follows the layer type, as in peft's LoRA (a Linear warns)
+        if isinstance(base, nn.Linear) and config.fan_in_fan_out:
+            warnings.warn(
+                "fan_in_fan_out is set to True but the target module is nn.Linear: setting it False",
+                stacklevel=2,
             )
-        d_out, d_in = _shape(base, config.fan_in_fan_out)
-        k = config.rank_for(d_out, d_in, current_key)
+        config.fan_in_fan_out = not isinstance(base, nn.Linear)
         if isinstance(target, QuantumLinear):
-            self._ensure_hub(adapter_name)
-            target.update_layer(adapter_name, config, k)
+            target.update_layer(adapter_name, config, rows[current_key])
         else:
-            self._replace_module(
-                parent,
-                target_name,
-                QuantumLinear(target, adapter_name, self._ensure_hub(adapter_name), config, k),
-                target,
-            )
+            layer = QuantumLinear(target, adapter_name, hub, config, rows[current_key])
+            self._replace_module(parent, target_name, layer, target)
 
     def add_weighted_adapter(self, *args, **kwargs) -> None:
         """Not supported: refused with QuantumUnsupportedError (as peft's AdaLoRA refuses it)."""
