@@ -221,17 +221,13 @@ def test_saved_config_holds_the_method_not_the_runtime_fold_nor_old_names(tmp_pa
     assert isinstance(old, QuantumConfig) and old.depth == 3 and old.layers is None and old.fold == "never"
 
 
-@pytest.mark.parametrize("name", ["pauli_r2", "pauli_r3_q4_mask2"])
-def test_adapter_files_saved_before_module_names_still_load(name):
-    """Adapter files of the format before module names were recorded load with a warning: their tensors are the
-    model's (bit-packed angles: their grid values, packed again to the same codes) and the model computes the
-    dense float64 reference's function of them."""
-    torch.manual_seed(0)
-    base = MLP().eval()  # the base the files were saved from (tests/data/adapters_v0/README.md)
-    folder = LEGACY_ADAPTERS / name
-    with pytest.warns(UserWarning, match="saved before Quantum-PEFT recorded its module names"):
-        model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
-    assert model.peft_config["default"].module_names == TARGETS  # recorded now, in row order
+LEGACY_FILES = ["pauli_r2", "pauli_r3_q4_mask2"]
+
+
+def _check_loaded_file(folder: Path, model: PeftModel, base: nn.Module) -> None:
+    """The loaded model holds the file's tensors (bit-packed angles: their grid values, packed again to the same
+    codes) and computes the dense float64 reference's function of them."""
+    assert model.peft_config["default"].module_names == TARGETS  # in row order
     saved = load_file(str(folder / "adapter_model.safetensors"))
     now = get_peft_model_state_dict(model)  # (a PeftModel's keys, as saved)
     assert saved.keys() == now.keys()
@@ -241,6 +237,30 @@ def test_adapter_files_saved_before_module_names_still_load(name):
     with torch.no_grad():
         ref = _reference_forward(base.double(), _reference_weights(model), x.double())
         torch.testing.assert_close(model(x).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LEGACY_FILES)
+def test_adapter_files_saved_before_module_names_still_load(name):
+    """Adapter files of the format before module names were recorded load with a warning, rows in module order."""
+    torch.manual_seed(0)
+    base = MLP().eval()  # the base the files were saved from (tests/data/adapters_v0/README.md)
+    folder = LEGACY_ADAPTERS / name
+    with pytest.warns(UserWarning, match="saved before Quantum-PEFT recorded its module names"):
+        model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    _check_loaded_file(folder, model, base)
+
+
+@pytest.mark.parametrize("name", LEGACY_FILES)
+def test_adapter_files_of_todays_format_load(name):
+    """Adapter files saved on 2026-12-04 (tests/data/adapters_v1: module names recorded) load silently and
+    exactly: the files a change of the tuner's state or save format (issue 36) must keep loading."""
+    torch.manual_seed(0)
+    base = MLP().eval()
+    folder = Path(__file__).parent / "data" / "adapters_v1" / name
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(module names|saved before)")
+        model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    _check_loaded_file(folder, model, base)
 
 
 def test_adapter_file_names_its_modules_and_a_mismatch_is_refused(tmp_path):
