@@ -618,20 +618,20 @@ def test_full_rank_factors_built_per_matrix_stay_float32_under_autocast():
     x = torch.randn(4, 48)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x).sum().backward()
-    us, store = hub._cache["default"][1].us, hub._cache["default"][1].store
+    us, low_rank = hub._cache["default"][1].us, hub._cache["default"][1].low_rank
     assert (192, 48) not in us
-    cast = store["low_rank", torch.bfloat16][192, 48][0]
+    cast = low_rank[torch.bfloat16][192, 48][0]
     exact = hub.low_rank_factors("default", 0, torch.float32)[0].detach()
     assert cast.dtype == torch.bfloat16
     assert (cast == exact.to(torch.bfloat16)).float().mean() > 0.99  # a bf16 matmul: ~half would differ
     model(x).sum().backward()  # float32: the layer folds, so no bank is cast
-    assert (192, 48) not in hub._cache["default"][1].store.get(("low_rank", torch.float32), {})
+    assert (192, 48) not in hub._cache["default"][1].low_rank.get(torch.float32, {})
     # eval: the no_grad cache, which serves every batch until a parameter changes, holds the cast bank only too
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-    us, store = hub._cache["default"][1].us, hub._cache["default"][1].store
-    assert (192, 48) not in us and store["low_rank", torch.bfloat16][192, 48][0].dtype == torch.bfloat16
+    us, low_rank = hub._cache["default"][1].us, hub._cache["default"][1].low_rank
+    assert (192, 48) not in us and low_rank[torch.bfloat16][192, 48][0].dtype == torch.bfloat16
     with torch.no_grad():
         torch.testing.assert_close(out.float(), model(x), rtol=2e-2, atol=2e-2)
 
@@ -685,7 +685,7 @@ def tensors_of_the_pass(hub: nn.Module, dtype: torch.dtype | None = None) -> lis
     to `dtype`): alive anyway, so not a layer's to save for backward."""
     ((_, f),) = hub._cache.values()
     tensors = [*f.us.values(), *f.lams.values(), *(t for s in f.sums.values() for t in s.xs)]
-    return tensors + [t for bank in f.store.get(("low_rank", dtype), {}).values() for t in bank]
+    return tensors + [t for bank in f.low_rank.get(dtype, {}).values() for t in bank]
 
 
 def saved_bytes(fn, exclude: list[Tensor]) -> int:

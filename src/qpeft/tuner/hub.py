@@ -155,9 +155,8 @@ class QuantumHub(nn.Module, BaseTunerLayer):
 
     def _factors(self, name: str, quantise: bool | None) -> PassFactors:
         """The factors of adapter `name` in this pass, computed or cached: its banks' stacked U's, lam_eff and
-        sums (QuantumAdapterState.compute), and a per-pass store: each sum's rows by ("rows", bank) and each
-        lam_eff's by ("lam", lam key), the banks cast for the low-rank path per dtype by ("low_rank", dtype), each
-        matrix's product plan by ("plan", row), and under no_grad each folded dW by ("dw", row). The full-rank Pauli banks are sums only: a
+        sums (QuantumAdapterState.compute), and what the layers derive from them in the pass (PassFactors). The
+        full-rank Pauli banks are sums only: a
         folding layer builds the factor it needs, and the low-rank path's cast banks are formed from the sums
         (_low_rank_banks), so that no float32 copy of them stays alive through a step, nor in the no_grad cache
         (docs/method.md section 4 has the memory measured)."""
@@ -183,17 +182,17 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward),
             # made now for the banks that layers will build from (no batched U), so that a checkpointed block
             # finds them made; for the others when first asked (_kron_row)
-            f.store.update({("rows", bank): kron.rows() for bank, kron in f.sums.items() if bank not in f.us})
-            f.store.update({("lam", k): lam.unbind(0) for k, lam in f.lams.items()})
+            f.kron_rows.update({bank: kron.rows() for bank, kron in f.sums.items() if bank not in f.us})
+            f.lam_rows.update({k: lam.unbind(0) for k, lam in f.lams.items()})
             cached = self._cache[name] = (key, f)
         return cached[1]
 
     @staticmethod
     def _kron_row(f: PassFactors, key: BankKey, row: int) -> KronSum:
-        """Row `row` of bank `key`'s sum of Kronecker products, from the per-pass store (KronSum.rows)."""
-        if ("rows", key) not in f.store:
-            f.store["rows", key] = f.sums[key].rows()
-        return f.store["rows", key][row]
+        """Row `row` of bank `key`'s sum of Kronecker products (KronSum.rows, made once per pass)."""
+        if key not in f.kron_rows:
+            f.kron_rows[key] = f.sums[key].rows()
+        return f.kron_rows[key][row]
 
     @classmethod
     def _factor(cls, f: PassFactors, key: BankKey, row: int) -> Tensor:
@@ -216,8 +215,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         f = self._factors(name, quantise=None)
         state = self.quantum_adapters[name]
         r = state.index[row]
-        banks, lam = f.store.get(("low_rank", dtype)), f.store["lam", r.lam_key][r.lam_row]
-        banks = {} if banks is None else banks  # another dtype than the pass prepared: formed here, alone
+        banks, lam = f.low_rank.get(dtype, {}), f.lam_rows[r.lam_key][r.lam_row]  # ({}: formed here, alone)
         full = state.full_rank_banks
         U = banks[r.u][r.u_row] if r.u in banks else self._factor(f, r.u, r.u_row).to(dtype)
         if r.v in banks:  # lam folded in if the bank is narrow
@@ -237,7 +235,7 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         cast needs no input there, and their layers apply lam to the cast factors), so only the cast copy lives
         through the step."""
         f = self._factors(name, quantise=None)
-        if ("low_rank", dtype) in f.store:
+        if dtype in f.low_rank:
             return
         state, banks = self.quantum_adapters[name], {}
         for key in state.bank_keys:
@@ -252,18 +250,18 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                 with no_autocast(f.sums[key].xs[0].device):
                     dense = f.sums[key].dense(transposed=True)
                 banks[key] = dense.to(dtype).transpose(1, 2).unbind(0)
-        f.store["low_rank", dtype] = banks
+        f.low_rank[dtype] = banks
 
     def product_plan(self, name: str, row: int, quantise: bool | None = None) -> tuple[int, str, int]:
         """(K, how dW is formed, its multiply-adds) for matrix `row` of adapter `name` (see cheapest_plan);
-        it depends on the shapes alone, so it is kept in the per-pass store."""
+        it depends on the shapes alone, so it is kept for the pass."""
         f = self._factors(name, quantise)
-        if ("plan", row) not in f.store:
+        if row not in f.plans:
             state = self.quantum_adapters[name]
             (d_out, d_in, k), r = state.shapes[row], state.index[row]
             # a row's cost is its bank's per circuit
-            f.store["plan", row] = (k, *cheapest_plan(d_out, d_in, k, f.sums.get(r.u), f.sums.get(r.v)))
-        return f.store["plan", row]
+            f.plans[row] = (k, *cheapest_plan(d_out, d_in, k, f.sums.get(r.u), f.sums.get(r.v)))
+        return f.plans[row]
 
     def delta_weight_operands(
         self, name: str, row: int, quantise: bool | None = None
@@ -284,19 +282,19 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                 sides.append((kron.circuit, tuple(kron.xs)))
         (u_circuit, u_ops), (v_circuit, v_ops) = sides
         build = DeltaWeight(how, u_circuit, len(u_ops), v_circuit)
-        return build, (*u_ops, *v_ops, f.store["lam", r.lam_key][r.lam_row])
+        return build, (*u_ops, *v_ops, f.lam_rows[r.lam_key][r.lam_row])
 
     def delta_weight(self, name: str, row: int, quantise: bool | None = None) -> Tensor:
         """dW = s U diag(lam * mask) V^T of matrix `row` (float32, autocast off; a graph to the adapter when grad
         is enabled), forming only what the cheapest plan needs; under no_grad cached until a parameter changes."""
-        store = self._factors(name, quantise).store
-        if not torch.is_grad_enabled() and ("dw", row) in store:
-            return store["dw", row]
+        f = self._factors(name, quantise)
+        if not torch.is_grad_enabled() and row in f.delta_weights:
+            return f.delta_weights[row]
         build, operands = self.delta_weight_operands(name, row, quantise)
         with no_autocast(operands[-1].device):
             dw = build(*operands)
         if not torch.is_grad_enabled():
-            store["dw", row] = dw
+            f.delta_weights[row] = dw
         return dw
 
     def check_not_reentrant(self) -> None:

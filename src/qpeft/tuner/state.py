@@ -50,12 +50,19 @@ class MatrixRows(NamedTuple):
 
 @dataclass
 class PassFactors:
-    """What an adapter's banks gave in one pass (or, under no_grad, until a parameter changes)."""
+    """What an adapter's banks gave in one pass (or, under no_grad, until a parameter changes): the banks'
+    output, then what QuantumHub derives from it as the layers ask, kept for the rest of the pass."""
 
     us: dict[BankKey, Tensor]  # (B, n, K) per bank built batched (not the full-rank Pauli banks)
     lams: dict[str, Tensor]  # s * lam * mask, (M, K) per lam key
     sums: dict[BankKey, KronSum]  # the Pauli banks as sums of Kronecker products, where built
-    store: dict = field(default_factory=dict)  # per-pass values by (kind, key), filled as asked: QuantumHub
+    # each sum's circuits as rows of one unbind (their gradients meet in one stack per bank in backward)
+    kron_rows: dict[BankKey, list[KronSum]] = field(default_factory=dict)
+    lam_rows: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)  # each lam's rows, one unbind
+    # the banks as the low-rank path multiplies by them, cast to a GEMM dtype (QuantumHub._low_rank_banks)
+    low_rank: dict[torch.dtype, dict[BankKey, tuple[Tensor, ...]]] = field(default_factory=dict)
+    plans: dict[int, tuple[int, str, int]] = field(default_factory=dict)  # matrix -> (K, plan, its cost)
+    delta_weights: dict[int, Tensor] = field(default_factory=dict)  # matrix -> its dW, under no_grad only
 
 
 class QuantumAdapterState(nn.Module):
@@ -114,8 +121,9 @@ class QuantumAdapterState(nn.Module):
             key: (kl, torch.tensor([lam_of.get(r, rows[kl] + 1) for r in range(rows[key] + 1)]))
             for key, (kl, lam_of) in owners.items()
         }
-        for key in sorted({i.lam_key for i in self.index}, **by_size):
-            m, k = rows[key] + 1, int(key[1:])
+        rank_of = {i.lam_key: k for (*_, k), i in zip(shapes, self.index)}
+        for key in sorted(rank_of, **by_size):
+            m, k = rows[key] + 1, rank_of[key]
             lam = torch.zeros(m, k) if config.init_weights else torch.randn(m, k) * 0.1
             self.lam[key] = nn.Parameter(lam)  # zeros: dW = 0, exactly the pretrained function
             self.scale[key] = torch.tensor(row_scales[key], dtype=torch.float64).view(m, 1)
