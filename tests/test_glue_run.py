@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli
+from safetensors.torch import load_file
 
 TINY = [
     "task=glue/sst2",
@@ -40,12 +42,15 @@ def test_minilm_learns_real_sst2(glue_dir, tmp_path):
     assert rec["versions"]["transformers"] and rec["versions"]["peft"]
 
 
-@pytest.mark.parametrize("adapter", ["quantum", "lora"])
+@pytest.mark.parametrize("adapter", ["quantum", "lora", "quantum adapter.quant_bits=4"])
 def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
-    """A run killed after a checkpoint and started again ends with the uninterrupted run's metrics."""
+    """A run killed after a checkpoint and started again ends with the uninterrupted run's metrics. A quantised
+    Quantum-PEFT run resumes from its float angles (QAT's latents), not the adapter file's codes."""
+    method, *settings = adapter.split()
     args = [
         *TINY,
-        f"adapter={adapter}",
+        f"adapter={method}",
+        *settings,
         "trainer.train_limit=320",
         "trainer.epochs=2",
         "trainer.save_steps=5",
@@ -85,6 +90,12 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
     rec = read(next((tmp_path / "pre").rglob("record.json")))
     assert rec["resumed_from"] and rec["optimizer_steps"] == ref_rec["optimizer_steps"] == 40
     assert rec["metrics"] == pytest.approx(ref_rec["metrics"], abs=1e-6)
+    # and the same trained parameters (the metrics of a tiny random model may not see a lost head or angles)
+    trained = load_file(str(Path(rec["config"]["run_dir"]) / "trained.safetensors"))
+    ref_trained = load_file(str(Path(ref_rec["config"]["run_dir"]) / "trained.safetensors"))
+    assert trained.keys() == ref_trained.keys() and trained
+    for name, tensor in ref_trained.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
     # a finished run is skipped, not repeated
     skip = run_cli([*args, f"output_root={tmp_path / 'pre'}"])

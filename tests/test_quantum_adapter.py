@@ -96,7 +96,7 @@ def test_mlp_start_train_merge(method):
     else:
         assert adapter_params(model, ["cls"]) == sum((o + i) * 4 - 16 for o, i in MLP_SHAPES)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all(n.startswith("qpeft_hub.") or n.startswith("cls.") for n in trainable)
+    assert all(n.startswith(("base_model.qpeft_hub.", "base_model.model.cls.")) for n in trainable)
     for p in model.cls.parameters():
         p.requires_grad = False  # the adapter alone must lower the loss
     losses = train(model, x, y)
@@ -273,7 +273,8 @@ def test_tiny_bert():
         qa.unmerge(model)
     fresh = qa.apply(copy.deepcopy(base), cfg(), BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
     fresh.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if not k.startswith("qpeft_hub.")}, strict=False
+        {k: v for k, v in model.state_dict().items() if not k.startswith("base_model.qpeft_hub.")},
+        strict=False,
     )
     qa.load_adapter_state_dict(fresh, qa.adapter_state_dict(model))
     with torch.no_grad():

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, get_peft_model, inject_adapter_in_model
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -97,8 +97,9 @@ def inputs(seed=2):
     return torch.randn(16, 10, generator=g), torch.randint(0, 2, (16,), generator=g)
 
 
-def hub_of(model) -> QuantumHub:
-    return getattr(model.get_base_model() if isinstance(model, PeftModel) else model, HUB)
+def hub_of(model: PeftModel) -> QuantumHub:
+    """The tuner's shared state."""
+    return model.base_model.hub
 
 
 @torch.no_grad()
@@ -229,6 +230,8 @@ def _check_loaded_file(folder: Path, model: PeftModel, base: nn.Module) -> None:
     codes) and computes the dense float64 reference's function of them."""
     assert model.peft_config["default"].module_names == TARGETS  # in row order
     saved = load_file(str(folder / "adapter_model.safetensors"))
+    # files of both fixture folders hold the hub as the model's submodule: the same tensors under today's keys
+    saved = {k.replace("base_model.model.qpeft_hub.", "base_model.qpeft_hub."): v for k, v in saved.items()}
     now = get_peft_model_state_dict(model)  # (a PeftModel's keys, as saved)
     assert saved.keys() == now.keys()
     for key, tensor in saved.items():
@@ -246,7 +249,8 @@ def test_adapter_files_saved_before_module_names_still_load(name):
     base = MLP().eval()  # the base the files were saved from (tests/data/adapters_v0/README.md)
     folder = LEGACY_ADAPTERS / name
     with pytest.warns(UserWarning, match="saved before Quantum-PEFT recorded its module names"):
-        model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+        with pytest.warns(UserWarning, match="kept its state in the model"):
+            model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
     _check_loaded_file(folder, model, base)
 
 
@@ -257,9 +261,9 @@ def test_adapter_files_of_todays_format_load(name):
     torch.manual_seed(0)
     base = MLP().eval()
     folder = Path(__file__).parent / "data" / "adapters_v1" / name
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*(module names|saved before)")
+    with pytest.warns(UserWarning, match="kept its state in the model") as seen:
         model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    assert not [w for w in seen if "module names" in str(w.message)]
     _check_loaded_file(folder, model, base)
 
 
@@ -314,12 +318,10 @@ def test_a_refused_adapter_leaves_the_model_as_it_was(tmp_path):
 def test_adapters_are_matched_by_config_not_from_a_state_dict():
     """peft's injection from a state_dict's keys finds layers by their own tensors; Quantum-PEFT's live in the
     circuit banks, so it is refused with a message, not left to match nothing."""
-    from peft import inject_adapter_in_model
-
-    from qpeft.tuner import QuantumUnsupportedError
+    from qpeft.tuner import QuantumModel, QuantumUnsupportedError
 
     with pytest.raises(QuantumUnsupportedError, match="not from a state_dict"):
-        inject_adapter_in_model(config(r=2), MLP(), state_dict={"lin0.weight": torch.zeros(1)})
+        QuantumModel(MLP(), config(r=2), "default", state_dict={"lin0.weight": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
@@ -418,23 +420,11 @@ def test_multiple_adapters(name, kw, tmp_path):
         torch.testing.assert_close(loaded(x), out_other_now, atol=1e-6, rtol=1e-6)
 
 
-def test_inject_adapter_in_model_and_state_dict():
-    torch.manual_seed(0)
-    base = MLP().eval()
-    model = inject_adapter_in_model(config(r=4, quant_bits=6), copy.deepcopy(base))
-    x, _ = inputs()
-    assert isinstance(model, MLP) and isinstance(model.lin1, QuantumLinear)
-    torch.testing.assert_close(model(x), base(x), atol=0, rtol=0)
-    perturb(model)
-    with torch.no_grad():
-        out = model.eval()(x)
-    sd = get_peft_model_state_dict(model)
-    assert any(k.endswith(".theta_packed") for k in sd)
-    fresh = inject_adapter_in_model(config(r=4, quant_bits=6), copy.deepcopy(base)).eval()
-    result = set_peft_model_state_dict(fresh, sd)
-    assert not [k for k in result.missing_keys if HUB in k] and not result.unexpected_keys
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), out, atol=1e-6, rtol=1e-6)
+def test_inject_adapter_in_model_is_refused_as_for_peft_methods_with_shared_state():
+    """The adapter's state lives on the tuner (uses_shared_state, as VeRA's and TinyLoRA's): peft's
+    inject_adapter_in_model, which returns the model without its tuner, refuses it with its own message."""
+    with pytest.raises(ValueError, match="uses shared state stored on the tuner"):
+        inject_adapter_in_model(config(r=4), MLP())
 
 
 def test_deepcopy_and_low_cpu_mem_usage_loading(tmp_path):
@@ -751,7 +741,7 @@ def test_folded_update_formed_twice_per_step_and_cached_under_no_grad(monkeypatc
         torch.testing.assert_close(model(x), first, rtol=0, atol=0)
     assert len(formed) == 1
     with torch.no_grad():
-        model.base_model.model.qpeft_hub.quantum_adapters["default"].lam["k48"].add_(0.1)
+        model.base_model.hub.quantum_adapters["default"].lam["k48"].add_(0.1)
         assert not torch.equal(model(x), first)
     assert len(formed) == 2
 
@@ -1076,21 +1066,15 @@ def test_auto_peft_model(kw, tmp_path):
         torch.testing.assert_close(auto(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kw", [dict(r=4), dict(r=4, quant_bits=5)], ids=str)
-def test_transformers_load_adapter(kw, tmp_path):
-    """transformers' own loader (PeftAdapterMixin.load_adapter) fills the model's tensors by name: packed angles
-    land in the banks' packed buffers and are taken into the angles at the next forward pass."""
+def test_transformers_load_adapter_is_refused_with_peft_message(tmp_path):
+    """transformers' load_adapter injects through inject_adapter_in_model: refused for shared state, with
+    peft's message (use PeftModel.from_pretrained)."""
     from transformers import BertForSequenceClassification
 
-    ids, _ = bert_batch()
-    model, out, folder = saved_bert_adapter(tmp_path, **kw)
+    _, _, folder = saved_bert_adapter(tmp_path, r=4)
     plain = BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
-    plain.classifier.load_state_dict(
-        model.get_base_model().classifier.modules_to_save["default"].state_dict()
-    )
-    plain.load_adapter(str(folder))
-    with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, out, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="uses shared state stored on the tuner"):
+        plain.load_adapter(str(folder))
 
 
 def test_minilm_round_trip(tmp_path):
@@ -1379,15 +1363,15 @@ def test_quantised_adapter_reloads_exactly_for_angles_beyond_two_pi(dtype, tmp_p
 
 
 def test_full_state_dict_keeps_the_latent_angles_of_a_quantised_adapter():
-    """A whole-model checkpoint (the Trainer's, to resume) holds the float angles and their packed codes;
-    loading it keeps the float angles (QAT's latent weights), not their grid values."""
+    """A whole-model checkpoint holds the float angles (QAT's latent weights) and no packed codes: packing is
+    the adapter file's alone; loading it keeps the float angles, not their grid values."""
     base, model = make(dict(r=4, quant_bits=3))
     x, y = inputs()
     perturb(model)
     train(model, x, y, steps=3)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     thetas = {k: v for k, v in sd.items() if k.endswith(".theta")}
-    assert thetas and all(k.removesuffix(".theta") + ".theta_packed" in sd for k in thetas)
+    assert thetas and not [k for k in sd if k.endswith(".theta_packed")]
     _, fresh = make(dict(r=4, quant_bits=3), seed=5)
     fresh.load_state_dict(sd)
     fresh.eval()
@@ -1538,18 +1522,18 @@ def test_a_train_step_waits_for_the_device_no_more_than_the_frozen_model(method,
     assert waits[method] == waits["head_only"], waits
 
 
-def bert_step(rank: int | str, autocast: str) -> tuple[nn.Module, Callable[[], Tensor]]:
-    """A tiny BERT adapted in place (inject_adapter_in_model: the hub hooks the model itself, as the harness's is)
-    or as a PeftModel, and one bf16-autocast train step, autocast entered: "around" the call; "inside" the
-    model's forward, as accelerate (and so the Trainer) wraps it, after the model's forward-pre-hook; or "peft":
-    around PeftModel.forward, as accelerate wraps a PeftModel (the pass opens inside: _enable_peft_forward_hooks)."""
+def bert_step(rank: int | str, autocast: str) -> tuple[PeftModel, Callable[[], Tensor]]:
+    """A tiny BERT as a PeftModel, and one bf16-autocast train step of the adapted model itself (the hub's hooks
+    on it open the pass) or of the PeftModel, autocast entered: "around" the model's call; "inside" its forward,
+    as accelerate (and so the Trainer) wraps a model, after its forward-pre-hook; or "peft": around
+    PeftModel.forward, as accelerate wraps a PeftModel (the pass opens inside: _enable_peft_forward_hooks)."""
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     bert = BertForSequenceClassification(tiny_bert_config())
-    config = QuantumConfig(r=rank, target_modules=BERT_TARGETS)
-    model = get_peft_model(bert, config) if autocast == "peft" else inject_adapter_in_model(config, bert)
-    perturb(model)
+    peft_model = get_peft_model(bert, QuantumConfig(r=rank, target_modules=BERT_TARGETS))
+    perturb(peft_model)
+    model = peft_model if autocast == "peft" else peft_model.get_base_model()
     if autocast != "around":  # accelerate.Accelerator.prepare_model with mixed precision
         wrapped = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward.__func__)
         model.forward = types.MethodType(wrapped, model)
@@ -1561,7 +1545,7 @@ def bert_step(rank: int | str, autocast: str) -> tuple[nn.Module, Callable[[], T
         loss.backward()
         return loss.detach()
 
-    return model, step
+    return peft_model, step
 
 
 @pytest.mark.parametrize("rank", [8, "full"])
@@ -1605,8 +1589,8 @@ def test_harness_trainer_enters_autocast_around_the_call_for_quantum_models_only
         ("lora", LoraConfig()),
     ):
         bert = BertForSequenceClassification(tiny_bert_config())
-        model = inject_adapter_in_model(
-            config if name == "quantum" else LoraConfig(r=4, target_modules=["query"]), bert
+        model = get_peft_model(
+            bert, config if name == "quantum" else LoraConfig(r=4, target_modules=["query"])
         )
         trainer = hf_trainer.Trainer(model=model, args=args)
         with trainer.compute_loss_context_manager():

@@ -1,6 +1,6 @@
 """The transformers Trainer as qpeft runs it: TrainingArguments from the checked settings, the optimiser built
 with a method's own parameter groups (Quantum-PEFT's circuit learning rate), and autocast entered around the
-model's call for a Quantum-PEFT adapter (`Trainer`)."""
+model's call for a Quantum-PEFT adapter, whose checkpoints also hold its trainable state whole (`Trainer`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments
 
 from qpeft.config import TrainerSettings
@@ -20,20 +21,58 @@ class Trainer(transformers.Trainer):
     """transformers' Trainer. With a Quantum-PEFT adapter in the model, mixed precision's autocast is also entered
     around the model's call (compute_loss, prediction_step), not only inside its forward where accelerate puts
     it: the adapter's forward pass opens in the model's forward-pre-hook and decides its compute dtype then
-    (qpeft.tuner QuantumHub.forward_pass). Other methods run as in transformers' own Trainer."""
+    (qpeft.tuner QuantumHub.forward_pass). Its checkpoints also hold its trainable state whole (below). Other
+    methods run as in transformers' own Trainer."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from qpeft.tuner import QuantumLinear
 
-        self.autocast_around_call = any(isinstance(m, QuantumLinear) for m in self.model.modules())
+        # a Quantum-PEFT adapter: autocast around the call, and its trainable state in each checkpoint
+        self.quantum = any(isinstance(m, QuantumLinear) for m in self.model.modules())
+
+    # A Quantum-PEFT checkpoint: the Trainer saves a PeftModel as its adapter file, which holds quantised angles
+    # (not QAT's float latents) and not the head, trained in place. So the trainable state is saved beside it,
+    # whole, and loaded after it on resume.
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.quantum:
+            folder = Path(output_dir or self.args.output_dir)
+            save_file(
+                _trainable_state(self.accelerator.unwrap_model(self.model)), str(folder / TRAINABLE_FILE)
+            )
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / TRAINABLE_FILE
+        if self.quantum and path.is_file():
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            result = target.load_state_dict(load_file(str(path)), strict=False)
+            if result.unexpected_keys:
+                raise QpeftError(f"{path} does not fit the model: {result.unexpected_keys[:3]}")
 
     def autocast_smart_context_manager(
         self, cache_enabled: bool | None = True
     ) -> contextlib.AbstractContextManager:
-        if self.autocast_around_call:
+        if self.quantum:
             return self.accelerator.autocast()
         return super().autocast_smart_context_manager(cache_enabled)
+
+
+TRAINABLE_FILE = "qpeft_trainable.safetensors"  # a Quantum-PEFT checkpoint's trainable state, float
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter, and the adapter's buffers (masks and their scores), by state-dict key."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if k in names or ".qpeft_hub." in k
+    }
 
 
 def use_cpu(trainer: TrainerSettings) -> bool:

@@ -1,9 +1,9 @@
 """Quantum-PEFT in the harness: the `quantum` and `quantum_taylor` adapters, built on the peft tuner
 `qpeft.tuner` (one implementation; docs/method.md section 4).
 
-`apply` turns the harness's adapter settings (`adapter.*`) into a `QuantumConfig` and injects the tuner into the
-model in place (the model stays a plain transformers model, so the Trainer saves and resumes it whole). The
-module-level functions are the harness's interface: on_step (adaptive rank mask), merge / unmerge,
+`apply` turns the harness's adapter settings (`adapter.*`) into a `QuantumConfig` and wraps the model in a
+`PeftModel` (the adapter's state lives on the tuner, `model.base_model.hub`; the head trains in place, and the
+Trainer saves it beside the adapter: qpeft.hf_trainer). The module-level functions are the harness's interface: on_step (adaptive rank mask), merge / unmerge,
 others_at (adapter_lr), record_extra, and the adapter file (save_adapter, adapter_file_bytes).
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
@@ -24,14 +25,13 @@ from qpeft.adapters import freeze_except_head, in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumLinear, QuantumModel
 from qpeft.tuner.config import QuantumConfigError
-from qpeft.tuner.hub import HUB, QuantumHub
+from qpeft.tuner.hub import QuantumHub
 from qpeft.tuner.state import QuantumAdapterState
 
 if TYPE_CHECKING:
     from qpeft.adapters.quantum_method import QuantumCommonSettings
 
 ADAPTER = "default"
-PEFT_PREFIX = "base_model.model."  # a PeftModel's keys for its wrapped model
 SAFETENSORS_METADATA = {"format": "pt"}  # what peft's save_pretrained writes into the file's header
 
 
@@ -57,8 +57,9 @@ def as_setting(message: str) -> str:
 def apply(
     model: nn.Module, settings: QuantumCommonSettings, targets: list[str], head: list[str], total_steps: int
 ) -> nn.Module:
-    """Freeze the backbone, inject the Quantum-PEFT tuner into every target Linear/Conv1D (not in the head)."""
-    if hasattr(model, HUB):
+    """The model as a PeftModel with Quantum-PEFT on every target Linear/Conv1D (not in the head); the backbone
+    frozen, the head trainable."""
+    if isinstance(model, PeftModel) or any(isinstance(m, QuantumLinear) for m in model.modules()):
         raise AdapterConfigError("the model already carries a quantum adapter; build a fresh model")
     freeze_except_head(model, head)
     conv1d = _conv1d_type()
@@ -74,22 +75,23 @@ def apply(
                 "Conv1D modules: narrow adapter.targets"
             )
     config = settings.quantum_config(sorted(found), total_steps)
-    try:  # injects in place; the model keeps the hub and wrapped layers
-        tuner = QuantumModel(model, config, ADAPTER)
+    try:  # task_type None: PeftModel's forward calls the model itself (float32 adapter, as get_peft_model's)
+        peft_model = PeftModel(model, config, ADAPTER)
     except QuantumConfigError as e:  # what depends on the model: a rank above a layer's width
         raise AdapterConfigError(as_setting(str(e))) from e
-    tuner._cast_adapter_dtype(ADAPTER, autocast_adapter_dtype=True)  # float32 adapter, as get_peft_model does
-    for name, p in model.named_parameters():  # peft froze everything but the adapter: the head trains too
+    for (
+        name,
+        p,
+    ) in peft_model.named_parameters():  # peft froze everything but the adapter: the head trains too
         if in_head(name, head):
             p.requires_grad = True
-    return model
+    return peft_model
 
 
 def _hub(model: nn.Module) -> QuantumHub:
-    hub = getattr(model, HUB, None)
-    if not isinstance(hub, QuantumHub):
+    if not (isinstance(model, PeftModel) and isinstance(model.base_model, QuantumModel)):
         raise ValueError("model has no quantum adapter: call qpeft.adapters.quantum.apply first")
-    return hub
+    return model.base_model.hub
 
 
 def _state(model: nn.Module) -> QuantumAdapterState:
@@ -160,21 +162,20 @@ def on_step(model: nn.Module, global_step: int) -> None:
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter file's tensors, as PeftModel.save_pretrained writes them (angles bit-packed with quant_bits).
     On the meta device: zeros of the right shapes and dtypes (what a size needs)."""
-    _hub(model)
-    sd = {
-        k: torch.zeros(v.shape, dtype=v.dtype) if v.is_meta else v
-        for k, v in model.state_dict().items()
-        if k.startswith(f"{HUB}.") or f".{HUB}." in k
+    hub = _hub(model)
+    sd = {  # the adapter's state alone (peft's would add nothing else: no modules_to_save, no bias)
+        f"base_model.qpeft_hub.{k}": torch.zeros(v.shape, dtype=v.dtype) if v.is_meta else v
+        for k, v in hub.state_dict().items()
     }
     sd = get_peft_model_state_dict(model, state_dict=sd, adapter_name=ADAPTER)
     # the keys PeftModel.save_pretrained writes, so PeftModel.from_pretrained(base, run folder) loads the file
-    return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
 def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:
     """Load an adapter_state_dict into a model prepared by apply() with the same settings and targets."""
     result = set_peft_model_state_dict(model, sd, adapter_name=ADAPTER)
-    missing = [k for k in result.missing_keys if f"{HUB}." in k]
+    missing = [k for k in result.missing_keys if ".qpeft_hub." in k]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"adapter state does not fit this model: missing {missing}, unexpected {result.unexpected_keys}"

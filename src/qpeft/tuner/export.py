@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from qpeft.quantum import quantize_angles, to_qiskit
@@ -29,11 +30,13 @@ def export_circuits(
     dW can be rebuilt from the two circuits. With quant_bits the angles are the grid angles the adapter uses
     (and saves). Only the Pauli mapping is a circuit, and only power-of-two widths are qubit circuits: anything
     else is refused with a ValueError naming the layer."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hub = next((m for m in base.modules() if isinstance(m, QuantumHub)), None)
+    hub = next((m for m in model.modules() if isinstance(m, QuantumHub)), None)  # on the tuner
+    base = (
+        model.get_base_model() if isinstance(model, PeftModel) else model
+    )  # layer names as in the base model
     if hub is None:
         raise ValueError("export_circuits: the model has no Quantum-PEFT adapter")
-    name = adapter_name or hub.active_adapters[0]
+    name = adapter_name or hub.active[0]
     if name not in hub.quantum_adapters:
         raise ValueError(
             f"export_circuits: no Quantum-PEFT adapter {name!r} (have {list(hub.quantum_adapters)})"

@@ -3,8 +3,8 @@
 peft's tuners keep an adapter's weights in each layer. Quantum-PEFT's factors are cheapest when all factors of
 one dimension n and rank K are simulated together: one circuit bank per distinct (n, K) holds them all as
 rows of one (B, P) angle tensor. So an adapter's trainable state (banks, lam, masks) lives in one
-`QuantumAdapterState` held by a `QuantumHub` (a submodule of the adapted model, `qpeft_hub`), and each
-`QuantumLinear` only knows its rows. The hub computes all factors of the active adapters once per forward
+`QuantumAdapterState` held by a `QuantumHub` (shared state of the tuner, `QuantumModel.qpeft_hub`, as
+TinyLoRA's and VB-LoRA's shared parameters are), and each `QuantumLinear` only knows its rows. The hub computes all factors of the active adapters once per forward
 pass of the model (a forward-pre-hook on it): with grad enabled a fresh graph every pass; under no_grad a
 cache, kept until a parameter or mask changes or train/eval mode changes. Computing in the pre-hook, before
 any layer runs, keeps the factors outside gradient-checkpointed blocks, so non-reentrant checkpointing
@@ -23,7 +23,6 @@ import weakref
 from collections.abc import Iterator
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
 from qpeft.errors import QpeftError
@@ -32,20 +31,17 @@ from qpeft.tuner import fold
 from qpeft.tuner.ops import DeltaWeight, cheapest_plan, compute_dtype, no_autocast
 from qpeft.tuner.state import BankKey, PassFactors, QuantumAdapterState
 
-HUB = "qpeft_hub"  # attribute of the adapted model that holds the hub (no "quantum_": peft skips those names)
+HUB = "qpeft_hub"  # attribute of the tuner (QuantumModel) that holds the hub: state-dict keys base_model.qpeft_hub.*
 
 
-class QuantumHub(nn.Module, BaseTunerLayer):
+class QuantumHub(nn.Module):
     """Owns every adapter's state (`quantum_adapters[name]`) and computes the factors once per forward pass."""
 
-    adapter_layer_names = ("quantum_adapters",)
-
-    def __init__(self, adapter_name: str):
-        nn.Module.__init__(self)
+    def __init__(self):
+        super().__init__()
         self.quantum_adapters = nn.ModuleDict()
-        self._active_adapter = adapter_name
-        self.merged_adapters = []
-        self._disable_adapters = False
+        self.active: list[str] = []  # the tuner's active adapters (QuantumModel.set_adapter)
+        self.enabled = True  # False inside PeftModel.disable_adapter(): the pass computes nothing
         self._pass = 0  # counts forward passes with grad enabled
         self._pass_grad = False  # was grad enabled when the current forward pass began?
         self._base_dtype: torch.dtype | None = None  # of the model's frozen weights, seen when a pass begins
@@ -56,7 +52,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         # id(x) -> (a weak reference to x, its version, x cast to the GEMM dtype), for the pass under way
         self._casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
         self._depth = 0  # open forward_pass scopes: nested ones (PeftModel's, then the model's hook) join
-        self.in_features = self.out_features = None  # a tuner layer that wraps no layer
 
     def _apply(self, *args, **kwargs):
         self._cache, self._live, self._casts = {}, {}, {}  # .to() / .float() replace tensors
@@ -111,13 +106,13 @@ class QuantumHub(nn.Module, BaseTunerLayer):
             self._pass += 1
         frozen = next((p for p in model.parameters() if not p.requires_grad), None)
         self._base_dtype = None if frozen is None else frozen.dtype
-        if self.disable_adapters:
+        if not self.enabled:
             return
         # the layers' matmuls run in autocast's dtype, else in the frozen weights' (their inputs match them)
         dtype = None
         if frozen is not None and frozen.dtype.is_floating_point:
             dtype = compute_dtype(frozen.dtype, frozen.device.type)
-        for name in self.active_adapters:
+        for name in self.active:
             state = self.quantum_adapters[name] if name in self.quantum_adapters else None
             if state is not None and not state.is_meta:
                 self._live[name] = (self._pass_grad, self._factors(name, quantise=None))
@@ -164,7 +159,6 @@ class QuantumHub(nn.Module, BaseTunerLayer):
         if quantise is None and live is not None and live[0] == torch.is_grad_enabled():
             return live[1]  # inside the pass: open_pass computed or validated them
         state = self.quantum_adapters[name]
-        state.sync_packed_angles()  # after a load that brought packed codes only (transformers' load_adapter)
         quantise = self._quantise(state) if quantise is None else quantise
         grad = torch.is_grad_enabled()
         watched = state.watched()
@@ -307,32 +301,12 @@ class QuantumHub(nn.Module, BaseTunerLayer):
                     "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
                 )
 
-    def forward(self, x):
-        """Identity. Nothing calls the hub, except a container that calls every child in turn: an
-        nn.Sequential adapted as a whole gets the hub as its last child."""
-        return x
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Nothing to fold: the layers merge their own weights."""
-
-    def unmerge(self) -> None:
-        """Nothing to restore: the layers unmerge their own weights."""
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        super().delete_adapter(adapter_name)
+    def delete(self, adapter_name: str) -> None:
+        """Drop an adapter's state and anything cached from it."""
+        del self.quantum_adapters[adapter_name]
         self._cache.pop(adapter_name, None)
         self._live.pop(adapter_name, None)
-
-    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
-        """The hub has no base layer; its state follows the model's .to()."""
-
-    @property
-    def weight(self) -> Tensor:
-        raise AttributeError("the Quantum-PEFT hub wraps no layer and has no weight")
-
-    @property
-    def bias(self) -> None:
-        return None
+        self.active = [name for name in self.active if name != adapter_name]
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.quantum_adapters)}"

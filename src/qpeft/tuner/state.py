@@ -15,9 +15,7 @@ from qpeft.quantum import (
     KronSum,
     PauliStiefel,
     TaylorStiefel,
-    pack_angles,
     quantize_angles,
-    unpack_angles,
 )
 from qpeft.tuner.config import QuantumConfig
 from qpeft.tuner.ops import no_autocast
@@ -137,50 +135,6 @@ class QuantumAdapterState(nn.Module):
             if config.rank_mask == "adaptive":
                 self.register_buffer(f"score_{key}", torch.zeros(m, k), persistent=False)
         self.num_simulations = 0  # bank evaluations, for tests and benchmarks
-        if config.quant_bits is not None:
-            self._add_packed_angles()
-
-    def _add_packed_angles(self) -> None:
-        """With quant_bits, each Pauli bank also carries its angles bit-packed (`theta_packed`, `theta_shape`):
-        what the adapter file stores in place of `theta`. As buffers of the model they load by any loader that
-        fills the model's state dict by name (transformers' load_adapter too); `sync_packed_angles` then takes
-        newly loaded codes into `theta`. They are refreshed from `theta` whenever a state dict is taken."""
-        for bank in self.banks.values():
-            theta = bank.theta
-            numel_bytes = math.ceil(theta.numel() * self.config.quant_bits / 8)
-            packed = torch.zeros(numel_bytes, dtype=torch.uint8)
-            if not theta.is_meta:
-                packed = pack_angles(theta.detach(), self.config.quant_bits, PERIOD).to(theta.device)
-            bank.register_buffer("theta_packed", packed)
-            bank.register_buffer("theta_shape", torch.tensor(theta.shape, dtype=torch.int32))
-        self._packed_seen = self._packed_marks()
-        self.register_state_dict_pre_hook(self._refresh_packed_angles)
-
-    def _packed_marks(self) -> dict[str, tuple[int, int]]:
-        return {k: (b.theta_packed._version, b.theta_packed.data_ptr()) for k, b in self.banks.items()}
-
-    @torch.no_grad()
-    def _refresh_packed_angles(self, module: nn.Module, prefix: str, keep_vars: bool) -> None:
-        for bank in self.banks.values():
-            if not bank.theta.is_meta and not bank.theta_packed.is_meta:
-                codes = pack_angles(bank.theta.detach(), self.config.quant_bits, PERIOD)
-                bank.theta_packed.copy_(codes.to(bank.theta_packed.device))
-        self._packed_seen = self._packed_marks()
-
-    @torch.no_grad()
-    def sync_packed_angles(self) -> None:
-        """If a loader wrote new packed codes (and not the matching angles), set `theta` to their grid angles."""
-        if self.config.quant_bits is None:
-            return
-        marks = self._packed_marks()
-        for key, bank in self.banks.items():
-            if marks[key] == self._packed_seen.get(key) or bank.theta.is_meta or bank.theta_packed.is_meta:
-                continue
-            bits, packed = self.config.quant_bits, bank.theta_packed.cpu()
-            if not torch.equal(pack_angles(bank.theta.detach(), bits, PERIOD), packed):
-                angles = unpack_angles(packed, bits, tuple(bank.theta.shape), PERIOD)
-                bank.theta.copy_(angles.to(bank.theta.device, bank.theta.dtype))
-        self._packed_seen = self._packed_marks()
 
     @property
     def is_meta(self) -> bool:
