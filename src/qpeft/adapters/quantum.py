@@ -64,12 +64,8 @@ def apply(
     freeze_except_head(model, head)
     conv1d = _conv1d_type()
     found = target_modules(model, targets, head)
-    for name, mod in found.items():
-        if isinstance(mod, nn.Linear):
-            d_out, d_in = mod.out_features, mod.in_features
-        elif isinstance(mod, conv1d):
-            d_in, d_out = mod.weight.shape
-        else:
+    for name, mod in found.items():  # (the tuner checks too, but names its own field, not adapter.targets)
+        if not isinstance(mod, (nn.Linear, conv1d)):
             raise AdapterConfigError(
                 f"adapter.targets matched {name} ({type(mod).__name__}); the quantum adapter needs nn.Linear or "
                 "Conv1D modules: narrow adapter.targets"
