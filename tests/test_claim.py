@@ -148,3 +148,63 @@ def test_a_one_lr_preset_takes_each_point_at_its_lr_and_chooses_nothing(tmp_path
     write(tmp_path, "sst2", "lora_r1", 4e-3, 0, 80.0, experiment=gpu)
     with pytest.raises(Exception, match="several lrs"):
         claim.build(tmp_path, tmp_path / "tables", None, preset=gpu)
+
+
+def write_frontier(root: Path, task: str, tag: str, method: str, seed: int, dev: float):
+    """A 126-step frontier record at the shared lr (no adapter_lr): its tag is the setting itself."""
+    cfg = (
+        {"method": method, "scaling": "width_sqrt", "layers": 1}
+        if method == "quantum"
+        else {"method": method}
+    )
+    metric = "accuracy" if task == "sst2" else "pearson_spearman"
+    record = Record(
+        task=task,
+        backbone="minilm_l6",
+        adapter_tag=tag,
+        seed=seed,
+        metrics={metric: dev / 100, f"{metric}_heldout": dev / 100},
+        main_metric=metric,
+        experiment="frontier_minilm",
+        adapter=method,
+        adapter_cfg=cfg,
+        adapter_params=1000,
+        head_params=770,
+        git_commit="abc1234",
+    )
+    write_record(root / task / "minilm_l6" / tag / f"seed{seed}" / "record.json", record)
+
+
+def test_which_frontier_conclusions_held(tmp_path):
+    """The 126-step frontier's comparisons judged again on the study's points: a level pair that is behind here
+    did not hold, a pair of a setting the study did not run is named so, and a side without two seeds waits."""
+    frontier_root, study = tmp_path / "frontier", tmp_path / "study"
+    then_default, then_lora = [80.0, 82.0, 79.5], [80.5, 81.0, 81.5]  # level at 126 steps
+    for seed in range(3):
+        write_frontier(frontier_root, "sst2", "quantum_kfull_l1_ws", "quantum", seed, then_default[seed])
+        write_frontier(frontier_root, "sst2", "lora_r8", "lora", seed, then_lora[seed])
+        write_frontier(frontier_root, "sst2", "vera_r64", "vera", seed, 80.0)
+        write_frontier(frontier_root, "sst2", "lora_r1", "lora", seed, 80.0 + seed)
+    now_default, now_lora = [84.0, 84.5, 84.2], [88.0, 88.6, 87.9]  # behind at 1,000 steps
+    for setting, devs in [("quantum_kfull_l1_ws", now_default), ("lora_r8", now_lora)]:
+        for lr, bonus in [(1.6e-4, -5), (8e-4, 0), (4e-3, -3)]:
+            for seed in range(3 if lr == 8e-4 else 2):
+                write(study, "sst2", setting, lr, seed, devs[seed] + bonus)
+    claim.build(study, tmp_path / "tables", None, frontier_root=frontier_root)
+    text = (tmp_path / "tables" / "claim_minilm_claims.md").read_text()
+    section = text[text.index("## Which conclusions of the 126-step frontier held") :]
+
+    def gap(a, b):
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval()
+        return f"{sum(a) / len(a) - sum(b) / len(b):+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
+
+    then, now = gap(then_default, then_lora), gap(now_default, now_lora)
+    assert (
+        f"| SST-2 | `quantum_kfull_l1_ws - lora_r8` | {then} level | {now} behind (3/3 seeds) | **did not hold** |"
+        in section
+    )
+    assert "| SST-2 | `quantum_kfull_l1_ws - vera_r64` |" in section and "| not run here |" in section
+    assert "`quantum_kfull_l1_ws - lora_r1`" in section and "| 3/0 seeds | pending |" in section
+    # without the frontier's records the page has no such section
+    claim.build(study, tmp_path / "tables", None)
+    assert "126-step" not in (tmp_path / "tables" / "claim_minilm_claims.md").read_text()

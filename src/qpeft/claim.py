@@ -65,6 +65,11 @@ POINTS: dict[str, PointSpec] = {
     "fourierft_n100": PointSpec("FourierFT n=100", "frontier/fourierft_n100_alr", 3),
 }
 CLAIMS = [(DEFAULT, other) for other in ("lora_r1", "lora_r8", "lora_qv_r1", "vera_r256", "head_only")]
+# the 126-step frontier's comparisons (qpeft.frontier.CLAIMS) are judged again on this study's points; its settings
+# are named the same here, except the paper's rule (the same config). Its other settings did not run here.
+FRONTIER_PRESET = "frontier_minilm"
+FRONTIER_RECORDS = Path("results/records") / FRONTIER_PRESET
+FRONTIER_SETTINGS = {"quantum_k8_l1": "quantum_k8_l1_paper"}
 
 
 @dataclass
@@ -385,6 +390,56 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
     ]
 
 
+def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed: bool = False) -> list[str]:
+    """Which of the 126-step frontier's comparisons held here: each pair's dev gap there (each side at its own
+    held-out lr, qpeft.frontier) beside the same pair's dev gap here (at this study's choices, standard head).
+    `held` where the verdicts agree (ahead, level or behind), `did not hold` where they differ; `not run here`
+    where this study has no such point, `pending` while a side lacks two seeds at its chosen lr (a one-lr
+    preset: `too few seeds`)."""
+    from qpeft import frontier
+
+    points = frontier.collect(frontier.preset_records(frontier_root, FRONTIER_PRESET))
+    by = {(c.task, c.setting): c for c in cs}
+    tasks = {r.task for r in runs}
+    rows = []
+    for f in frontier.comparisons(points, frontier.chosen_lrs(points)):
+        if f.task not in tasks:
+            continue
+        a, b = (FRONTIER_SETTINGS.get(x, x) for x in (f.setting, f.against))
+        then = f"{f.dev.text()} {f.dev.verdict}"
+        here, outcome = "", "not run here"
+        if a in POINTS and b in POINTS:
+            ra = at_choice(runs, by[(f.task, a)], STANDARD) if (f.task, a) in by else []
+            rb = at_choice(runs, by[(f.task, b)], STANDARD) if (f.task, b) in by else []
+            gap = welch([r.dev for r in ra], [r.dev for r in rb])
+            if gap.verdict == "?":  # the study's rule still asks for runs; a one-lr preset ran what it ran
+                here, outcome = f"{len(ra)}/{len(rb)} seeds", "too few seeds" if fixed else "pending"
+            else:
+                here = f"{gap.text()} {gap.verdict} ({gap.n_a}/{gap.n_b} seeds)"
+                outcome = "held" if gap.verdict == f.dev.verdict else "**did not hold**"
+        label = f"{f.setting} - {f.against}"
+        rows.append([TASK_LABELS.get(f.task, f.task), f"`{label}`", then, here, outcome])
+    if not rows:
+        return []
+    at = (
+        "at the one lr every point ran at (a point whose best lr lies elsewhere is judged off its best)"
+        if fixed
+        else "at this study's held-out lr choices"
+    )
+    return [
+        "## Which conclusions of the 126-step frontier held",
+        "",
+        f"The comparisons docs/frontier.md states (`python -m qpeft.frontier`, {FRONTIER_PRESET}: 126 steps on "
+        "2,000 examples, each side at its own held-out lr), each judged again here: the dev gap (the first "
+        f"setting minus the second, x100) with its 95% Welch interval, {at}. `held`: the same verdict; `level` at "
+        "both says only that neither study separates the two. `quantum_k8_l1` is the paper's rule "
+        "(`quantum_k8_l1_paper` here).",
+        "",
+        markdown(["task", "comparison", "126 steps", "here", "held?"], rows, align="lllll").rstrip("\n"),
+        "",
+    ]
+
+
 def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> None:
     """The claim points' dev and held-out metric against the step (standard head, chosen lr): mean over seeds with
     its 95% t-interval, so an ordering that comes from early speed can be told from one that holds at the end."""
@@ -457,12 +512,21 @@ def load(records_root: Path, preset: str = PRESET) -> tuple[list[Run], list[tupl
     return [to_run(r) for _, r in records], records
 
 
-def build(records_root: Path, tables: Path, figures: Path | None, preset: str = PRESET) -> list[Path]:
+def build(
+    records_root: Path,
+    tables: Path,
+    figures: Path | None,
+    preset: str = PRESET,
+    frontier_root: Path | None = None,
+) -> list[Path]:
     """`results/tables/<preset>_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
-    study's records under `records_root`. `<preset>.md` is `make tables`' own layout of the same records."""
+    study's records under `records_root`; with `frontier_root` (the 126-step frontier's records), which of its
+    conclusions held. `<preset>.md` is `make tables`' own layout of the same records."""
     runs, records = load(records_root, preset)
     cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
     lines, csv = tables_of(runs, records, cs, preset)
+    if frontier_root is not None:
+        lines += frontier_lines(runs, cs, frontier_root, fixed=preset in FIXED_LR_PRESETS)
     written = []
     prefix = "claim" if preset == PRESET else preset
     for task in sorted({r.task for r in runs}):
@@ -483,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default="outputs/claim_minilm", help="folder with the study's records")
     ap.add_argument("--tables", default="results/tables")
     ap.add_argument("--figures", default="results/figures")
+    ap.add_argument(
+        "--frontier-records",
+        default=str(FRONTIER_RECORDS),
+        help="the 126-step frontier's records, to say which of its conclusions held ('' to leave it out)",
+    )
     ap.add_argument("--pending", action="store_true", help="only print the run.py arguments still to run")
     ap.add_argument(
         "--preset",
@@ -500,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                 for line in pending(load(root)[0]):
                     print(line)
             return 0
-        for path in build(root, Path(args.tables), Path(args.figures), args.preset):
+        frontier_root = Path(args.frontier_records) if args.frontier_records else None
+        for path in build(root, Path(args.tables), Path(args.figures), args.preset, frontier_root):
             print(path)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)

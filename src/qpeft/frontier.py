@@ -24,7 +24,7 @@ import numpy as np
 
 from qpeft.errors import QpeftError
 from qpeft.records import Record
-from qpeft.stats import welch
+from qpeft.stats import Gap, welch
 from qpeft.tables.load import load_records
 from qpeft.tables.render import csv_text, markdown
 
@@ -295,10 +295,22 @@ def at_own_lr(points: list[Point], choices: list[LrChoice], task: str, setting: 
     return next((p for p in points if p.task == task and p.tag == setting), None)
 
 
-def claim_rows(points: list[Point], choices: list[LrChoice]) -> list[list[str]]:
-    """Each CLAIMS pair on each task: the gap of the means over seeds (x100) on dev and held-out with its 95% Welch
-    interval, and the verdict on dev (ahead / behind only where the interval excludes zero)."""
-    rows = []
+@dataclass(frozen=True)
+class Comparison:
+    """One CLAIMS pair on one task, each side at its own held-out lr: the gap of the means over seeds (x100)."""
+
+    task: str
+    setting: str  # CLAIMS' names, without the lr suffix of the chosen tag
+    against: str
+    a: Point
+    b: Point
+    dev: Gap
+    heldout: Gap
+
+
+def comparisons(points: list[Point], choices: list[LrChoice]) -> list[Comparison]:
+    """Each CLAIMS pair on each task where both ran: the gaps on dev and held-out with their 95% Welch interval."""
+    out = []
     for task in sorted({p.task for p in points}):
         for a, b in CLAIMS:
             pa, pb = at_own_lr(points, choices, task, a), at_own_lr(points, choices, task, b)
@@ -306,19 +318,26 @@ def claim_rows(points: list[Point], choices: list[LrChoice]) -> list[list[str]]:
                 continue
             dev = welch([v * 100 for v in pa.dev], [v * 100 for v in pb.dev])
             held = welch([v * 100 for v in pa.heldout], [v * 100 for v in pb.heldout])
-            rows.append(
-                [
-                    TASK_LABELS.get(task, task),
-                    f"`{pa.tag}` ({pa.params:,})",
-                    f"`{pb.tag}` ({pb.params:,})",
-                    dev.text(),
-                    f"{dev.p:.2f}" if not math.isnan(dev.p) else "",
-                    held.text(),
-                    f"{dev.n_a}/{dev.n_b}",
-                    dev.verdict,
-                ]
-            )
-    return rows
+            out.append(Comparison(task, a, b, pa, pb, dev, held))
+    return out
+
+
+def claim_rows(points: list[Point], choices: list[LrChoice]) -> list[list[str]]:
+    """Each comparison as a row: the dev and held-out gaps, and the verdict on dev (ahead / behind only where the
+    interval excludes zero)."""
+    return [
+        [
+            TASK_LABELS.get(c.task, c.task),
+            f"`{c.a.tag}` ({c.a.params:,})",
+            f"`{c.b.tag}` ({c.b.params:,})",
+            c.dev.text(),
+            f"{c.dev.p:.2f}" if not math.isnan(c.dev.p) else "",
+            c.heldout.text(),
+            f"{c.dev.n_a}/{c.dev.n_b}",
+            c.dev.verdict,
+        ]
+        for c in comparisons(points, choices)
+    ]
 
 
 def claim_lines(points: list[Point], choices: list[LrChoice]) -> list[str]:

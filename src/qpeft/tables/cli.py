@@ -42,15 +42,19 @@ def frontier_points(records, records_root: Path, out: Path) -> list[Path]:
 
 
 def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
-    """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals), and that of its
-    points at one shared lr on a GPU, without figures."""
+    """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals, which of the
+    126-step frontier's conclusions held), and that of its points at one shared lr on a GPU, without figures."""
     from qpeft import claim
 
     have = {r.experiment for _, r in records}
     written = []
     for preset in [claim.PRESET, *claim.FIXED_LR_PRESETS]:
         if preset in have:
-            written += claim.build(records_root / preset, out, figures=None, preset=preset)
+            frontier_root = records_root / claim.FRONTIER_PRESET
+            frontier_root = (
+                frontier_root if frontier_root.is_dir() else None
+            )  # its comparisons, where committed
+            written += claim.build(records_root / preset, out, None, preset, frontier_root)
     return written
 
 
