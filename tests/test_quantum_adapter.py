@@ -194,6 +194,11 @@ def test_rank_errors_and_full():
         mlp(cfg(rank=17))
     with pytest.raises(QpeftError, match="adapter.rank=0 is out of range"):
         cfg(rank=0)
+    model = MLP()  # a refused adapter leaves the model as it was: nothing frozen, nothing wrapped
+    with pytest.raises(ValueError, match="adapter.rank=17"):
+        qa.apply(model, cfg(rank=17), MLP_TARGETS, ["cls"], total_steps=40)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(type(m) in (MLP, nn.Linear) for m in model.modules())
     _, model = mlp(cfg(rank="full"))
     ks = [lam.shape[1] for lam in qa._state(model).lam.values()]
     assert sorted(ks) == [16, 24]

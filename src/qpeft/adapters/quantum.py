@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from qpeft.adapters import freeze_except_head, in_head, target_modules
+from qpeft.adapters import in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumLinear, QuantumModel
 from qpeft.tuner.config import QuantumConfigError
@@ -61,7 +61,6 @@ def apply(
     frozen, the head trainable."""
     if isinstance(model, PeftModel) or any(isinstance(m, QuantumLinear) for m in model.modules()):
         raise AdapterConfigError("the model already carries a quantum adapter; build a fresh model")
-    freeze_except_head(model, head)
     conv1d = _conv1d_type()
     found = target_modules(model, targets, head)
     for name, mod in found.items():  # (the tuner checks too, but names its own field, not adapter.targets)
@@ -75,10 +74,8 @@ def apply(
         peft_model = PeftModel(model, config, ADAPTER)
     except QuantumConfigError as e:  # what depends on the model: a rank above a layer's width
         raise AdapterConfigError(as_setting(str(e))) from e
-    for (
-        name,
-        p,
-    ) in peft_model.named_parameters():  # peft froze everything but the adapter: the head trains too
+    # peft froze everything but the adapter (the backbone too); the head trains as well
+    for name, p in peft_model.named_parameters():
         if in_head(name, head):
             p.requires_grad = True
     return peft_model
