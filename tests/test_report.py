@@ -225,3 +225,18 @@ def test_published_rows_join_their_preset(tmp_path):
     assert rows["LoRA r=8 (published [1])"]["SST-2"] == "94.95"  # results/reference, AdaLoRA Table 1
     assert rows["lora_r8"]["SST-2"] == "95.00" and rows["head_only"]["SST-2"] == "90.00"
     assert all(p.exists() for p in written)
+
+
+def test_labels_of_nearby_markers_are_stacked_not_drawn_over_each_other():
+    from qpeft.report import LABEL_PT, label_offsets
+
+    # display positions in points: two markers at one x, 1 pt apart; one far away at the same height; one whose
+    # label would run past the axes' right edge at 400
+    shown = [(100.0, 50.0, "lr3/quantum_k8_l1"), (100.0, 51.0, "a128/quantum_k8_l1")]
+    shown += [(300.0, 50.0, "lora_r1"), (395.0, 80.0, "base/lora_r8")]
+    (dx0, dy0, ha0), (dx1, dy1, ha1), (dx2, dy2, _), (dx3, _, ha3) = label_offsets(shown, right=400.0)
+    line = 1.3 * LABEL_PT
+    assert (ha0, ha1, dx0, dx1) == ("left", "left", 3.0, 3.0)
+    assert (51.0 + dy1) - (50.0 + dy0) >= line - 1e-9  # the upper label is pushed a line above the lower
+    assert dy2 == dy0 == 2.0  # a marker whose label overlaps no other keeps its place
+    assert ha3 == "right" and dx3 == -3.0  # at the right edge the label sits to the marker's left

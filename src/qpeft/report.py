@@ -240,6 +240,42 @@ def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str
     return out
 
 
+LABEL_PT = 5.5  # label font size; a label's line takes about 1.3x this, a character about 0.6x
+
+
+def label_offsets(points: list[tuple[float, float, str]], right: float) -> list[tuple[float, float, str]]:
+    """Offsets (points, from each marker) for labels of markers at display positions (x, y in points): each label
+    sits above-right of its marker, or above-left in the rightmost fifth of the axes (`right`: the axes' right
+    edge), and is pushed up past any label already placed that it would overlap."""
+    line, char = 1.3 * LABEL_PT, 0.6 * LABEL_PT
+    placed: list[tuple[float, float, float]] = []  # (left, right, bottom) of each placed label
+    offsets: list[tuple[float, float, str]] = [(0.0, 0.0, "left")] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: points[i][1]):
+        x, y, text = points[i]
+        width = char * len(text)
+        ha = "right" if x + 3 + width > right else "left"
+        left, top = (x - 3 - width, x - 3) if ha == "right" else (x + 3, x + 3 + width)
+        bottom = y + 2
+        for a, b, c in sorted(placed, key=lambda box: box[2]):
+            if a < top and left < b and c - line < bottom < c + line:
+                bottom = c + line
+        placed.append((left, top, bottom))
+        offsets[i] = ((-3.0 if ha == "right" else 3.0), bottom - y, ha)
+    return offsets
+
+
+def place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Name each (x, y, label) marker on `ax` without labels drawn over each other (label_offsets)."""
+    ax.get_xlim(), ax.get_ylim()  # the data limits as drawn (autoscale is applied lazily)
+    scale = 72.0 / ax.figure.dpi  # display pixels -> points
+    shown = [(*(ax.transData.transform((x, y)) * scale), label) for x, y, label in points]
+    right = ax.transAxes.transform((1, 0))[0] * scale
+    for (x, y, label), (dx, dy, ha) in zip(points, label_offsets(shown, right)):
+        ax.annotate(
+            label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_PT, ha=ha, va="bottom"
+        )
+
+
 def efficiency_figure(
     table: Table,
     seeds,
@@ -266,6 +302,7 @@ def efficiency_figure(
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
     fronts = []
     methods_seen: dict[str | None, None] = {}
+    labels = []  # (ax, its markers' (x, y, label)): placed once the layout has fixed the axes' size
     for ax, (name, key) in zip(axes, panels):
         points = efficiency_points(table, records, key)
         floor = [p for p in points if p[0] == 0]
@@ -281,7 +318,7 @@ def efficiency_figure(
             ys = [p[3] for p in pts]
             if envelope:  # a frontier sweep: one method's settings in parameter order
                 ax.plot(xs, ys, linestyle=line, color="0.55", linewidth=0.9, zorder=1)
-            for x, lo, hi, y, err, label, *_ in pts:
+            for x, lo, hi, y, err, *_ in pts:
                 ax.errorbar(
                     x,
                     y,
@@ -295,8 +332,6 @@ def efficiency_figure(
                     capsize=2,
                     zorder=3,
                 )
-                if len(points) <= MAX_LABELS:  # more labels would be drawn over each other
-                    ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
         for point in floor:  # 0 adapter parameters: the head alone
             ax.axhline(point[3], color="0.25", linestyle="--", linewidth=1.0, zorder=0)
         for row in table.rows:  # published rows with a count and a number for this panel
@@ -322,6 +357,8 @@ def efficiency_figure(
             )
             fronts.append((name.replace("\n", " "), [p[2] for p in front]))
         ax.set_xscale("log")
+        if len(points) <= MAX_LABELS:  # more labels would be drawn over each other
+            labels.append((ax, [(p[0], p[3], p[5]) for p in points]))
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="major", color="0.88", linewidth=0.6)
@@ -349,6 +386,8 @@ def efficiency_figure(
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    for ax, points in labels:
+        place_labels(ax, points)
     _save(fig, path)
     return fronts
 
