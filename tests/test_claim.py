@@ -23,6 +23,7 @@ def write(
     dev: float | None = None,
     backbone="minilm_l6",
     experiment="claim_minilm",
+    wall_s: float | None = None,
 ):
     spec = claim.POINTS[setting]
     method = "head_only" if setting == "head_only" else "lora"
@@ -43,6 +44,7 @@ def write(
         adapter_params=0 if setting == "head_only" else 1000,
         head_params=770,
         git_commit="abc1234",
+        wall_time_s=wall_s,
         curve=[
             {"step": 200, metric: dev / 200, f"{metric}_heldout": held / 200},
             {"step": 400, metric: dev / 100},
@@ -208,3 +210,22 @@ def test_which_frontier_conclusions_held(tmp_path):
     # without the frontier's records the page has no such section
     claim.build(study, tmp_path / "tables", None)
     assert "126-step" not in (tmp_path / "tables" / "claim_minilm_claims.md").read_text()
+
+
+def test_runs_left_and_their_time(tmp_path):
+    """--eta: LoRA r=1's grid is complete (8e-4 chosen) and seed 2 ran: 2 seeds and 3 linear-head runs are left.
+    A point with no runs needs its grid (6), 3 more seeds and 3 linear-head runs; its time is the task's median."""
+    for lr, held in [(1.6e-4, 80.0), (8e-4, 84.0), (4e-3, 82.0)]:
+        for seed in (0, 1):
+            write(tmp_path, "sst2", "lora_r1", lr, seed, held, wall_s=300.0)
+    write(tmp_path, "sst2", "lora_r1", 8e-4, 2, 84.0, wall_s=420.0)
+    runs, _ = claim.load(tmp_path)
+    left = {setting: n for task, setting, n in claim.runs_left(runs)}
+    assert left["lora_r1"] == 2 + 3
+    assert left["quantum_kfull_l1_ws"] == 6 + 3 + 3
+    assert left["quantum_k64_l1_ws"] == 6 + 1  # 3 seeds, no linear head
+    lines = claim.eta_lines(runs)
+    assert "SST-2  LoRA r=1: 5 runs x 5 min (its runs)" in lines  # the median of 300 s (x6) and 420 s
+    assert "the task's runs" in next(line for line in lines if "Pauli K=64" in line)
+    total_runs = sum(left.values())
+    assert lines[-1].startswith(f"at least {total_runs} runs left, about {total_runs * 5 / 60:.1f} worker-hours")

@@ -4,7 +4,8 @@ for, and the answer with its uncertainty.
     python -m qpeft.claim [--records outputs/claim_minilm] [--pending]
     python -m qpeft.claim --preset claim_gpu_sst2 --records results/records/claim_gpu_sst2
 
-`--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
+`--eta` prints how many runs each point still needs (at least: an lr grid may yet be extended) and about how long
+they take at the median wall time of the finished runs. `--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
 the grid extended by 5x past a winning edge, then each point's other seeds at its chosen lr and the linear-head
 runs. Without it: `results/tables/claim_minilm_claims.{md,csv}` and `results/figures/claim_<task>_curves.png`.
 `--preset claim_gpu_sst2`: the same points run on a GPU on SST-2's full training set at one shared lr
@@ -88,6 +89,7 @@ class Run:
     commit: str = ""
     curve: list[dict] = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    wall_s: float = math.nan  # the run's wall time (the --eta estimate)
 
 
 def _setting(tag: str) -> str:
@@ -120,6 +122,7 @@ def to_run(record: Record) -> Run:
         record.git_commit or "unknown",
         record.curve or [],
         record.data or {},
+        float(record.wall_time_s) if record.wall_time_s is not None else math.nan,
     )
 
 
@@ -209,6 +212,43 @@ def pending(runs: list[Run]) -> list[str]:
             if seeds:
                 out.append(_args(c.task, c.setting, c.chosen, seeds, backbone))
     return out
+
+
+def runs_left(runs: list[Run]) -> list[tuple[str, str, int]]:
+    """(task, point, runs) the study still needs for each point, at least: the grid's missing runs (an extension
+    past a winning edge is not foreseen), then the point's other seeds and its linear-head runs."""
+    out = []
+    for c in choices(runs):
+        spec = POINTS[c.setting]
+        left = len(c.missing)
+        for backbone, n in [(STANDARD, spec.seeds)] + [(LINEAR, 3)] * spec.linear:
+            done = {r.seed for r in at_choice(runs, c, backbone)} if c.chosen is not None else set()
+            if backbone == STANDARD and c.chosen is None:
+                done = set(CHOICE_SEEDS)  # counted in `missing`
+            left += n - len(done)
+        if left:
+            out.append((c.task, c.setting, left))
+    return out
+
+
+def eta_lines(runs: list[Run]) -> list[str]:
+    """What is left and about how long it takes: each point's runs left times the median wall time of the finished
+    runs of that task and point (of the task, where the point has none yet), in worker-hours."""
+    lines, total = [], 0.0
+    for task, setting, left in runs_left(runs):
+        mine = [r.wall_s for r in runs if (r.task, r.setting) == (task, setting) and not math.isnan(r.wall_s)]
+        pool = mine or [r.wall_s for r in runs if r.task == task and not math.isnan(r.wall_s)]
+        minutes = float(np.median(pool)) / 60 if pool else math.nan
+        total += left * minutes if pool else 0.0
+        basis = "its runs" if mine else "the task's runs" if pool else "no runs yet"
+        lines.append(
+            f"{TASK_LABELS.get(task, task)}  {POINTS[setting].label}: {left} runs x {minutes:.0f} min ({basis})"
+        )
+    n = sum(left for *_, left in runs_left(runs))
+    lines.append(
+        f"at least {n} runs left, about {total / 60:.1f} worker-hours at the median wall times above"
+    )
+    return lines
 
 
 def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
@@ -552,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pending", action="store_true", help="only print the run.py arguments still to run")
     ap.add_argument(
+        "--eta", action="store_true", help="only print how many runs are left and about how long they take"
+    )
+    ap.add_argument(
         "--preset",
         default=PRESET,
         choices=[PRESET, *FIXED_LR_PRESETS],
@@ -560,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         root = Path(args.records)
+        if args.eta:
+            print("\n".join(eta_lines(load(root)[0])))
+            return 0
         if args.pending:
             if args.preset != PRESET:
                 ap.error("--pending: only the study itself has an lr rule that asks for runs")
