@@ -228,4 +228,6 @@ def test_runs_left_and_their_time(tmp_path):
     assert "SST-2  LoRA r=1: 5 runs x 5 min (its runs)" in lines  # the median of 300 s (x6) and 420 s
     assert "the task's runs" in next(line for line in lines if "Pauli K=64" in line)
     total_runs = sum(left.values())
-    assert lines[-1].startswith(f"at least {total_runs} runs left, about {total_runs * 5 / 60:.1f} worker-hours")
+    assert lines[-1].startswith(
+        f"at least {total_runs} runs left, about {total_runs * 5 / 60:.1f} worker-hours"
+    )

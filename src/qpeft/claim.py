@@ -4,8 +4,9 @@ for, and the answer with its uncertainty.
     python -m qpeft.claim [--records outputs/claim_minilm] [--pending]
     python -m qpeft.claim --preset claim_gpu_sst2 --records results/records/claim_gpu_sst2
 
-`--eta` prints how many runs each point still needs (at least: an lr grid may yet be extended) and about how long
-they take at the median wall time of the finished runs. `--pending` prints, one per line, the run.py arguments the rule still asks for: grid runs missing on seeds 0 and 1,
+`--eta` prints how many runs each point still needs (at least: an lr grid may yet be extended) and about how
+long they take at the median wall time of the finished runs. `--pending` prints, one per line, the run.py
+arguments the rule still asks for: grid runs missing on seeds 0 and 1,
 the grid extended by 5x past a winning edge, then each point's other seeds at its chosen lr and the linear-head
 runs. Without it: `results/tables/claim_minilm_claims.{md,csv}` and `results/figures/claim_<task>_curves.png`.
 `--preset claim_gpu_sst2`: the same points run on a GPU on SST-2's full training set at one shared lr
