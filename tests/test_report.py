@@ -240,3 +240,9 @@ def test_labels_of_nearby_markers_are_stacked_not_drawn_over_each_other():
     assert (51.0 + dy1) - (50.0 + dy0) >= line - 1e-9  # the upper label is pushed a line above the lower
     assert dy2 == dy0 == 2.0  # a marker whose label overlaps no other keeps its place
     assert ha3 == "right" and dx3 == -3.0  # at the right edge the label sits to the marker's left
+
+    # under the axes' top (60) the upper of two labels at one height goes below its marker, not above the top
+    (_, dy_low, _), (_, dy_high, _) = label_offsets(
+        [(100.0, 50.0, "a/quantum_k8_l1"), (100.0, 50.5, "b/quantum_k8_l1")], right=400.0, ceiling=60.0
+    )
+    assert 50.0 + dy_low + line <= 60.0 and dy_high < 0

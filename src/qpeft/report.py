@@ -243,23 +243,32 @@ def efficiency_points(table: Table, records: list[tuple[Path, Record]], key: str
 LABEL_PT = 5.5  # label font size; a label's line takes about 1.3x this, a character about 0.6x
 
 
-def label_offsets(points: list[tuple[float, float, str]], right: float) -> list[tuple[float, float, str]]:
-    """Offsets (points, from each marker) for labels of markers at display positions (x, y in points): each label
-    sits above-right of its marker, or above-left in the rightmost fifth of the axes (`right`: the axes' right
-    edge), and is pushed up past any label already placed that it would overlap."""
+def label_offsets(
+    points: list[tuple[float, float, str]], right: float, ceiling: float = math.inf
+) -> list[tuple[float, float, str]]:
+    """Offsets (points, from each marker) for labels of markers at display positions (x, y in points), lowest
+    marker first: each label sits above-right of its marker (above-left where it would run past `right`, the axes'
+    right edge) and is pushed up past any label already placed that it would overlap; one pushed past `ceiling`
+    (the axes' top) goes below its marker instead, pushed down past the labels there."""
     line, char = 1.3 * LABEL_PT, 0.6 * LABEL_PT
-    placed: list[tuple[float, float, float]] = []  # (left, right, bottom) of each placed label
+    placed: list[tuple[float, float, float]] = []  # (left end, right end, bottom) of each placed label
     offsets: list[tuple[float, float, str]] = [(0.0, 0.0, "left")] * len(points)
+
+    def clear(start: float, end: float, bottom: float, step: float) -> float:
+        for a, b, c in sorted(placed, key=lambda box: box[2] * step):
+            if a < end and start < b and c - line < bottom < c + line:
+                bottom = c + step
+        return bottom
+
     for i in sorted(range(len(points)), key=lambda i: points[i][1]):
         x, y, text = points[i]
         width = char * len(text)
         ha = "right" if x + 3 + width > right else "left"
-        left, top = (x - 3 - width, x - 3) if ha == "right" else (x + 3, x + 3 + width)
-        bottom = y + 2
-        for a, b, c in sorted(placed, key=lambda box: box[2]):
-            if a < top and left < b and c - line < bottom < c + line:
-                bottom = c + line
-        placed.append((left, top, bottom))
+        start, end = (x - 3 - width, x - 3) if ha == "right" else (x + 3, x + 3 + width)
+        bottom = clear(start, end, y + 2, line)
+        if bottom + line > ceiling:
+            bottom = clear(start, end, y - 2 - line, -line)
+        placed.append((start, end, bottom))
         offsets[i] = ((-3.0 if ha == "right" else 3.0), bottom - y, ha)
     return offsets
 
@@ -269,8 +278,8 @@ def place_labels(ax, points: list[tuple[float, float, str]]) -> None:
     ax.get_xlim(), ax.get_ylim()  # the data limits as drawn (autoscale is applied lazily)
     scale = 72.0 / ax.figure.dpi  # display pixels -> points
     shown = [(*(ax.transData.transform((x, y)) * scale), label) for x, y, label in points]
-    right = ax.transAxes.transform((1, 0))[0] * scale
-    for (x, y, label), (dx, dy, ha) in zip(points, label_offsets(shown, right)):
+    right, ceiling = ax.transAxes.transform((1, 1)) * scale
+    for (x, y, label), (dx, dy, ha) in zip(points, label_offsets(shown, right, ceiling)):
         ax.annotate(
             label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_PT, ha=ha, va="bottom"
         )
