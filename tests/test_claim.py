@@ -75,7 +75,7 @@ def test_the_grid_then_an_edge_extension_then_the_other_seeds(tmp_path):
     runs, _ = claim.load(tmp_path)
     c = claim.choose(runs, "sst2", "lora_r1")
     assert c.chosen == pytest.approx(4e-3) and c.scores[4e-3] == pytest.approx(84.5)
-    lines = [line for line in claim.pending(runs) if "lora_r1_alr" in line]
+    lines = [line for line in claim.pending(runs) if "lora_r1_alr" in line and "glue/sst2" in line]
     assert lines == [
         "run.py -m experiment=claim_minilm task=glue/sst2 adapter=frontier/lora_r1_alr adapter.adapter_lr=0.004 seed=2,3,4",
         "run.py -m experiment=claim_minilm task=glue/sst2 adapter=frontier/lora_r1_alr adapter.adapter_lr=0.004 "
@@ -91,7 +91,7 @@ def test_ties_go_to_the_smaller_lr_and_a_constant_prediction_ranks_last(tmp_path
     runs, _ = claim.load(tmp_path)
     c = claim.choose(runs, "stsb", "head_only")
     assert c.chosen == pytest.approx(8e-4) and math.isnan(c.scores[1.6e-4])
-    pend = [line for line in claim.pending(runs) if "head_only" in line]
+    pend = [line for line in claim.pending(runs) if "head_only" in line and "glue/stsb" in line]
     assert (
         pend[0]
         == "run.py -m experiment=claim_minilm_head task=glue/stsb adapter=claim/head_only_lr adapter.lr=0.0008 seed=2,3,4"
@@ -220,14 +220,49 @@ def test_runs_left_and_their_time(tmp_path):
             write(tmp_path, "sst2", "lora_r1", lr, seed, held, wall_s=300.0)
     write(tmp_path, "sst2", "lora_r1", 8e-4, 2, 84.0, wall_s=420.0)
     runs, _ = claim.load(tmp_path)
-    left = {setting: n for task, setting, n in claim.runs_left(runs)}
+    left = {setting: n for task, setting, n in claim.runs_left(runs) if task == "sst2"}
+    assert {task for task, *_ in claim.runs_left(runs)} == {"sst2", "stsb"}  # STS-B: nothing ran, all is left
     assert left["lora_r1"] == 2 + 3
     assert left["quantum_kfull_l1_ws"] == 6 + 3 + 3
     assert left["quantum_k64_l1_ws"] == 6 + 1  # 3 seeds, no linear head
     lines = claim.eta_lines(runs)
     assert "SST-2  LoRA r=1: 5 runs x 5 min (its runs)" in lines  # the median of 300 s (x6) and 420 s
     assert "the task's runs" in next(line for line in lines if "Pauli K=64" in line)
-    total_runs = sum(left.values())
-    assert lines[-1].startswith(
-        f"at least {total_runs} runs left, about {total_runs * 5 / 60:.1f} worker-hours"
+    total_runs = sum(n for *_, n in claim.runs_left(runs))
+    stsb_runs = total_runs - sum(left.values())  # no STS-B run finished: no estimate for them
+    assert "STS-B  LoRA r=1: 12 runs (no finished run of the task: no estimate)" in lines
+    assert lines[-1] == (
+        f"at least {total_runs} runs left, {stsb_runs} of them not estimated; about "
+        f"{sum(left.values()) * 5 / 60:.1f} worker-hours at the median wall times above"
     )
+
+
+def test_pending_asks_for_the_claims_first(tmp_path, capsys):
+    """Before any run: every grid, the default's first. Once grids are in: the claim points' seeds (standard head)
+    come before the claim points' linear-head runs, and those before the other points' grids."""
+    assert claim.main(["--records", str(tmp_path / "none"), "--pending"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 3 * len(claim.POINTS)  # 2 tasks x 3 lrs, every point
+    assert (
+        "task=glue/sst2 adapter=frontier/quantum_kfull_l1_ws_alr adapter.adapter_lr=0.00016 seed=0,1"
+        in lines[0]
+    )
+    assert "fourierft_n100" in lines[-1]
+    for setting in ("quantum_kfull_l1_ws", "lora_r1"):
+        for lr, held in [(1.6e-4, 80.0), (8e-4, 84.0), (4e-3, 82.0)]:
+            for seed in (0, 1):
+                write(tmp_path, "sst2", setting, lr, seed, held)
+    lines = claim.pending(claim.load(tmp_path)[0])
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    default_seeds = first("quantum_kfull_l1_ws_alr adapter.adapter_lr=0.0008 seed=2,3,4")
+    assert (
+        default_seeds
+        < first("lora_r1_alr adapter.adapter_lr=0.0008 seed=2,3,4")
+        < first("claim/lora_qv_r1_alr")
+    )
+    linear = first("backbone=minilm_l6_linear")
+    assert first("adapter=claim/head_only_lr") < linear < first("frontier/quantum_k64_l1_ws_alr")
+    assert all("minilm_l6_linear" in line for line in lines[linear : first("quantum_k64")])

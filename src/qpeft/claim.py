@@ -40,6 +40,7 @@ GRID = (1.6e-4, 8e-4, 4e-3)  # every point's lr grid, 5x apart around the shared
 STEP = 5.0  # the grid is extended by one such step past a winning edge ...
 LR_RANGE = (1e-5, 0.5)  # ... within these bounds
 CHOICE_SEEDS = (0, 1)  # the lr is chosen on the held-out mean over these
+TASKS = ("sst2", "stsb")  # the study's tasks: the rule asks for their grids before anything has run
 DEFAULT = "quantum_kfull_l1_ws"
 STANDARD, LINEAR = "minilm_l6", "minilm_l6_linear"  # the head: classifier + BERT's pooler, or a linear one
 
@@ -167,7 +168,8 @@ def choose(runs: list[Run], task: str, setting: str) -> Choice:
 
 
 def choices(runs: list[Run]) -> list[Choice]:
-    return [choose(runs, task, setting) for task in sorted({r.task for r in runs}) for setting in POINTS]
+    tasks = sorted(set(TASKS) | {r.task for r in runs})
+    return [choose(runs, task, setting) for task in tasks for setting in POINTS]
 
 
 def fixed_choices(runs: list[Run]) -> list[Choice]:
@@ -197,22 +199,31 @@ def _args(task: str, setting: str, lr: float, seeds: list[int], backbone: str = 
 
 
 def pending(runs: list[Run]) -> list[str]:
-    """run.py's arguments for every run the rule still asks for (empty: the study is complete)."""
-    out = []
+    """run.py's arguments for every run the rule still asks for (empty: the study is complete), the claims'
+    runs first, so that a partial study answers whole claims: the claim points' grids and seeds with the standard
+    head (point by point, both tasks), then their linear-head runs, then the other points."""
+    claim_points = [DEFAULT] + [b for _, b in CLAIMS]
+    order = list(POINTS)
+    out: list[tuple[tuple, str]] = []
     for c in choices(runs):
+        rank = (c.setting not in claim_points, order.index(c.setting), c.task)
         if c.chosen is None:
             by_lr: dict[float, list[int]] = {}
             for lr, seed in c.missing:
                 by_lr.setdefault(lr, []).append(seed)
-            out += [_args(c.task, c.setting, lr, seeds) for lr, seeds in sorted(by_lr.items())]
+            out += [
+                ((rank[0], 0, *rank[1:]), _args(c.task, c.setting, lr, seeds))
+                for lr, seeds in sorted(by_lr.items())
+            ]
             continue
         spec = POINTS[c.setting]
         for backbone, n in [(STANDARD, spec.seeds)] + [(LINEAR, 3)] * spec.linear:
             done = {r.seed for r in at_choice(runs, c, backbone)}
             seeds = [s for s in range(n) if s not in done]
             if seeds:
-                out.append(_args(c.task, c.setting, c.chosen, seeds, backbone))
-    return out
+                key = (rank[0], backbone == LINEAR, *rank[1:])
+                out.append((key, _args(c.task, c.setting, c.chosen, seeds, backbone)))
+    return [line for _, line in sorted(out, key=lambda item: item[0])]
 
 
 def runs_left(runs: list[Run]) -> list[tuple[str, str, int]]:
@@ -234,20 +245,26 @@ def runs_left(runs: list[Run]) -> list[tuple[str, str, int]]:
 
 def eta_lines(runs: list[Run]) -> list[str]:
     """What is left and about how long it takes: each point's runs left times the median wall time of the finished
-    runs of that task and point (of the task, where the point has none yet), in worker-hours."""
-    lines, total = [], 0.0
-    for task, setting, left in runs_left(runs):
+    runs of that task and point (of the task, where the point has none yet), in worker-hours. A task with no
+    finished run has no estimate; the total says how many runs it leaves out."""
+    lines, total, unknown = [], 0.0, 0
+    left_by_point = runs_left(runs)
+    for task, setting, left in left_by_point:
         mine = [r.wall_s for r in runs if (r.task, r.setting) == (task, setting) and not math.isnan(r.wall_s)]
         pool = mine or [r.wall_s for r in runs if r.task == task and not math.isnan(r.wall_s)]
-        minutes = float(np.median(pool)) / 60 if pool else math.nan
-        total += left * minutes if pool else 0.0
-        basis = "its runs" if mine else "the task's runs" if pool else "no runs yet"
-        lines.append(
-            f"{TASK_LABELS.get(task, task)}  {POINTS[setting].label}: {left} runs x {minutes:.0f} min ({basis})"
-        )
-    n = sum(left for *_, left in runs_left(runs))
+        label = f"{TASK_LABELS.get(task, task)}  {POINTS[setting].label}: {left} runs"
+        if not pool:
+            unknown += left
+            lines.append(f"{label} (no finished run of the task: no estimate)")
+            continue
+        minutes = float(np.median(pool)) / 60
+        total += left * minutes
+        basis = "its runs" if mine else "the task's runs"
+        lines.append(f"{label} x {minutes:.0f} min ({basis})")
+    n = sum(left for *_, left in left_by_point)
+    tail = f", {unknown} of them not estimated" if unknown else ""
     lines.append(
-        f"at least {n} runs left, about {total / 60:.1f} worker-hours at the median wall times above"
+        f"at least {n} runs left{tail}; about {total / 60:.1f} worker-hours at the median wall times above"
     )
     return lines
 
@@ -610,9 +627,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.pending:
             if args.preset != PRESET:
                 ap.error("--pending: only the study itself has an lr rule that asks for runs")
-            if root.exists():  # nothing ran yet: the presets' own grids come first
-                for line in pending(load(root)[0]):
-                    print(line)
+            runs = load(root)[0] if root.exists() else []  # nothing ran yet: every grid
+            for line in pending(runs):
+                print(line)
             return 0
         frontier_root = Path(args.frontier_records) if args.frontier_records else None
         for path in build(root, Path(args.tables), Path(args.figures), args.preset, frontier_root):
