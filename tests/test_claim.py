@@ -266,3 +266,19 @@ def test_pending_asks_for_the_claims_first(tmp_path, capsys):
     linear = first("backbone=minilm_l6_linear")
     assert first("adapter=claim/head_only_lr") < linear < first("frontier/quantum_k64_l1_ws_alr")
     assert all("minilm_l6_linear" in line for line in lines[linear : first("quantum_k64")])
+
+
+def test_readme_states_what_the_committed_claim_records_give(tmp_path):
+    """README's claim table is the one the committed records give (`make tables` rewrites it); a README without
+    the markers is left alone."""
+    repo = Path(__file__).resolve().parent.parent
+    runs, _ = claim.load(repo / "results/records/claim_minilm")
+    block = claim.readme_block(runs, claim.choices(runs))
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    assert block in readme, "README.md's claim table is stale: run `make tables`"
+    other = tmp_path / "README.md"
+    other.write_text("# no markers\n")
+    assert not claim.update_readme(other, block) and other.read_text() == "# no markers\n"
+    other.write_text(f"top\n{claim.README_BEGIN}\nold\n{claim.README_END}\nbottom\n")
+    assert claim.update_readme(other, block)
+    assert other.read_text() == f"top\n{block}\nbottom\n"

@@ -20,6 +20,7 @@ import argparse
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -446,6 +447,72 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
         markdown(headers, rows, align="llrrllrl").rstrip("\n"),
         "",
     ]
+
+
+README_BEGIN = (
+    "<!-- claim_minilm: written by `make tables` (qpeft.claim.readme_block) from the committed records -->"
+)
+README_END = "<!-- /claim_minilm -->"
+
+
+def readme_block(runs: list[Run], cs: list[Choice]) -> str:
+    """README's summary of the claims (standard head): each pair's dev gap on each task with its 95% Welch
+    interval and verdict, or `pending`, and how many runs the study still needs."""
+    by = {(c.task, c.setting): c for c in cs}
+    tasks = sorted({c.task for c in cs})
+    rows = []
+    for a, b in CLAIMS:
+        cells, ratio = [], ""
+        for task in tasks:
+            ra = at_choice(runs, by[(task, a)], STANDARD) if (task, a) in by else []
+            rb = at_choice(runs, by[(task, b)], STANDARD) if (task, b) in by else []
+            gap = welch([r.dev for r in ra], [r.dev for r in rb])
+            if gap.verdict == "?":
+                cells.append(f"pending ({len(ra)}/{len(rb)} seeds)")
+                continue
+            cells.append(f"{gap.text()} **{gap.verdict}** ({gap.n_a}/{gap.n_b} seeds)")
+            if not ratio and ra[0].adapter_params:
+                ratio = f"{rb[0].adapter_params / ra[0].adapter_params:.2f}x"
+                ratio += f" / {(rb[0].adapter_params + rb[0].head_params) / (ra[0].adapter_params + ra[0].head_params):.2f}x"
+        rows.append([POINTS[b].label, ratio, *cells])
+    left = sum(n for *_, n in runs_left(runs))
+    status = f"the study is running: at least {left} runs to go" if left else "the study is complete"
+    headers = [
+        "the default against",
+        "its adapter / trainable params",
+        *(f"{TASK_LABELS.get(t, t)} dev gap" for t in tasks),
+    ]
+    return "\n".join(
+        [
+            README_BEGIN,
+            "",
+            markdown(headers, rows, align="lr" + "l" * len(tasks)).rstrip("\n"),
+            "",
+            *textwrap.wrap(
+                f"From {len(runs)} runs of `results/records/claim_minilm` ({status}). Gap: the default minus the "
+                "other point, dev x100, each at its held-out lr, with its 95% Welch interval over seeds; `level` "
+                "where it holds zero. `its ... params`: the other point's count over the default's. The study's "
+                "page: `results/tables/claim_minilm_claims.md`.",
+                width=115,
+                break_on_hyphens=False,
+            ),
+            "",
+            README_END,
+        ]
+    )
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Put `block` between README's markers; False (nothing written) where README has none."""
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    new = head + block + tail
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return True
 
 
 def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed: bool = False) -> list[str]:

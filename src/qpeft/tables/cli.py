@@ -2,7 +2,7 @@
 
 With no `--roots`, every committed table is rebuilt from the committed records, `results/records` ->
 `results/tables` (each preset's table, the throughput table, each frontier study's points table and the claim
-study's page); when
+study's page, whose summary also goes into README.md between its claim_minilm markers); when
 `outputs/` holds runs of your own, they are tabled too, beside the committed ones and marked `(yours)`, into
 `outputs/tables` (results/tables stays what the committed records give). With `--roots`, the records under those
 folders alone are tabled into `--out`.
@@ -55,6 +55,11 @@ def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
                 frontier_root if frontier_root.is_dir() else None
             )  # its comparisons, where committed
             written += claim.build(records_root / preset, out, None, preset, frontier_root)
+    readme = Path("README.md")
+    if claim.PRESET in have and records_root == COMMITTED and readme.is_file():
+        runs, _ = claim.load(records_root / claim.PRESET)
+        if claim.update_readme(readme, claim.readme_block(runs, claim.choices(runs))):
+            written.append(readme)
     return written
 
 
