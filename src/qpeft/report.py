@@ -38,6 +38,12 @@ from qpeft.tables.write import by_preset, file_stem, to_markdown
 
 HEAD_ONLY = "head_only"
 FRONTIER_PREFIX = "frontier"
+# presets with a page of their own (qpeft.claim: <tables>/<preset>_claims.md), and what their rows here are
+CLAIM_PRESETS = {
+    "claim_minilm": "Every run of the study is a row here, every lr it tried included; its lrs are chosen on the "
+    "held-out slice, never on these dev scores.",
+    "claim_gpu_sst2": "Every point ran at the one shared lr: nothing was chosen.",
+}
 MAX_LABELS = 12  # a score-against-parameters panel names its points only up to this many (the rest: markers)
 # Grayscale styles per adapter method: marker and line style carry the difference, not colour.
 METHOD_STYLE = {
@@ -476,6 +482,13 @@ def build_report(
         efficiency_figure(table, seeds, g.records, f"{g.preset}: score against adapter parameters", eff)
         written += [dots, eff]
         lines += [to_markdown(table, heading=f"## {g.preset}").rstrip("\n"), ""]
+        if g.preset in CLAIM_PRESETS:
+            page = Path(tables) / f"{g.preset}_claims.md"
+            lines += [
+                f"{CLAIM_PRESETS[g.preset]} Its claims are judged with their intervals on its own page "
+                f"(`python -m qpeft.claim`): [{page.name}]({_rel(page, here)}).",
+                "",
+            ]
         if g.variants:
             lines += [
                 f"Rows are labelled `<subfolder>/<adapter_tag>`: the subfolders of `{g.preset}` hold runs of "
