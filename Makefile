@@ -47,7 +47,7 @@ report: install  ## results/report.md and results/figures/report/: every preset 
 frontier: install  ## the accuracy-per-parameter study (experiment=frontier_minilm and its lr grids, ~8 h on 2 cores, resumable) + figures
 	PY=$(PY) bash scripts/frontier_workers.sh
 
-claim: install  ## the paper's claim at 1,000 steps (experiment=claim_minilm, ~13 h on 2 cores, resumable) + table, figures
+claim: install  ## the paper's claim at 1,000 steps (experiment=claim_minilm, ~20 h on 2 cores, resumable) + table, figures
 	PY=$(PY) bash scripts/claim_workers.sh
 
 params: install  ## results/tables/params.{md,tex} and results/figures/param_scaling.png (meta, no weights)
