@@ -282,3 +282,14 @@ def test_readme_states_what_the_committed_claim_records_give(tmp_path):
     other.write_text(f"top\n{claim.README_BEGIN}\nold\n{claim.README_END}\nbottom\n")
     assert claim.update_readme(other, block)
     assert other.read_text() == f"top\n{block}\nbottom\n"
+
+
+def test_a_missing_frontier_records_folder_is_named(tmp_path, capsys):
+    write(tmp_path, "sst2", "lora_r1", 8e-4, 0, 80.0)
+    argv = ["--records", str(tmp_path), "--tables", str(tmp_path / "t"), "--figures", str(tmp_path / "f")]
+    assert claim.main([*argv, "--frontier-records", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("qpeft error: --frontier-records ") and "no such folder" in err[0]
+    )
+    assert not (tmp_path / "t").exists()  # nothing written

@@ -204,16 +204,18 @@ def pending(runs: list[Run]) -> list[str]:
     runs first, so that a partial study answers whole claims: the claim points' grids and seeds with the standard
     head (point by point, both tasks), then their linear-head runs, then the other points."""
     claim_points = [DEFAULT] + [b for _, b in CLAIMS]
-    order = list(POINTS)
+
+    def rank(c: Choice, backbone: str) -> tuple:
+        return (c.setting not in claim_points, backbone == LINEAR, list(POINTS).index(c.setting), c.task)
+
     out: list[tuple[tuple, str]] = []
     for c in choices(runs):
-        rank = (c.setting not in claim_points, order.index(c.setting), c.task)
         if c.chosen is None:
             by_lr: dict[float, list[int]] = {}
             for lr, seed in c.missing:
                 by_lr.setdefault(lr, []).append(seed)
             out += [
-                ((rank[0], 0, *rank[1:]), _args(c.task, c.setting, lr, seeds))
+                (rank(c, STANDARD), _args(c.task, c.setting, lr, seeds))
                 for lr, seeds in sorted(by_lr.items())
             ]
             continue
@@ -222,9 +224,8 @@ def pending(runs: list[Run]) -> list[str]:
             done = {r.seed for r in at_choice(runs, c, backbone)}
             seeds = [s for s in range(n) if s not in done]
             if seeds:
-                key = (rank[0], backbone == LINEAR, *rank[1:])
-                out.append((key, _args(c.task, c.setting, c.chosen, seeds, backbone)))
-    return [line for _, line in sorted(out, key=lambda item: item[0])]
+                out.append((rank(c, backbone), _args(c.task, c.setting, c.chosen, seeds, backbone)))
+    return [line for _, line in sorted(out, key=lambda item: item[0])]  # stable: lrs stay in order
 
 
 def runs_left(runs: list[Run]) -> list[tuple[str, str, int]]:
@@ -268,6 +269,14 @@ def eta_lines(runs: list[Run]) -> list[str]:
         f"at least {n} runs left{tail}; about {total / 60:.1f} worker-hours at the median wall times above"
     )
     return lines
+
+
+def chosen_runs(
+    runs: list[Run], cs: list[Choice], task: str, setting: str, backbone: str = STANDARD
+) -> list[Run]:
+    """The runs of `setting` on `task` at its chosen lr (none while the rule still asks for runs)."""
+    c = next((c for c in cs if (c.task, c.setting) == (task, setting)), None)
+    return at_choice(runs, c, backbone) if c is not None else []
 
 
 def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
@@ -458,14 +467,12 @@ README_END = "<!-- /claim_minilm -->"
 def readme_block(runs: list[Run], cs: list[Choice]) -> str:
     """README's summary of the claims (standard head): each pair's dev gap on each task with its 95% Welch
     interval and verdict, or `pending`, and how many runs the study still needs."""
-    by = {(c.task, c.setting): c for c in cs}
     tasks = sorted({c.task for c in cs})
     rows = []
     for a, b in CLAIMS:
         cells, ratio = [], ""
         for task in tasks:
-            ra = at_choice(runs, by[(task, a)], STANDARD) if (task, a) in by else []
-            rb = at_choice(runs, by[(task, b)], STANDARD) if (task, b) in by else []
+            ra, rb = chosen_runs(runs, cs, task, a), chosen_runs(runs, cs, task, b)
             gap = welch([r.dev for r in ra], [r.dev for r in rb])
             if gap.verdict == "?":
                 cells.append(f"pending ({len(ra)}/{len(rb)} seeds)")
@@ -524,7 +531,6 @@ def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed
     from qpeft import frontier
 
     points = frontier.collect(frontier.preset_records(frontier_root, FRONTIER_PRESET))
-    by = {(c.task, c.setting): c for c in cs}
     tasks = {r.task for r in runs}
     rows = []
     for f in frontier.comparisons(points, frontier.chosen_lrs(points)):
@@ -534,8 +540,7 @@ def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed
         then = f"{f.dev.text()} {f.dev.verdict}"
         here, outcome = "", "not run here"
         if a in POINTS and b in POINTS:
-            ra = at_choice(runs, by[(f.task, a)], STANDARD) if (f.task, a) in by else []
-            rb = at_choice(runs, by[(f.task, b)], STANDARD) if (f.task, b) in by else []
+            ra, rb = chosen_runs(runs, cs, f.task, a), chosen_runs(runs, cs, f.task, b)
             gap = welch([r.dev for r in ra], [r.dev for r in rb])
             if gap.verdict == "?":  # the study's rule still asks for runs; a one-lr preset ran what it ran
                 here, outcome = f"{len(ra)}/{len(rb)} seeds", "too few seeds" if fixed else "pending"
@@ -641,10 +646,12 @@ def build(
     figures: Path | None,
     preset: str = PRESET,
     frontier_root: Path | None = None,
+    readme: Path | None = None,
 ) -> list[Path]:
     """`results/tables/<preset>_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
     study's records under `records_root`; with `frontier_root` (the 126-step frontier's records), which of its
-    conclusions held. `<preset>.md` is `make tables`' own layout of the same records."""
+    conclusions held; with `readme`, the claims table between its markers (the study itself only).
+    `<preset>.md` is `make tables`' own layout of the same records."""
     runs, records = load(records_root, preset)
     cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
     lines, csv = tables_of(runs, records, cs, preset)
@@ -662,6 +669,8 @@ def build(
     md, csv_path = tables / f"{preset}_claims.md", tables / f"{preset}_claims.csv"
     md.write_text("\n".join(lines), encoding="utf-8")
     csv_path.write_text(csv, encoding="utf-8")
+    if readme is not None and preset == PRESET and update_readme(readme, readme_block(runs, cs)):
+        written.append(readme)
     return [md, csv_path, *written]
 
 
@@ -699,6 +708,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         frontier_root = Path(args.frontier_records) if args.frontier_records else None
+        if frontier_root is not None and not frontier_root.is_dir():
+            raise QpeftError(
+                f"--frontier-records {frontier_root}: no such folder (the 126-step frontier's records; "
+                "'' leaves the section out)"
+            )
         for path in build(root, Path(args.tables), Path(args.figures), args.preset, frontier_root):
             print(path)
     except QpeftError as e:

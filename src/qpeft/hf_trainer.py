@@ -67,11 +67,13 @@ TRAINABLE_FILE = "qpeft_trainable.safetensors"  # a Quantum-PEFT checkpoint's tr
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable parameter, and the adapter's buffers (masks and their scores), by state-dict key."""
+    from qpeft.tuner.hub import HUB
+
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
-        if k in names or ".qpeft_hub." in k
+        if k in names or f".{HUB}." in k
     }
 
 

@@ -25,7 +25,7 @@ from qpeft.adapters import in_head, target_modules
 from qpeft.errors import QpeftError
 from qpeft.tuner import QuantumLinear, QuantumModel
 from qpeft.tuner.config import QuantumConfigError
-from qpeft.tuner.hub import QuantumHub
+from qpeft.tuner.hub import HUB, QuantumHub
 from qpeft.tuner.state import QuantumAdapterState
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     On the meta device: zeros of the right shapes and dtypes (what a size needs)."""
     hub = _hub(model)
     sd = {  # the adapter's state alone (peft's would add nothing else: no modules_to_save, no bias)
-        f"base_model.qpeft_hub.{k}": torch.zeros(v.shape, dtype=v.dtype) if v.is_meta else v
+        f"base_model.{HUB}.{k}": torch.zeros(v.shape, dtype=v.dtype) if v.is_meta else v
         for k, v in hub.state_dict().items()
     }
     sd = get_peft_model_state_dict(model, state_dict=sd, adapter_name=ADAPTER)
@@ -168,7 +168,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:
     """Load an adapter_state_dict into a model prepared by apply() with the same settings and targets."""
     result = set_peft_model_state_dict(model, sd, adapter_name=ADAPTER)
-    missing = [k for k in result.missing_keys if ".qpeft_hub." in k]
+    missing = [k for k in result.missing_keys if f".{HUB}." in k]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"adapter state does not fit this model: missing {missing}, unexpected {result.unexpected_keys}"

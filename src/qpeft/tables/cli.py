@@ -47,19 +47,14 @@ def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
     from qpeft import claim
 
     have = {r.experiment for _, r in records}
+    frontier_root = records_root / claim.FRONTIER_PRESET  # its comparisons are judged again, where committed
+    frontier_root = frontier_root if frontier_root.is_dir() else None
+    readme = Path("README.md")  # the claims table, from the committed records only
+    readme = readme if records_root == COMMITTED and readme.is_file() else None
     written = []
     for preset in [claim.PRESET, *claim.FIXED_LR_PRESETS]:
         if preset in have:
-            frontier_root = records_root / claim.FRONTIER_PRESET
-            frontier_root = (
-                frontier_root if frontier_root.is_dir() else None
-            )  # its comparisons, where committed
-            written += claim.build(records_root / preset, out, None, preset, frontier_root)
-    readme = Path("README.md")
-    if claim.PRESET in have and records_root == COMMITTED and readme.is_file():
-        runs, _ = claim.load(records_root / claim.PRESET)
-        if claim.update_readme(readme, claim.readme_block(runs, claim.choices(runs))):
-            written.append(readme)
+            written += claim.build(records_root / preset, out, None, preset, frontier_root, readme)
     return written
 
 
