@@ -268,19 +268,21 @@ def test_pending_asks_for_the_claims_first(tmp_path, capsys):
     assert all("minilm_l6_linear" in line for line in lines[linear : first("quantum_k64")])
 
 
-def test_readme_states_what_the_committed_claim_records_give(tmp_path):
-    """README's claim table is the one the committed records give (`make tables` rewrites it); a README without
-    the markers is left alone."""
+def test_readme_and_docs_state_what_the_committed_claim_records_give(tmp_path):
+    """README's and docs/claim.md's claim summary is the one the committed records give (`make tables` rewrites
+    it); a file without the markers is left alone."""
     repo = Path(__file__).resolve().parent.parent
     runs, _ = claim.load(repo / "results/records/claim_minilm")
-    block = claim.readme_block(runs, claim.choices(runs))
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    assert block in readme, "README.md's claim table is stale: run `make tables`"
+    block = claim.summary_block(runs, claim.choices(runs))
+    assert len(claim.SUMMARY_FILES) == 2
+    for path in claim.SUMMARY_FILES:
+        text = (repo / path).read_text(encoding="utf-8")
+        assert block in text, f"{path}'s claim summary is stale: run `make tables`"
     other = tmp_path / "README.md"
     other.write_text("# no markers\n")
-    assert not claim.update_readme(other, block) and other.read_text() == "# no markers\n"
-    other.write_text(f"top\n{claim.README_BEGIN}\nold\n{claim.README_END}\nbottom\n")
-    assert claim.update_readme(other, block)
+    assert not claim.write_summary(other, block) and other.read_text() == "# no markers\n"
+    other.write_text(f"top\n{claim.SUMMARY_BEGIN}\nold\n{claim.SUMMARY_END}\nbottom\n")
+    assert claim.write_summary(other, block)
     assert other.read_text() == f"top\n{block}\nbottom\n"
 
 

@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -458,15 +459,16 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
     ]
 
 
-README_BEGIN = (
-    "<!-- claim_minilm: written by `make tables` (qpeft.claim.readme_block) from the committed records -->"
+SUMMARY_BEGIN = (
+    "<!-- claim_minilm: written by `make tables` (qpeft.claim.summary_block) from the committed records -->"
 )
-README_END = "<!-- /claim_minilm -->"
+SUMMARY_END = "<!-- /claim_minilm -->"
+SUMMARY_FILES = (Path("README.md"), Path("docs/claim.md"))  # where `make tables` keeps the summary current
 
 
-def readme_block(runs: list[Run], cs: list[Choice]) -> str:
-    """README's summary of the claims (standard head): each pair's dev gap on each task with its 95% Welch
-    interval and verdict, or `pending`, and how many runs the study still needs."""
+def summary_block(runs: list[Run], cs: list[Choice]) -> str:
+    """The claims' summary that README and docs/claim.md carry (standard head): each pair's dev gap on each
+    task with its 95% Welch interval and verdict, or `pending`, and how many runs the study still needs."""
     tasks = sorted({c.task for c in cs})
     rows = []
     for a, b in CLAIMS:
@@ -491,7 +493,7 @@ def readme_block(runs: list[Run], cs: list[Choice]) -> str:
     ]
     return "\n".join(
         [
-            README_BEGIN,
+            SUMMARY_BEGIN,
             "",
             markdown(headers, rows, align="lr" + "l" * len(tasks)).rstrip("\n"),
             "",
@@ -504,21 +506,21 @@ def readme_block(runs: list[Run], cs: list[Choice]) -> str:
                 break_on_hyphens=False,
             ),
             "",
-            README_END,
+            SUMMARY_END,
         ]
     )
 
 
-def update_readme(readme: Path, block: str) -> bool:
-    """Put `block` between README's markers; False (nothing written) where README has none."""
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
+def write_summary(path: Path, block: str) -> bool:
+    """Put `block` between the file's markers; False (nothing written) where it has none."""
+    text = path.read_text(encoding="utf-8")
+    if SUMMARY_BEGIN not in text or SUMMARY_END not in text:
         return False
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    head, rest = text.split(SUMMARY_BEGIN, 1)
+    _, tail = rest.split(SUMMARY_END, 1)
     new = head + block + tail
     if new != text:
-        readme.write_text(new, encoding="utf-8")
+        path.write_text(new, encoding="utf-8")
     return True
 
 
@@ -646,11 +648,12 @@ def build(
     figures: Path | None,
     preset: str = PRESET,
     frontier_root: Path | None = None,
-    readme: Path | None = None,
+    summaries: Sequence[Path] = (),
 ) -> list[Path]:
     """`results/tables/<preset>_claims.{md,csv}` (and with `figures`, the learning-curve figures) from the
     study's records under `records_root`; with `frontier_root` (the 126-step frontier's records), which of its
-    conclusions held; with `readme`, the claims table between its markers (the study itself only).
+    conclusions held; into each of `summaries` (README, docs/claim.md), the claims' summary between its markers
+    (the study itself only).
     `<preset>.md` is `make tables`' own layout of the same records."""
     runs, records = load(records_root, preset)
     cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
@@ -669,8 +672,9 @@ def build(
     md, csv_path = tables / f"{preset}_claims.md", tables / f"{preset}_claims.csv"
     md.write_text("\n".join(lines), encoding="utf-8")
     csv_path.write_text(csv, encoding="utf-8")
-    if readme is not None and preset == PRESET and update_readme(readme, readme_block(runs, cs)):
-        written.append(readme)
+    if preset == PRESET:
+        block = summary_block(runs, cs)
+        written += [path for path in summaries if write_summary(path, block)]
     return [md, csv_path, *written]
 
 

@@ -49,12 +49,12 @@ def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
     have = {r.experiment for _, r in records}
     frontier_root = records_root / claim.FRONTIER_PRESET  # its comparisons are judged again, where committed
     frontier_root = frontier_root if frontier_root.is_dir() else None
-    readme = Path("README.md")  # the claims table, from the committed records only
-    readme = readme if records_root == COMMITTED and readme.is_file() else None
+    # README's and docs/claim.md's summary of the claims, from the committed records only
+    summaries = [p for p in claim.SUMMARY_FILES if p.is_file()] if records_root == COMMITTED else []
     written = []
     for preset in [claim.PRESET, *claim.FIXED_LR_PRESETS]:
         if preset in have:
-            written += claim.build(records_root / preset, out, None, preset, frontier_root, readme)
+            written += claim.build(records_root / preset, out, None, preset, frontier_root, summaries)
     return written
 
 
