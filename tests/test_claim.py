@@ -207,6 +207,14 @@ def test_which_frontier_conclusions_held(tmp_path):
     )
     assert "| SST-2 | `quantum_kfull_l1_ws - vera_r64` |" in section and "| not run here |" in section
     assert "`quantum_kfull_l1_ws - lora_r1`" in section and "| 3/0 seeds | pending |" in section
+    # the summary README and docs/claim.md carry says the same in one sentence
+    runs, _ = claim.load(study)
+    judgements = claim.frontier_judgements(runs, claim.choices(runs), frontier_root)
+    sentence = " ".join(claim.summary_block(runs, claim.choices(runs), judgements).split())
+    assert (
+        "Of the 126-step frontier's 3 stated conclusions on these tasks, 0 held, 1 did not hold (SST-2 "
+        "`quantum_kfull_l1_ws - lora_r8` level); 1 wait for runs and 1 compare settings this study does not run"
+    ) in sentence
     # without the frontier's records the page has no such section
     claim.build(study, tmp_path / "tables", None)
     assert "126-step" not in (tmp_path / "tables" / "claim_minilm_claims.md").read_text()
@@ -273,7 +281,10 @@ def test_readme_and_docs_state_what_the_committed_claim_records_give(tmp_path):
     it); a file without the markers is left alone."""
     repo = Path(__file__).resolve().parent.parent
     runs, _ = claim.load(repo / "results/records/claim_minilm")
-    block = claim.summary_block(runs, claim.choices(runs))
+    cs = claim.choices(runs)
+    block = claim.summary_block(
+        runs, cs, claim.frontier_judgements(runs, cs, repo / "results/records/frontier_minilm")
+    )
     assert len(claim.SUMMARY_FILES) == 2
     for path in claim.SUMMARY_FILES:
         text = (repo / path).read_text(encoding="utf-8")

@@ -466,7 +466,7 @@ SUMMARY_END = "<!-- /claim_minilm -->"
 SUMMARY_FILES = (Path("README.md"), Path("docs/claim.md"))  # where `make tables` keeps the summary current
 
 
-def summary_block(runs: list[Run], cs: list[Choice]) -> str:
+def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgement] = ()) -> str:
     """The claims' summary that README and docs/claim.md carry (standard head): each pair's dev gap on each
     task with its 95% Welch interval and verdict, or `pending`, and how many runs the study still needs."""
     tasks = sorted({c.task for c in cs})
@@ -501,7 +501,8 @@ def summary_block(runs: list[Run], cs: list[Choice]) -> str:
                 f"From {len(runs)} runs of `results/records/claim_minilm` ({status}). Gap: the default minus the "
                 "other point, dev x100, each at its held-out lr, with its 95% Welch interval over seeds; `level` "
                 "where it holds zero. `its ... params`: the other point's count over the default's. The study's "
-                "page: `results/tables/claim_minilm_claims.md`.",
+                "page: `results/tables/claim_minilm_claims.md`."
+                + (f" {held_sentence(list(judgements))}" if judgements else ""),
                 width=115,
                 break_on_hyphens=False,
             ),
@@ -524,7 +525,22 @@ def write_summary(path: Path, block: str) -> bool:
     return True
 
 
-def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class Judgement:
+    """One comparison docs/frontier.md states, judged again here."""
+
+    task: str
+    setting: str  # the frontier's names (`quantum_kfull_l1_ws - lora_r8`)
+    against: str
+    then: str  # the 126-step gap with its interval and verdict
+    then_verdict: str
+    here: str  # this study's gap, or how many seeds each side has
+    outcome: str  # held / did not hold / not run here / pending / too few seeds
+
+
+def frontier_judgements(
+    runs: list[Run], cs: list[Choice], frontier_root: Path, fixed: bool = False
+) -> list[Judgement]:
     """Which of the 126-step frontier's comparisons held here: each pair's dev gap there (each side at its own
     held-out lr, qpeft.frontier) beside the same pair's dev gap here (at this study's choices, standard head).
     `held` where the verdicts agree (ahead, level or behind), `did not hold` where they differ; `not run here`
@@ -534,12 +550,11 @@ def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed
 
     points = frontier.collect(frontier.preset_records(frontier_root, FRONTIER_PRESET))
     tasks = {r.task for r in runs}
-    rows = []
+    out = []
     for f in frontier.comparisons(points, frontier.chosen_lrs(points)):
         if f.task not in tasks:
             continue
         a, b = (FRONTIER_SETTINGS.get(x, x) for x in (f.setting, f.against))
-        then = f"{f.dev.text()} {f.dev.verdict}"
         here, outcome = "", "not run here"
         if a in POINTS and b in POINTS:
             ra, rb = chosen_runs(runs, cs, f.task, a), chosen_runs(runs, cs, f.task, b)
@@ -548,11 +563,26 @@ def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed
                 here, outcome = f"{len(ra)}/{len(rb)} seeds", "too few seeds" if fixed else "pending"
             else:
                 here = f"{gap.text()} {gap.verdict} ({gap.n_a}/{gap.n_b} seeds)"
-                outcome = "held" if gap.verdict == f.dev.verdict else "**did not hold**"
-        label = f"{f.setting} - {f.against}"
-        rows.append([TASK_LABELS.get(f.task, f.task), f"`{label}`", then, here, outcome])
-    if not rows:
+                outcome = "held" if gap.verdict == f.dev.verdict else "did not hold"
+        then = f"{f.dev.text()} {f.dev.verdict}"
+        out.append(Judgement(f.task, f.setting, f.against, then, f.dev.verdict, here, outcome))
+    return out
+
+
+def frontier_lines(judgements: list[Judgement], fixed: bool = False) -> list[str]:
+    """The page's section on which of the 126-step frontier's conclusions held (`frontier_judgements`)."""
+    if not judgements:
         return []
+    rows = [
+        [
+            TASK_LABELS.get(j.task, j.task),
+            f"`{j.setting} - {j.against}`",
+            j.then,
+            j.here,
+            "**did not hold**" if j.outcome == "did not hold" else j.outcome,
+        ]
+        for j in judgements
+    ]
     at = (
         "at the one lr every point ran at (a point whose best lr lies elsewhere is judged off its best)"
         if fixed
@@ -570,6 +600,26 @@ def frontier_lines(runs: list[Run], cs: list[Choice], frontier_root: Path, fixed
         markdown(["task", "comparison", "126 steps", "here", "held?"], rows, align="lllll").rstrip("\n"),
         "",
     ]
+
+
+def held_sentence(judgements: list[Judgement]) -> str:
+    """One sentence for the summary: how many of the frontier's conclusions this study runs, and which held."""
+    judged = [j for j in judgements if j.outcome in ("held", "did not hold")]
+    waiting = sum(j.outcome in ("pending", "too few seeds") for j in judgements)
+    absent = sum(j.outcome == "not run here" for j in judgements)
+
+    def named(outcome: str) -> str:
+        picked = [j for j in judged if j.outcome == outcome]
+        names = "; ".join(
+            f"{TASK_LABELS.get(j.task, j.task)} `{j.setting} - {j.against}` {j.then_verdict}" for j in picked
+        )
+        return f"{len(picked)} {outcome}" + (f" ({names})" if picked else "")
+
+    return (
+        f"Of the 126-step frontier's {len(judgements)} stated conclusions on these tasks, {named('held')}, "
+        f"{named('did not hold')}; {waiting} wait for runs and {absent} compare settings this study does not run "
+        "(the page's last section)."
+    )
 
 
 def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> None:
@@ -658,8 +708,9 @@ def build(
     runs, records = load(records_root, preset)
     cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
     lines, csv = tables_of(runs, records, cs, preset)
-    if frontier_root is not None:
-        lines += frontier_lines(runs, cs, frontier_root, fixed=preset in FIXED_LR_PRESETS)
+    fixed = preset in FIXED_LR_PRESETS
+    judgements = [] if frontier_root is None else frontier_judgements(runs, cs, frontier_root, fixed)
+    lines += frontier_lines(judgements, fixed)
     written = []
     prefix = "claim" if preset == PRESET else preset
     for task in sorted({r.task for r in runs}):
@@ -673,7 +724,7 @@ def build(
     md.write_text("\n".join(lines), encoding="utf-8")
     csv_path.write_text(csv, encoding="utf-8")
     if preset == PRESET:
-        block = summary_block(runs, cs)
+        block = summary_block(runs, cs, judgements)
         written += [path for path in summaries if write_summary(path, block)]
     return [md, csv_path, *written]
 
