@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,14 +52,23 @@ def run_cli(args: list[str], timeout: int = 600, env: dict | None = None) -> sub
     )
 
 
-def tiny_bert(seed: int = 0) -> torch.nn.Module:
-    """configs/backbone/tiny_bert.yaml's shape (hidden 32, intermediate 64, 2 layers) with a small vocabulary,
-    no dropout, random weights from `seed`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def wait_for_checkpoint(
+    proc: subprocess.Popen, root: Path, poll_s: float = 0.2, limit_s: float = 300
+) -> None:
+    """Wait until a complete checkpoint (its trainer_state.json written last) is somewhere under `root`; fail if
+    `proc` ends or `limit_s` passes first (the runs that wait here are sized to outlast their first checkpoint)."""
+    deadline = time.time() + limit_s
+    while not list(root.rglob("checkpoint-*/trainer_state.json")):  # only the latest is kept
+        assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
+        time.sleep(poll_s)
 
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(
-        "bert",
+
+def tiny_bert_config():
+    """configs/backbone/tiny_bert.yaml's shape (hidden 32, intermediate 64, 2 layers) with a small vocabulary and
+    no dropout."""
+    from transformers import BertConfig
+
+    return BertConfig(
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=2,
@@ -68,7 +78,14 @@ def tiny_bert(seed: int = 0) -> torch.nn.Module:
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return AutoModelForSequenceClassification.from_config(cfg)
+
+
+def tiny_bert(seed: int = 0) -> torch.nn.Module:
+    """A BERT classifier of `tiny_bert_config()`'s shape, random weights from `seed`, in training mode."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_bert_config())
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
-from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli
+from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli, wait_for_checkpoint
 
 from qpeft.distributed import differing, state_digest
 from qpeft.run_folder import RunFolder
@@ -202,10 +201,7 @@ def test_killed_two_rank_run_resumes(glue_dir, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.time() + 300
-    while not list((tmp_path / "ddp").rglob("checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
-        time.sleep(0.2)
+    wait_for_checkpoint(proc, tmp_path / "ddp")
     # a preemption kills every process of the job: torchrun and its workers (which have sessions of their own)
     tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
     for pid in tree:

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli
+from conftest import GLUE_DIR, REPO, VTAB_DIR, run_cli, wait_for_checkpoint
 from safetensors.torch import load_file
 
 TINY = [
@@ -70,10 +69,7 @@ def test_killed_run_resumes_to_the_same_record(glue_dir, tmp_path, adapter):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.time() + 300
-    while not list((tmp_path / "pre").rglob("checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, "run ended or stalled before its checkpoint"
-        time.sleep(0.2)
+    wait_for_checkpoint(proc, tmp_path / "pre")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "pre").rglob("record.json")), "a killed run must leave no record"

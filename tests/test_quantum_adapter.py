@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_bert, tiny_bert_config
 from torch import nn
 
 from qpeft.adapters import adapter_params, get_method, settings_from_config
@@ -231,27 +232,11 @@ def test_one_simulation_per_dimension_not_per_matrix(monkeypatch):
         assert hub.num_simulations == 6
 
 
-def tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    conf = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    return BertForSequenceClassification(conf).eval()
-
-
 BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
 def test_tiny_bert():
-    base = tiny_bert()
+    base = tiny_bert().eval()
     model = qa.apply(copy.deepcopy(base), cfg(), BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
     g = torch.Generator().manual_seed(0)
     ids, labels = torch.randint(0, 100, (8, 12), generator=g), torch.randint(0, 2, (8,), generator=g)
@@ -446,9 +431,9 @@ def test_adapter_file_bytes_on_meta_equal_the_written_file(extra, tmp_path):
     from transformers import BertForSequenceClassification
 
     c = cfg(**extra)
-    real = qa.apply(tiny_bert(), c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
+    real = qa.apply(tiny_bert().eval(), c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
     with torch.device("meta"):
-        meta = BertForSequenceClassification(tiny_bert().config)
+        meta = BertForSequenceClassification(tiny_bert_config())
     meta = qa.apply(meta, c, BERT_TARGETS, ["classifier", "pooler"], total_steps=40)
     assert qa._state(meta).is_meta
     path = qa.save_adapter(real, tmp_path)

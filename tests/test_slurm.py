@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GLUE_DIR, REPO, wait_for_checkpoint
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 # Small enough for the single-node test cluster (2 CPUs); real clusters take the slurm.yaml defaults.
 LAUNCHER_ENV = {
     "QPEFT_SLURM_GPUS_PER_NODE": "0",
@@ -97,7 +96,7 @@ def qpeft_multirun(out: Path, overrides: list[str]) -> subprocess.Popen:
         "QPEFT_OUTPUT_DIR": str(out),
         "WANDB_MODE": "disabled",
         "HF_HUB_OFFLINE": "1",
-        "QPEFT_GLUE_DIR": os.environ.get("QPEFT_GLUE_DIR", str(GLUE_DIR)),
+        "QPEFT_GLUE_DIR": str(GLUE_DIR),
     }
     cmd = [sys.executable, "run.py", "-m", "hydra/launcher=slurm", *TINY, *overrides]
     return subprocess.Popen(
@@ -146,12 +145,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     (1,600 steps; 320 finished within the wait on an idle machine and left nothing to resume)."""
     out = tmp_path / "outputs"
     proc = qpeft_multirun(out, ["adapter=lora", "seed=0", "trainer.epochs=100", "trainer.save_steps=8"])
-    deadline = time.time() + 300
-    while not list(out.rglob("checkpoint-*/trainer_state.json")):  # only the latest is kept
-        assert proc.poll() is None and time.time() < deadline, (
-            "the job ended or stalled before its checkpoint"
-        )
-        time.sleep(0.5)
+    wait_for_checkpoint(proc, out, poll_s=0.5)
     job_id = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()[0]
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     log, _ = proc.communicate(timeout=600)

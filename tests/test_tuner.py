@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_bert, tiny_bert_config
 from peft import PeftModel, get_peft_model, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
@@ -787,7 +788,7 @@ def test_factored_linear_gradients_match_finite_differences(base):
 def test_inference_mode_under_autocast(rank):
     """inference_mode makes tensors without a version counter, which the shared input cast cannot check: the
     layers cast their own there, and give what no_grad gives."""
-    model = get_peft_model(tiny_bert(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
+    model = get_peft_model(tiny_bert().eval(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
     perturb(model)
     model.eval()
     ids, _ = bert_batch()
@@ -961,29 +962,6 @@ def test_low_rank_layers_save_less_than_lora_layers(rank):
 # real architectures
 
 
-def tiny_bert_config():
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-
-
-def tiny_bert():
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
-
-
 BERT_TARGETS = ["query", "key", "value", "dense"]
 
 
@@ -1019,7 +997,7 @@ def test_gradient_checkpointing(mapping, rank, fold, autocast):
     autocast the layers that read one input share its cast in the forward only."""
     ids, labels = bert_batch()
     config = QuantumConfig(r=rank, mapping=mapping, target_modules=BERT_TARGETS, fold=fold)
-    model = get_peft_model(tiny_bert(), config)
+    model = get_peft_model(tiny_bert().eval(), config)
     perturb(model)
     reference = bert_grads(model, ids, labels, autocast)
     inner = model.get_base_model()
@@ -1610,7 +1588,7 @@ def test_torch_compile_trains_as_eager_without_recompiling_each_step(rank, autoc
     runs = []
     for compiled in (False, True):
         torch._dynamo.reset()
-        model = get_peft_model(tiny_bert(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
+        model = get_peft_model(tiny_bert().eval(), QuantumConfig(r=rank, target_modules=BERT_TARGETS))
         perturb(model)
         call = torch.compile(model, backend="eager") if compiled else model
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
