@@ -118,6 +118,27 @@ def test_claims_carry_welch_intervals(tmp_path):
     assert json.dumps(csv)
 
 
+def test_claims_read_as_one_family(tmp_path):
+    """Each claim's per-gap verdict stays; beside it, the gaps read as one family of the 10 declared claims by
+    Holm's step-down: the smallest p against 0.05 / 10, the next against 0.05 / 9 (p-values from scipy)."""
+    default = [80.0, 81.0, 82.5, 80.5, 81.2]
+    lora_r8, lora_r1 = [83.0, 84.5, 83.2, 85.0, 83.9], [81.5, 83.0, 82.0, 84.0, 82.6]
+    p8, p1 = (stats.ttest_ind(default, x, equal_var=False).pvalue for x in (lora_r8, lora_r1))
+    assert p8 < 0.05 / 10 and 0.05 / 9 < p1 < 0.05  # behind both per gap; only r=8 survives the family
+    for setting, devs in [("quantum_kfull_l1_ws", default), ("lora_r8", lora_r8), ("lora_r1", lora_r1)]:
+        for lr, bonus in [(1.6e-4, -5), (8e-4, 0), (4e-3, -3)]:
+            for seed in range(5 if lr == 8e-4 else 2):
+                write(tmp_path, "sst2", setting, lr, seed, devs[seed] + bonus)
+    runs, records = claim.load(tmp_path)
+    text = "\n".join(claim.tables_of(runs, records, claim.choices(runs))[0])
+    assert "| **behind** | <0.001 | stands |" in text
+    assert f"| **behind** | {p1:.3f} | not family-wise |" in text
+    summary = " ".join(claim.summary_block(runs, claim.choices(runs)).split())
+    assert (
+        "the verdicts that stand: behind LoRA r=8 (SST-2); that do not: behind LoRA r=1 (SST-2)." in summary
+    )
+
+
 def test_a_record_of_another_setting_is_named(tmp_path):
     write(tmp_path, "sst2", "lora_r1", 8e-4, 0, 80.0)
     path = next(tmp_path.rglob("record.json"))

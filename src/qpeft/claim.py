@@ -30,7 +30,7 @@ import numpy as np
 from qpeft.errors import QpeftError
 from qpeft.frontier import TASK_LABELS
 from qpeft.records import Record
-from qpeft.stats import welch
+from qpeft.stats import Gap, holm, welch
 from qpeft.tables.load import load_records
 from qpeft.tables.render import csv_text, markdown
 
@@ -70,6 +70,7 @@ POINTS: dict[str, PointSpec] = {
     "fourierft_n100": PointSpec("FourierFT n=100", "frontier/fourierft_n100_alr", 3),
 }
 CLAIMS = [(DEFAULT, other) for other in ("lora_r1", "lora_r8", "lora_qv_r1", "vera_r256", "head_only")]
+FAMILY = len(CLAIMS) * len(TASKS)  # the claim gaps declared before the runs, read together by `family_wise`
 # the 126-step frontier's comparisons (qpeft.frontier.CLAIMS) are judged again on this study's points; its settings
 # are named the same here, except the paper's rule (the same config). Its other settings did not run here.
 FRONTIER_PRESET = "frontier_minilm"
@@ -306,6 +307,7 @@ def tables_of(
     """The study's markdown page and its CSV (one row per task, point and head)."""
     fixed = preset in FIXED_LR_PRESETS
     title = FIXED_LR_PRESETS.get(preset, "the paper's claim at 1,000 steps")
+    family = len(CLAIMS) * (len({r.task for r in runs}) if fixed else len(TASKS))  # the claims it declares
     command = "python -m qpeft.claim" + (f" --preset {preset}" if preset != PRESET else "")
     lines = [
         f"# {preset}: {title}",
@@ -398,7 +400,7 @@ def tables_of(
             ]
             lines += [f"## Points at {'the shared' if fixed else 'their chosen'} lr, head: {head_title}", ""]
             lines += [markdown(headers + ["code"], rows, align="lllrrrrll").rstrip("\n"), ""]
-        lines += claim_lines(runs, cs, backbone, head_title)
+        lines += claim_lines(runs, cs, backbone, head_title, family)
     heads = [
         "task",
         "point",
@@ -413,8 +415,21 @@ def tables_of(
     return lines, csv_text(heads, csv_rows)
 
 
-def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) -> list[str]:
-    rows = []
+def family_wise(gaps: list[Gap], family: int = FAMILY) -> list[str]:
+    """Each claim gap read as one of the `family` claim gaps declared before the runs (Holm's step-down,
+    family-wise 5%): `stands` where an ahead / behind verdict survives it, `not family-wise` where it does not, "" for a
+    level or undecided gap. A reading added after the runs began; the verdicts stay the per-gap ones."""
+    rejected = holm([g.p for g in gaps], family=family)
+    return [
+        ("stands" if r else "not family-wise") if g.verdict in ("ahead", "behind") else ""
+        for g, r in zip(gaps, rejected, strict=True)
+    ]
+
+
+def claim_lines(
+    runs: list[Run], cs: list[Choice], backbone: str, title: str, family: int = FAMILY
+) -> list[str]:
+    rows, gaps = [], []
     by = {(c.task, c.setting): c for c in cs}
     for task in sorted({r.task for r in runs}):
         for a, b in CLAIMS:
@@ -425,6 +440,7 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
                 continue
             dev = welch([r.dev for r in ra], [r.dev for r in rb])
             held = welch([r.heldout for r in ra], [r.heldout for r in rb])
+            gaps.append(dev)
             total_a = ra[0].adapter_params + ra[0].head_params
             total_b = rb[0].adapter_params + rb[0].head_params
             rows.append(
@@ -441,6 +457,8 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
             )
     if not rows:
         return []
+    for row, gap, reading in zip(rows, gaps, family_wise(gaps, family), strict=True):
+        row += ["" if math.isnan(gap.p) else f"{gap.p:.3f}" if gap.p >= 0.001 else "<0.001", reading]
     headers = [
         "task",
         "the default against",
@@ -448,13 +466,18 @@ def claim_lines(runs: list[Run], cs: list[Choice], backbone: str, title: str) ->
         "its trainable params",
         "dev gap [95% CI]",
     ]
-    headers += ["held-out gap [95% CI]", "seeds", "the default is"]
+    headers += ["held-out gap [95% CI]", "seeds", "the default is", "p", f"of {family} (Holm)"]
     return [
         f"### The claims, head: {title}",
         "",
-        "Gap: the default minus the other point. `its ... params`: the other point's count over the default's.",
+        "Gap: the default minus the other point. `its ... params`: the other point's count over the default's. "
+        "`the default is`: the verdict of the rule fixed before the runs, from each gap's own 95% interval. "
+        f"`of {family} (Holm)`: the same dev gaps read as one family of the {family} claims ({len(CLAIMS)} pairs on "
+        f"{family // len(CLAIMS)} task{'s' if family > len(CLAIMS) else ''}, the undecided ones counted as not rejected), Holm's step-down at "
+        "family-wise 5%; `stands` where an ahead / behind verdict survives it. This reading was added after the "
+        "runs began.",
         "",
-        markdown(headers, rows, align="llrrllrl").rstrip("\n"),
+        markdown(headers, rows, align="llrrllrlrl").rstrip("\n"),
         "",
     ]
 
@@ -470,12 +493,14 @@ def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgem
     """The claims' summary that README and docs/claim.md carry (standard head): each pair's dev gap on each
     task with its 95% Welch interval and verdict, or `pending`, and how many runs the study still needs."""
     tasks = sorted({c.task for c in cs})
-    rows = []
+    rows, gaps, named = [], [], []
     for a, b in CLAIMS:
         cells, ratio = [], ""
         for task in tasks:
             ra, rb = chosen_runs(runs, cs, task, a), chosen_runs(runs, cs, task, b)
             gap = welch([r.dev for r in ra], [r.dev for r in rb])
+            gaps.append(gap)
+            named.append(f"{gap.verdict} {POINTS[b].label} ({TASK_LABELS.get(task, task)})")
             if gap.verdict == "?":
                 cells.append(f"pending ({len(ra)}/{len(rb)} seeds)")
                 continue
@@ -484,6 +509,16 @@ def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgem
                 ratio = f"{rb[0].adapter_params / ra[0].adapter_params:.2f}x"
                 ratio += f" / {(rb[0].adapter_params + rb[0].head_params) / (ra[0].adapter_params + ra[0].head_params):.2f}x"
         rows.append([POINTS[b].label, ratio, *cells])
+    readings = family_wise(gaps)
+    stand = [n for n, r in zip(named, readings, strict=True) if r == "stands"]
+    fall = [n for n, r in zip(named, readings, strict=True) if r == "not family-wise"]
+    family = (
+        f" Read as one family of the study's {FAMILY} claims (Holm's step-down at family-wise 5%, a reading added "
+        f"after the runs began), the verdicts that stand: {', '.join(stand) or 'none'}; that do not: "
+        f"{', '.join(fall) or 'none'}."
+        if stand or fall
+        else ""
+    )
     left = sum(n for *_, n in runs_left(runs))
     status = f"the study is running: at least {left} runs to go" if left else "the study is complete"
     headers = [
@@ -502,6 +537,7 @@ def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgem
                 "other point, dev x100, each at its held-out lr, with its 95% Welch interval over seeds; `level` "
                 "where it holds zero. `its ... params`: the other point's count over the default's. The study's "
                 "page: `results/tables/claim_minilm_claims.md`."
+                + family
                 + (f" {held_sentence(list(judgements))}" if judgements else ""),
                 width=115,
                 break_on_hyphens=False,

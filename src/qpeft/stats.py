@@ -48,3 +48,20 @@ def welch(a: list[float], b: list[float], level: float = 0.95) -> Gap:
     test = stats.ttest_ind(x, y, equal_var=False)
     ci = test.confidence_interval(level)
     return Gap(diff, float(ci.low), float(ci.high), float(test.pvalue), len(x), len(y))
+
+
+def holm(pvalues: list[float], family: int | None = None, alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down: which hypotheses are rejected with the family-wise error kept at `alpha`. `family` is the
+    number of hypotheses the family was declared with (default: these); those not tested yet count as p = 1, and a
+    nan p-value (an undefined gap) is never rejected. The i-th smallest p is compared with alpha / (family - i)
+    (i from 0), stopping at the first that fails."""
+    family = len(pvalues) if family is None else family
+    if family < len(pvalues):
+        raise ValueError(f"family of {family} hypotheses, but {len(pvalues)} p-values")
+    order = sorted(range(len(pvalues)), key=lambda i: (math.isnan(pvalues[i]), pvalues[i]))
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if math.isnan(pvalues[i]) or pvalues[i] > alpha / (family - rank):
+            break
+        rejected[i] = True
+    return rejected
