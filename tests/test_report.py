@@ -227,19 +227,43 @@ def test_published_rows_join_their_preset(tmp_path):
     assert all(p.exists() for p in written)
 
 
-def test_labels_of_nearby_markers_are_stacked_not_drawn_over_each_other():
+def test_labels_are_drawn_over_neither_each_other_nor_other_markers():
     from qpeft.report import LABEL_PT, label_offsets
 
+    line, char, r = 1.3 * LABEL_PT, 0.6 * LABEL_PT, 3.0
+
+    def boxes(shown, offsets):
+        out = []
+        for (x, y, text), (dx, dy, ha) in zip(shown, offsets):
+            width = char * len(text)
+            left = x + dx if ha == "left" else x + dx - width
+            out.append((left, left + width, y + dy, y + dy + line))
+        return out
+
+    def cross(a, b):
+        return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
     # display positions in points: two markers at one x, 1 pt apart; one far away at the same height; one whose
-    # label would run past the axes' right edge at 400
+    # label would run past the axes' right edge at 400; one right above another's label spot
     shown = [(100.0, 50.0, "lr3/quantum_k8_l1"), (100.0, 51.0, "a128/quantum_k8_l1")]
-    shown += [(300.0, 50.0, "lora_r1"), (395.0, 80.0, "base/lora_r8")]
-    (dx0, dy0, ha0), (dx1, dy1, ha1), (dx2, dy2, _), (dx3, _, ha3) = label_offsets(shown, right=400.0)
-    line = 1.3 * LABEL_PT
-    assert (ha0, ha1, dx0, dx1) == ("left", "left", 3.0, 3.0)
-    assert (51.0 + dy1) - (50.0 + dy0) >= line - 1e-9  # the upper label is pushed a line above the lower
-    assert dy2 == dy0 == 2.0  # a marker whose label overlaps no other keeps its place
-    assert ha3 == "right" and dx3 == -3.0  # at the right edge the label sits to the marker's left
+    shown += [
+        (300.0, 50.0, "lora_r1"),
+        (395.0, 80.0, "base/lora_r8"),
+        (130.0, 10.0, "oft"),
+        (133.0, 16.0, "boft"),
+    ]
+    offsets = label_offsets(shown, right=400.0, ceiling=200.0, floor=0.0)
+    placed = boxes(shown, offsets)
+    for i, box in enumerate(placed):
+        assert 0.0 <= box[2] and box[3] <= 200.0 and box[1] <= 400.0
+        assert not any(cross(box, other) for j, other in enumerate(placed) if j != i), shown[i]
+        markers = [(x - r, x + r, y - r, y + r) for j, (x, y, _) in enumerate(shown) if j != i]
+        assert not any(cross(box, m) for m in markers), shown[i]
+    assert offsets[2] == (3.0, 2.0, "left")  # a marker whose label meets nothing keeps its place, above-right
+    assert offsets[3][2] == "right" and offsets[3][0] == -3.0  # at the right edge the label sits on the left
+    assert (
+        offsets[0] == (3.0, 2.0, "left") and offsets[1][1] < 0
+    )  # the upper of two close markers: below-right
 
     # under the axes' top (60) the upper of two labels at one height goes below its marker, not above the top
     (_, dy_low, _), (_, dy_high, _) = label_offsets(

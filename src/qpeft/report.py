@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from qpeft.records import Record
 from qpeft.tables import render
@@ -250,42 +251,61 @@ LABEL_PT = 5.5  # label font size; a label's line takes about 1.3x this, a chara
 
 
 def label_offsets(
-    points: list[tuple[float, float, str]], right: float, ceiling: float = math.inf
+    points: list[tuple[float, float, str]],
+    right: float,
+    ceiling: float = math.inf,
+    floor: float = -math.inf,
+    left: float = -math.inf,
+    marker: float = 3.0,
 ) -> list[tuple[float, float, str]]:
     """Offsets (points, from each marker) for labels of markers at display positions (x, y in points), lowest
-    marker first: each label sits above-right of its marker (above-left where it would run past `right`, the axes'
-    right edge) and is pushed up past any label already placed that it would overlap; one pushed past `ceiling`
-    (the axes' top) goes below its marker instead, pushed down past the labels there."""
+    marker first. Each label takes the first of these spots that overlaps no label already placed and no other
+    marker (a box of half-width `marker`) and stays between `floor` and `ceiling` (the axes' bottom and top):
+    above-right of its marker, below-right, above-left, below-left, then the same one line further out, up to
+    two lines (one side only where a label on the other would run past `right` or `left`, the axes' edges). Where
+    every spot is taken, the one that covers the fewest labels and markers."""
     line, char = 1.3 * LABEL_PT, 0.6 * LABEL_PT
-    placed: list[tuple[float, float, float]] = []  # (left end, right end, bottom) of each placed label
+    markers = [(x - marker, x + marker, y - marker, y + marker) for x, y, _ in points]
+    placed: list[tuple[float, float, float, float]] = []  # (left, right, bottom, top) of each placed label
     offsets: list[tuple[float, float, str]] = [(0.0, 0.0, "left")] * len(points)
 
-    def clear(start: float, end: float, bottom: float, step: float) -> float:
-        for a, b, c in sorted(placed, key=lambda box: box[2] * step):
-            if a < end and start < b and c - line < bottom < c + line:
-                bottom = c + step
-        return bottom
+    def box_of(spot: tuple[str, float, float, float]) -> tuple[float, float, float, float]:
+        return (spot[1], spot[2], spot[3], spot[3] + line)
+
+    def overlaps(box: tuple[float, float, float, float], others) -> bool:
+        return any(box[0] < o[1] and o[0] < box[1] and box[2] < o[3] and o[2] < box[3] for o in others)
 
     for i in sorted(range(len(points)), key=lambda i: points[i][1]):
         x, y, text = points[i]
         width = char * len(text)
-        ha = "right" if x + 3 + width > right else "left"
-        start, end = (x - 3 - width, x - 3) if ha == "right" else (x + 3, x + 3 + width)
-        bottom = clear(start, end, y + 2, line)
-        if bottom + line > ceiling:
-            bottom = clear(start, end, y - 2 - line, -line)
-        placed.append((start, end, bottom))
+        sides = [("left", x + 3, x + 3 + width), ("right", x - 3 - width, x - 3)]
+        sides = [side for side in sides if side[2] <= right and side[1] >= left] or sides[1:]
+        others = markers[:i] + markers[i + 1 :]
+        spots = [
+            (ha, start, end, bottom)
+            for k in range(3)  # nearest first: a label far from its marker names the wrong one
+            for ha, start, end in sides
+            for bottom in (y + 2 + k * line, y - 2 - (k + 1) * line)
+        ]
+        inside = [spot for spot in spots if floor <= spot[3] and spot[3] + line <= ceiling] or spots
+        obstacles = placed + others
+        # the nearest free spot; in a crowd, the one that covers the fewest labels and markers
+        spot = min(inside, key=lambda spot: sum(overlaps(box_of(spot), [o]) for o in obstacles))
+        ha, start, end, bottom = spot
+        placed.append((start, end, bottom, bottom + line))
         offsets[i] = ((-3.0 if ha == "right" else 3.0), bottom - y, ha)
     return offsets
 
 
 def place_labels(ax, points: list[tuple[float, float, str]]) -> None:
-    """Name each (x, y, label) marker on `ax` without labels drawn over each other (label_offsets)."""
+    """Name each (x, y, label) marker on `ax` without labels drawn over each other or over other markers
+    (label_offsets)."""
     ax.get_xlim(), ax.get_ylim()  # the data limits as drawn (autoscale is applied lazily)
     scale = 72.0 / ax.figure.dpi  # display pixels -> points
     shown = [(*(ax.transData.transform((x, y)) * scale), label) for x, y, label in points]
     right, ceiling = ax.transAxes.transform((1, 1)) * scale
-    for (x, y, label), (dx, dy, ha) in zip(points, label_offsets(shown, right, ceiling)):
+    left, floor = ax.transAxes.transform((0, 0)) * scale
+    for (x, y, label), (dx, dy, ha) in zip(points, label_offsets(shown, right, ceiling, floor, left)):
         ax.annotate(
             label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_PT, ha=ha, va="bottom"
         )
@@ -372,6 +392,9 @@ def efficiency_figure(
             )
             fronts.append((name.replace("\n", " "), [p[2] for p in front]))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(
+            NullFormatter()
+        )  # under a decade matplotlib labels minor ticks, over each other
         if len(points) <= MAX_LABELS:  # more labels would be drawn over each other
             labels.append((ax, [(p[0], p[3], p[5]) for p in points]))
         ax.set_title(name, fontsize=8)
