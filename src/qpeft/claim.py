@@ -417,8 +417,8 @@ def tables_of(
 
 def family_wise(gaps: list[Gap], family: int = FAMILY) -> list[str]:
     """Each claim gap read as one of the `family` claim gaps declared before the runs (Holm's step-down,
-    family-wise 5%): `stands` where an ahead / behind verdict survives it, `not family-wise` where it does not, "" for a
-    level or undecided gap. A reading added after the runs began; the verdicts stay the per-gap ones."""
+    family-wise 5%): `stands` where an ahead / behind verdict survives it, `not family-wise` where it does not,
+    "" for a level or undecided gap. A reading added after the runs began; the verdicts stay the per-gap ones."""
     rejected = holm([g.p for g in gaps], family=family)
     return [
         ("stands" if r else "not family-wise") if g.verdict in ("ahead", "behind") else ""
@@ -457,6 +457,7 @@ def claim_lines(
             )
     if not rows:
         return []
+    n_tasks = family // len(CLAIMS)
     for row, gap, reading in zip(rows, gaps, family_wise(gaps, family), strict=True):
         row += ["" if math.isnan(gap.p) else f"{gap.p:.3f}" if gap.p >= 0.001 else "<0.001", reading]
     headers = [
@@ -472,10 +473,10 @@ def claim_lines(
         "",
         "Gap: the default minus the other point. `its ... params`: the other point's count over the default's. "
         "`the default is`: the verdict of the rule fixed before the runs, from each gap's own 95% interval. "
-        f"`of {family} (Holm)`: the same dev gaps read as one family of the {family} claims ({len(CLAIMS)} pairs on "
-        f"{family // len(CLAIMS)} task{'s' if family > len(CLAIMS) else ''}, the undecided ones counted as not rejected), Holm's step-down at "
-        "family-wise 5%; `stands` where an ahead / behind verdict survives it. This reading was added after the "
-        "runs began.",
+        f"`of {family} (Holm)`: the same dev gaps read as one family of the {family} claims "
+        f"({len(CLAIMS)} pairs on {n_tasks} task{'s' if n_tasks > 1 else ''}, the undecided ones counted as not rejected), Holm's "
+        "step-down at family-wise 5%; `stands` where an ahead / behind verdict survives it. This reading was "
+        "added after the runs began.",
         "",
         markdown(headers, rows, align="llrrllrlrl").rstrip("\n"),
         "",
@@ -507,7 +508,8 @@ def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgem
             cells.append(f"{gap.text()} **{gap.verdict}** ({gap.n_a}/{gap.n_b} seeds)")
             if not ratio and ra[0].adapter_params:
                 ratio = f"{rb[0].adapter_params / ra[0].adapter_params:.2f}x"
-                ratio += f" / {(rb[0].adapter_params + rb[0].head_params) / (ra[0].adapter_params + ra[0].head_params):.2f}x"
+                total_a, total_b = (r[0].adapter_params + r[0].head_params for r in (ra, rb))
+                ratio += f" / {total_b / total_a:.2f}x"
         rows.append([POINTS[b].label, ratio, *cells])
     readings = family_wise(gaps)
     stand = [n for n, r in zip(named, readings, strict=True) if r == "stands"]
