@@ -70,6 +70,25 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+MODES = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "--info": "--info"}
+MODES |= {
+    "-r": "--run",
+    "--run": "--run",
+    "-sc": "--shell-completion",
+    "--shell-completion": "--shell-completion",
+}
+
+
+def check_mode(argv: list[str]) -> None:
+    """Hydra takes one mode at a time; two (`-m --cfg job`) would end in its traceback."""
+    modes = sorted({MODES[a] for a in argv if a in MODES})
+    if len(modes) > 1:
+        fail(
+            f"{' and '.join(modes)} together: give one (`python run.py --cfg job <settings>` prints one job's "
+            "config; `python scripts/jobs.py <settings>` lists a sweep's jobs)"
+        )
+
+
 def check_choices(argv: list[str]) -> None:
     """Stop on an unknown task/backbone/adapter/experiment name with the list of valid ones."""
     for arg in argv:
@@ -245,6 +264,7 @@ if __name__ == "__main__":
     if "--help" in args or "-h" in args:
         print_help()
         sys.exit(0)
+    check_mode(args)
     check_choices(args)
     if not any(a in args for a in ("--hydra-help", "--info", "--shell-completion", "-sc")):
         import qpeft.config  # noqa: F401  (registers the `protocol` resolver before Hydra composes)

@@ -191,6 +191,7 @@ LAUNCH = [
     (["-m", "hydra/launcher=slurm", "task=glue/sst2,glue/rte"], ["hydra/launcher=slurm", "sbatch"]),
     (["task=vtab/cifar10", "backbone=tiny_bert"], ["backbone=tiny_bert", "images"]),
     (["task=glue/sst2", "backbone=tiny_vit"], ["backbone=tiny_vit", "text"]),
+    (["-m", "--cfg", "job", "adapter=lora"], ["--cfg and --multirun", "jobs.py"]),  # Hydra takes one mode
 ]
 
 
