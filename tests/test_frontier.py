@@ -371,7 +371,12 @@ def test_comparisons_take_each_setting_at_its_chosen_lr_with_a_welch_interval():
     assert row[2].startswith("`lora_r8_alr0.00016`")
     ci = stats.ttest_ind([78, 79, 80], [76, 77, 76.5], equal_var=False).confidence_interval()
     assert row[3] == f"{79 - 76.5:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
-    assert row[-1] == ("ahead" if ci.low > 0 else "level")
+    assert row[7] == ("ahead" if ci.low > 0 else "level")
+    p = stats.ttest_ind([78, 79, 80], [76, 77, 76.5], equal_var=False).pvalue
+    # one task: a family of len(CLAIMS) comparisons, of which only this one ran; Holm's first step is Bonferroni's
+    assert row[8] == (
+        "" if ci.low <= 0 else "stands" if p <= 0.05 / len(frontier.CLAIMS) else "not family-wise"
+    )
 
 
 def test_the_figure_draws_each_family_once_at_its_heldout_best(tmp_path):

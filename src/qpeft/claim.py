@@ -30,7 +30,7 @@ import numpy as np
 from qpeft.errors import QpeftError
 from qpeft.frontier import TASK_LABELS
 from qpeft.records import Record
-from qpeft.stats import Gap, holm, welch
+from qpeft.stats import family_wise, welch
 from qpeft.tables.load import load_records
 from qpeft.tables.render import csv_text, markdown
 
@@ -415,17 +415,6 @@ def tables_of(
     return lines, csv_text(heads, csv_rows)
 
 
-def family_wise(gaps: list[Gap], family: int = FAMILY) -> list[str]:
-    """Each claim gap read as one of the `family` claim gaps declared before the runs (Holm's step-down,
-    family-wise 5%): `stands` where an ahead / behind verdict survives it, `not family-wise` where it does not,
-    "" for a level or undecided gap. A reading added after the runs began; the verdicts stay the per-gap ones."""
-    rejected = holm([g.p for g in gaps], family=family)
-    return [
-        ("stands" if r else "not family-wise") if g.verdict in ("ahead", "behind") else ""
-        for g, r in zip(gaps, rejected, strict=True)
-    ]
-
-
 def claim_lines(
     runs: list[Run], cs: list[Choice], backbone: str, title: str, family: int = FAMILY
 ) -> list[str]:
@@ -511,7 +500,7 @@ def summary_block(runs: list[Run], cs: list[Choice], judgements: Sequence[Judgem
                 total_a, total_b = (r[0].adapter_params + r[0].head_params for r in (ra, rb))
                 ratio += f" / {total_b / total_a:.2f}x"
         rows.append([POINTS[b].label, ratio, *cells])
-    readings = family_wise(gaps)
+    readings = family_wise(gaps, FAMILY)  # a reading added after the runs began; the verdicts stay per gap
     stand = [n for n, r in zip(named, readings, strict=True) if r == "stands"]
     fall = [n for n, r in zip(named, readings, strict=True) if r == "not family-wise"]
     family = (

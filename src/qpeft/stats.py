@@ -65,3 +65,14 @@ def holm(pvalues: list[float], family: int | None = None, alpha: float = 0.05) -
             break
         rejected[i] = True
     return rejected
+
+
+def family_wise(gaps: list[Gap], family: int | None = None, alpha: float = 0.05) -> list[str]:
+    """The gaps read as one family of `family` comparisons (Holm's step-down on their Welch p-values): `stands`
+    where an ahead / behind verdict survives it, `not family-wise` where it does not, "" for a level or undecided
+    gap."""
+    rejected = holm([g.p for g in gaps], family, alpha)
+    return [
+        ("stands" if r else "not family-wise") if g.verdict in ("ahead", "behind") else ""
+        for g, r in zip(gaps, rejected, strict=True)
+    ]
