@@ -327,3 +327,46 @@ def test_a_missing_frontier_records_folder_is_named(tmp_path, capsys):
         len(err) == 1 and err[0].startswith("qpeft error: --frontier-records ") and "no such folder" in err[0]
     )
     assert not (tmp_path / "t").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "setting,lr,backbone",
+    [
+        ("lora_qv_r1", 1.6e-4, "minilm_l6"),
+        ("head_only", 2e-2, "minilm_l6_linear"),
+        ("quantum_k8_l1_paper", 3.2e-5, "minilm_l6"),
+    ],
+)
+def test_a_pending_runs_folder_is_the_one_run_py_makes(setting, lr, backbone, tmp_path):
+    """`--next` looks for a run's lock where run.py puts the run: the folder the composed config names."""
+    from conftest import compose_cfg
+
+    p = claim.Pending("stsb", setting, lr, (3,), backbone)
+    args = p.args().split()[2:]  # past `run.py -m`
+    cfg = compose_cfg([*args, f"output_root={tmp_path}"])
+    assert str(p.run_dir(tmp_path / "claim_minilm", 3)) == str(cfg.run_dir)
+
+
+def test_next_skips_the_runs_another_worker_holds(tmp_path):
+    """Each worker of `make claim` takes the first run the rule asks for that no live process holds (its folder's
+    lock, as run.py takes it), one seed at a time; when all are taken, none."""
+    from qpeft.run_folder import RunFolder
+
+    for lr, held in [(1.6e-4, 80.0), (8e-4, 84.0), (4e-3, 82.0)]:
+        for seed in (0, 1):
+            write(tmp_path, "sst2", "lora_r1", lr, seed, held)
+    runs, _ = claim.load(tmp_path)
+    first = claim.pending_runs(runs)[0]  # the default's grid on SST-2 comes first
+    assert (first.task, first.setting, first.lr, first.seeds) == ("sst2", claim.DEFAULT, 1.6e-4, (0, 1))
+    assert claim.next_run(runs, tmp_path) == first.args([0])
+    taken = RunFolder(first.run_dir(tmp_path, 0))
+    assert taken.claim()  # another worker is running seed 0
+    assert claim.next_run(runs, tmp_path) == first.args([1])
+    other = RunFolder(first.run_dir(tmp_path, 1))
+    assert other.claim()
+    assert "adapter.adapter_lr=0.0008 seed=0" in claim.next_run(runs, tmp_path)
+    taken.release()  # its process ended (without a record): free again
+    assert claim.next_run(runs, tmp_path) == first.args([0])
+    other.release()
+    # a folder whose lock no one holds any more is free; so is one not made yet
+    assert not claim.held(first.run_dir(tmp_path, 1)) and not claim.held(tmp_path / "nowhere")

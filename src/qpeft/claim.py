@@ -17,6 +17,7 @@ runs. Without it: `results/tables/claim_minilm_claims.{md,csv}` and `results/fig
 from __future__ import annotations
 
 import argparse
+import fcntl
 import math
 import re
 import sys
@@ -201,33 +202,87 @@ def _args(task: str, setting: str, lr: float, seeds: list[int], backbone: str = 
     return line + (f" backbone={backbone}" if backbone != STANDARD else "")
 
 
-def pending(runs: list[Run]) -> list[str]:
-    """run.py's arguments for every run the rule still asks for (empty: the study is complete), the claims'
-    runs first, so that a partial study answers whole claims: the claim points' grids and seeds with the standard
-    head (point by point, both tasks), then their linear-head runs, then the other points."""
+@dataclass(frozen=True)
+class Pending:
+    """Runs the rule asks for: one point on one task at one lr, these seeds, this head."""
+
+    task: str
+    setting: str
+    lr: float
+    seeds: tuple[int, ...]
+    backbone: str = STANDARD
+
+    def args(self, seeds: Sequence[int] | None = None) -> str:
+        """run.py's arguments (a multirun over the seeds)."""
+        return _args(
+            self.task, self.setting, self.lr, list(self.seeds if seeds is None else seeds), self.backbone
+        )
+
+    def run_dir(self, root: Path, seed: int) -> Path:
+        """The run's folder under `root` (output_root/claim_minilm): the adapter tag is the setting, `_lr` (the
+        head alone) or `_alr`, and the lr as Hydra writes it."""
+        kind = "lr" if self.setting == "head_only" else "alr"
+        return (
+            root / self.task / self.backbone / f"{self.setting}_{kind}{float(f'{self.lr:g}')}" / f"seed{seed}"
+        )
+
+
+def pending_runs(runs: list[Run]) -> list[Pending]:
+    """Every run the rule still asks for (empty: the study is complete), the claims' runs first, so that a partial
+    study answers whole claims: the claim points' grids and seeds with the standard head (point by point, both
+    tasks), then their linear-head runs, then the other points."""
     claim_points = [DEFAULT] + [b for _, b in CLAIMS]
 
     def rank(c: Choice, backbone: str) -> tuple:
         return (c.setting not in claim_points, backbone == LINEAR, list(POINTS).index(c.setting), c.task)
 
-    out: list[tuple[tuple, str]] = []
+    out: list[tuple[tuple, Pending]] = []
     for c in choices(runs):
         if c.chosen is None:
             by_lr: dict[float, list[int]] = {}
             for lr, seed in c.missing:
                 by_lr.setdefault(lr, []).append(seed)
             out += [
-                (rank(c, STANDARD), _args(c.task, c.setting, lr, seeds))
+                (rank(c, STANDARD), Pending(c.task, c.setting, lr, tuple(seeds)))
                 for lr, seeds in sorted(by_lr.items())
             ]
             continue
         spec = POINTS[c.setting]
         for backbone, n in [(STANDARD, spec.seeds)] + [(LINEAR, 3)] * spec.linear:
             done = {r.seed for r in at_choice(runs, c, backbone)}
-            seeds = [s for s in range(n) if s not in done]
+            seeds = tuple(s for s in range(n) if s not in done)
             if seeds:
-                out.append((rank(c, backbone), _args(c.task, c.setting, c.chosen, seeds, backbone)))
-    return [line for _, line in sorted(out, key=lambda item: item[0])]  # stable: lrs stay in order
+                out.append((rank(c, backbone), Pending(c.task, c.setting, c.chosen, seeds, backbone)))
+    return [p for _, p in sorted(out, key=lambda item: item[0])]  # stable: lrs stay in order
+
+
+def pending(runs: list[Run]) -> list[str]:
+    """run.py's arguments for every run the rule still asks for, in `pending_runs`' order."""
+    return [p.args() for p in pending_runs(runs)]
+
+
+def held(run_dir: Path) -> bool:
+    """Whether a live process holds the run folder's lock (RunFolder.claim); a folder not made yet is free."""
+    lock = run_dir / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as handle:  # "a": opening must not touch what the holder wrote
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def next_run(runs: list[Run], root: Path) -> str | None:
+    """run.py's arguments for the first run the rule asks for that no other worker is running (one seed), or None
+    when every such run is taken (or none is left): what each worker of `make claim` takes next."""
+    for p in pending_runs(runs):
+        for seed in p.seeds:
+            if not held(p.run_dir(root, seed)):
+                return p.args([seed])
+    return None
 
 
 def runs_left(runs: list[Run]) -> list[tuple[str, str, int]]:
@@ -768,6 +823,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pending", action="store_true", help="only print the run.py arguments still to run")
     ap.add_argument(
+        "--next",
+        action="store_true",
+        help="only print the first run still to run that no other process is running (one seed; nothing if none)",
+    )
+    ap.add_argument(
         "--eta", action="store_true", help="only print how many runs are left and about how long they take"
     )
     ap.add_argument(
@@ -782,11 +842,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.eta:
             print("\n".join(eta_lines(load(root)[0])))
             return 0
-        if args.pending:
+        if args.pending or args.next:
             if args.preset != PRESET:
-                ap.error("--pending: only the study itself has an lr rule that asks for runs")
+                ap.error("--pending, --next: only the study itself has an lr rule that asks for runs")
             runs = load(root)[0] if root.exists() else []  # nothing ran yet: every grid
-            for line in pending(runs):
+            lines = pending(runs) if args.pending else [line for line in [next_run(runs, root)] if line]
+            for line in lines:
                 print(line)
             return 0
         frontier_root = Path(args.frontier_records) if args.frontier_records else None
