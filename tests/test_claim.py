@@ -370,3 +370,21 @@ def test_next_skips_the_runs_another_worker_holds(tmp_path):
     other.release()
     # a folder whose lock no one holds any more is free; so is one not made yet
     assert not claim.held(first.run_dir(tmp_path, 1)) and not claim.held(tmp_path / "nowhere")
+
+
+def test_next_and_pending_before_any_run_has_finished(tmp_path, capsys):
+    """The first worker's run makes the study's folder before it writes a record: the second worker, asking then,
+    gets the next grid run, not an error."""
+    from qpeft.run_folder import RunFolder
+
+    root = tmp_path / "claim_minilm"
+    assert claim.main(["--records", str(root), "--next"]) == 0  # no folder yet
+    first = capsys.readouterr().out.strip()
+    assert first.endswith("adapter.adapter_lr=0.00016 seed=0")
+    running = RunFolder(claim.pending_runs([])[0].run_dir(root, 0))
+    assert running.claim()  # the folder exists, no record in it
+    assert claim.main(["--records", str(root), "--next"]) == 0
+    assert capsys.readouterr().out.strip() == first.replace("seed=0", "seed=1")
+    assert claim.main(["--records", str(root), "--pending"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("adapter.adapter_lr=0.00016 seed=0,1")
+    running.release()

@@ -765,6 +765,15 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
     plt.close(fig)
 
 
+def finished_runs(records_root: Path, preset: str = PRESET) -> list[Run]:
+    """The study's finished runs under `records_root`; none where nothing has finished yet (the folder not made, or
+    made by the first runs, still going): the rule then asks for every grid."""
+    if not records_root.is_dir():
+        return []
+    records, _ = load_records([records_root])
+    return [to_run(r) for _, r in records if r.experiment == preset]
+
+
 def load(records_root: Path, preset: str = PRESET) -> tuple[list[Run], list[tuple[Path, Record]]]:
     records, _ = load_records([records_root])
     records = [(p, r) for p, r in records if r.experiment == preset]
@@ -845,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pending or args.next:
             if args.preset != PRESET:
                 ap.error("--pending, --next: only the study itself has an lr rule that asks for runs")
-            runs = load(root)[0] if root.exists() else []  # nothing ran yet: every grid
+            runs = finished_runs(root)
             lines = pending(runs) if args.pending else [line for line in [next_run(runs, root)] if line]
             for line in lines:
                 print(line)
