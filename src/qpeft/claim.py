@@ -765,18 +765,21 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
     plt.close(fig)
 
 
+def _study_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]:
+    records, _ = load_records([records_root])
+    return [(p, r) for p, r in records if r.experiment == preset]
+
+
 def finished_runs(records_root: Path, preset: str = PRESET) -> list[Run]:
     """The study's finished runs under `records_root`; none where nothing has finished yet (the folder not made, or
     made by the first runs, still going): the rule then asks for every grid."""
     if not records_root.is_dir():
         return []
-    records, _ = load_records([records_root])
-    return [to_run(r) for _, r in records if r.experiment == preset]
+    return [to_run(r) for _, r in _study_records(records_root, preset)]
 
 
 def load(records_root: Path, preset: str = PRESET) -> tuple[list[Run], list[tuple[Path, Record]]]:
-    records, _ = load_records([records_root])
-    records = [(p, r) for p, r in records if r.experiment == preset]
+    records = _study_records(records_root, preset)
     if not records:
         how = "scripts/gpu_claim.sh" if preset in FIXED_LR_PRESETS else "make claim"
         raise QpeftError(f"no records of experiment {preset} under {records_root}: run `{how}` first")
