@@ -149,6 +149,27 @@ def test_a_record_of_another_setting_is_named(tmp_path):
         claim.load(tmp_path)
 
 
+def test_a_figure_of_each_point_at_its_best_takes_the_chosen_lr_of_either_head(tmp_path):
+    """The report's score-against-parameters figure (records_at_choice): the runs at each point's chosen lr, both
+    heads; a point whose grid is unfinished contributes nothing."""
+    for seed in (0, 1):  # lora_r1: 8e-4 wins inside the grid
+        for lr, held in [(1.6e-4, 80.0), (8e-4, 83.0), (4e-3, 51.0)]:
+            write(tmp_path, "sst2", "lora_r1", lr, seed, held)
+        write(tmp_path, "sst2", "lora_r8", 8e-4, seed, 84.0)  # lora_r8: two grid lrs missing
+    write(tmp_path, "sst2", "lora_r1", 8e-4, 2, 83.5)
+    write(tmp_path, "sst2", "lora_r1", 8e-4, 0, 83.1, backbone="minilm_l6_linear")
+    write(tmp_path, "sst2", "lora_r1", 4e-3, 0, 51.0, backbone="minilm_l6_linear")  # not at the choice
+    _, records = claim.load(tmp_path)
+    kept = claim.records_at_choice(records)
+    got = sorted((r.adapter_tag, r.backbone, r.seed) for _, r in kept)
+    assert got == [
+        ("lora_r1_alr0.0008", "minilm_l6", 0),
+        ("lora_r1_alr0.0008", "minilm_l6", 1),
+        ("lora_r1_alr0.0008", "minilm_l6", 2),
+        ("lora_r1_alr0.0008", "minilm_l6_linear", 0),
+    ]
+
+
 def test_a_one_lr_preset_takes_each_point_at_its_lr_and_chooses_nothing(tmp_path):
     """claim_gpu_sst2 (scripts/gpu_claim.sh): the points at one shared lr; each is taken at that lr whatever the
     rule's grid would ask, points that did not run are left out, and a point run at two lrs is refused."""

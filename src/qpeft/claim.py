@@ -349,6 +349,21 @@ def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
     )
 
 
+def records_at_choice(
+    records: list[tuple[Path, Record]], preset: str = PRESET
+) -> list[tuple[Path, Record]]:
+    """The study's records of runs at their point's chosen lr (either head); none of a point whose lr the rule
+    has not chosen yet. What a figure of each point at its best draws (the report's score against parameters)."""
+    runs = [to_run(r) for _, r in records]
+    cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
+    chosen = {(c.task, c.setting): c.chosen for c in cs if c.chosen is not None}
+    return [
+        pair
+        for pair, run in zip(records, runs)
+        if (run.task, run.setting) in chosen and _same(run.lr, chosen[run.task, run.setting])
+    ]
+
+
 def _pm(values: list[float]) -> str:
     if not values:
         return ""
