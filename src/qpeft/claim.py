@@ -349,9 +349,7 @@ def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
     )
 
 
-def records_at_choice(
-    records: list[tuple[Path, Record]], preset: str = PRESET
-) -> list[tuple[Path, Record]]:
+def records_at_choice(records: list[tuple[Path, Record]], preset: str = PRESET) -> list[tuple[Path, Record]]:
     """The study's records of runs at their point's chosen lr (either head); none of a point whose lr the rule
     has not chosen yet. What a figure of each point at its best draws (the report's score against parameters)."""
     runs = [to_run(r) for _, r in records]

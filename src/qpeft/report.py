@@ -503,7 +503,8 @@ def build_report(
         dots = figures / f"{stem}_seeds.png"
         seed_figure(table, seeds, heads, f"{g.preset}: every method on every task, {_seed_note(table)}", dots)
         eff = figures / f"{stem}_params.png"
-        if g.preset in CLAIM_PRESETS:  # every grid lr would crowd it (collapsed runs too): each point at its best
+        # a claim study: each point at its best (every grid lr, collapsed runs too, would crowd it)
+        if g.preset in CLAIM_PRESETS:
             eff_title = _claim_efficiency(g, refs.get(g.preset, []), eff)
         else:
             eff_title = f"{g.preset}: score against adapter parameters"
