@@ -270,3 +270,25 @@ def test_labels_are_drawn_over_neither_each_other_nor_other_markers():
         [(100.0, 50.0, "a/quantum_k8_l1"), (100.0, 50.5, "b/quantum_k8_l1")], right=400.0, ceiling=60.0
     )
     assert 50.0 + dy_low + line <= 60.0 and dy_high < 0
+
+
+def test_the_legend_names_the_head_line_only_where_one_is_drawn(tmp_path, monkeypatch):
+    """Both figures of a preset list "head alone" in their legend iff its records have a head-only row."""
+    from matplotlib.figure import Figure
+
+    legends: dict[str, list[str]] = {}
+
+    def keep_legend(fig, path, **_):
+        legends[Path(path).name] = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+    monkeypatch.setattr(Figure, "savefig", keep_legend)
+    for seed in (0, 1):
+        put(tmp_path / "records", "with_head", "sst2", "lora_r8", "lora", seed, 0.80, 8000)
+        put(tmp_path / "records", "with_head", "sst2", "head_only", "head_only", seed, 0.60, 0)
+        put(tmp_path / "records", "no_head", "sst2", "lora_r8", "lora", seed, 0.80, 8000)
+    build(tmp_path, tmp_path / "records", bench=tmp_path / "none", tables=tmp_path / "none")
+    drawn = {name: any("head alone" in text for text in texts) for name, texts in legends.items()}
+    with_head = {name: v for name, v in drawn.items() if name.startswith("with_head")}
+    no_head = {name: v for name, v in drawn.items() if name.startswith("no_head")}
+    assert len(with_head) >= 2 and all(with_head.values()), drawn
+    assert len(no_head) >= 2 and not any(no_head.values()), drawn

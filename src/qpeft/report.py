@@ -136,6 +136,7 @@ def seed_figure(table: Table, seeds, head_tags: set[tuple[str, str]], title: str
     fig = Figure(figsize=(max(2.5 * n_cols + 1.6, 7.0), height * n_rows + 0.6))
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)).ravel()
     y_of = {i: len(table.rows) - 1 - i for i in range(len(table.rows))}  # first row on top
+    head_drawn = False
     for ax, (col, key, metric) in zip(axes, parts):
         here = seeds[seeds["key"] == key]
         for i, row in enumerate(table.rows):
@@ -166,6 +167,7 @@ def seed_figure(table: Table, seeds, head_tags: set[tuple[str, str]], title: str
                 )
             if (row.backbone, row.label) in head_tags and finite.size == values.size:
                 ax.axvline(values.mean(), color="0.25", linestyle="--", linewidth=1.0, zorder=1)
+                head_drawn = True
         ax.set_title(_panel_title(col, key, metric), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, axis="x", color="0.85", linewidth=0.6)
@@ -177,8 +179,9 @@ def seed_figure(table: Table, seeds, head_tags: set[tuple[str, str]], title: str
     handles = [
         Line2D([], [], marker="o", mfc="none", mec="0.35", linestyle="none", label="one seed"),
         Line2D([], [], marker="|", color="black", markersize=12, mew=2.2, linestyle="none", label="mean"),
-        Line2D([], [], color="0.25", linestyle="--", label="head alone (mean)"),
     ]
+    if head_drawn:
+        handles.append(Line2D([], [], color="0.25", linestyle="--", label="head alone (mean)"))
     if any(r.published for r in table.rows):
         handles.append(
             Line2D([], [], marker="*", color="black", linestyle="none", markersize=9, label="published")
@@ -339,6 +342,7 @@ def efficiency_figure(
     fronts = []
     methods_seen: dict[str | None, None] = {}
     labels = []  # (ax, its markers' (x, y, label)): placed once the layout has fixed the axes' size
+    head_drawn = False
     for ax, (name, key) in zip(axes, panels):
         points = efficiency_points(table, records, key)
         floor = [p for p in points if p[0] == 0]
@@ -370,6 +374,7 @@ def efficiency_figure(
                 )
         for point in floor:  # 0 adapter parameters: the head alone
             ax.axhline(point[3], color="0.25", linestyle="--", linewidth=1.0, zorder=0)
+            head_drawn = True
         for row in table.rows:  # published rows with a count and a number for this panel
             x = parse_count(row.params_text) if row.published else None
             value = row.printed.get(key) if key is not None else row.printed.get("avg")
@@ -417,7 +422,8 @@ def efficiency_figure(
         )
         for m in methods_seen
     ]
-    handles.append(Line2D([], [], color="0.25", linestyle="--", label="head alone"))
+    if head_drawn:
+        handles.append(Line2D([], [], color="0.25", linestyle="--", label="head alone"))
     if any(r.published for r in table.rows):
         handles.append(Line2D([], [], marker="*", color="black", linestyle="none", label="published"))
     if envelope:
