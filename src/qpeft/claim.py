@@ -336,17 +336,13 @@ def chosen_runs(
     return at_choice(runs, c, backbone) if c is not None else []
 
 
+def is_at_choice(run: Run, c: Choice) -> bool:
+    """Whether `run` is of `c`'s point and task (either head) at the lr its rule chose."""
+    return (run.task, run.setting) == (c.task, c.setting) and c.chosen is not None and _same(run.lr, c.chosen)
+
+
 def at_choice(runs: list[Run], c: Choice, backbone: str) -> list[Run]:
-    return sorted(
-        (
-            r
-            for r in runs
-            if (r.task, r.setting, r.backbone) == (c.task, c.setting, backbone)
-            and c.chosen is not None
-            and _same(r.lr, c.chosen)
-        ),
-        key=lambda r: r.seed,
-    )
+    return sorted((r for r in runs if r.backbone == backbone and is_at_choice(r, c)), key=lambda r: r.seed)
 
 
 def records_at_choice(records: list[tuple[Path, Record]], preset: str = PRESET) -> list[tuple[Path, Record]]:
@@ -354,11 +350,11 @@ def records_at_choice(records: list[tuple[Path, Record]], preset: str = PRESET) 
     has not chosen yet. What a figure of each point at its best draws (the report's score against parameters)."""
     runs = [to_run(r) for _, r in records]
     cs = fixed_choices(runs) if preset in FIXED_LR_PRESETS else choices(runs)
-    chosen = {(c.task, c.setting): c.chosen for c in cs if c.chosen is not None}
+    by_point = {(c.task, c.setting): c for c in cs}
     return [
         pair
         for pair, run in zip(records, runs)
-        if (run.task, run.setting) in chosen and _same(run.lr, chosen[run.task, run.setting])
+        if (c := by_point.get((run.task, run.setting))) is not None and is_at_choice(run, c)
     ]
 
 
