@@ -38,7 +38,7 @@ lint: install  ## ruff check + format check
 format: install  ## ruff fix + format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-tables: install  ## every committed table from results/records; your runs under outputs/ beside them, marked (yours), in outputs/tables
+tables: install  ## every committed table (and the claim curves) from results/records; your runs under outputs/ beside them, marked (yours), in outputs/tables
 	$(PY) -m qpeft.tables
 
 report: install  ## results/report.md and results/figures/report/: every preset from results/records, params, bench

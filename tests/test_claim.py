@@ -114,7 +114,11 @@ def test_claims_carry_welch_intervals(tmp_path):
     assert "**behind**" in text and ref.high < 0
     assert "| SST-2 | 500 | 0: 250, 1: 250 (seed 0) | 7 | 900 |" in text
     claim.curve_figure(runs, claim.choices(runs), "sst2", tmp_path / "c.png")
-    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "c.svg").exists()
+    digest = claim.curves_digest(claim.curves(runs, claim.choices(runs), "sst2"))
+    assert claim.figure_digest(tmp_path / "c.png") == digest and digest in (tmp_path / "c.svg").read_text()
+    write(tmp_path, "sst2", "lora_r8", 8e-4, 5, 84.0)  # one more seed: another figure
+    runs, _ = claim.load(tmp_path)
+    assert claim.curves_digest(claim.curves(runs, claim.choices(runs), "sst2")) != digest
     assert json.dumps(csv)
 
 

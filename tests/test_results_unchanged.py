@@ -21,20 +21,33 @@ COMMITTED = [
     for ext in ("md", "tex", "csv")
 ] + ["throughput.md", "throughput.csv", "frontier_minilm_points.md", "frontier_minilm_points.csv"]
 COMMITTED += [f"{stem}_claims.{ext}" for stem in ("claim_minilm", "claim_gpu_sst2") for ext in ("md", "csv")]
+# the claim study's learning curves, which `make tables` draws with its page
+CURVES = [
+    f"{stem}_curves.{ext}"
+    for stem in ("claim_sst2", "claim_stsb", "claim_gpu_sst2_sst2")
+    for ext in ("png", "svg")
+]
 
 
 def test_committed_tables_rebuild_byte_for_byte(tmp_path, monkeypatch):
     """`make tables` (python -m qpeft.tables, no arguments) on a fresh clone: every committed table again, from
-    results/records alone, byte for byte; no outputs/ needed and none written."""
+    results/records alone, byte for byte; no outputs/ needed and none written. The claim curves it draws show what
+    the committed ones show (the digest of their lines, in each PNG's metadata): a figure left from older records
+    fails here."""
+    from qpeft.claim import figure_digest
     from qpeft.tables import cli
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(cli, "YOURS_ROOT", tmp_path / "no_outputs")
-    assert cli.main(["--out", str(tmp_path / "tables")]) == 0
+    assert cli.main(["--out", str(tmp_path / "tables"), "--figures", str(tmp_path / "figures")]) == 0
     written = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert written == sorted(COMMITTED)
     for name in COMMITTED:
         assert (tmp_path / "tables" / name).read_bytes() == (TABLES / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(CURVES)
+    for name in [n for n in CURVES if n.endswith(".png")]:
+        drawn = figure_digest(tmp_path / "figures" / name)
+        assert drawn is not None and figure_digest(REPO / "results" / "figures" / name) == drawn, name
     assert sorted(p.name for p in TABLES.iterdir()) == sorted(COMMITTED + ["params.md", "params.tex"])
 
 

@@ -713,24 +713,25 @@ def held_sentence(judgements: list[Judgement]) -> str:
     )
 
 
-def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> None:
-    """The claim points' dev and held-out metric against the step (standard head, chosen lr): the mean over seeds
-    as a line, the range over seeds (lowest to highest) as a band, so an ordering that comes from early speed can be
-    told from one that holds at the end. Not a t-interval: with two or three seeds its half-width is 4-13 standard
-    errors and would cover the figure; the end-of-run gaps with their intervals are in the claims table."""
-    import matplotlib
+@dataclass(frozen=True)
+class Curve:
+    """One line of a learning-curve figure: a claim point's metric on one eval set against the step."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    setting: str
+    split: str  # "dev" or "held-out"
+    label: str
+    steps: tuple[int, ...]
+    means: tuple[float, ...]  # over seeds, x100
+    lows: tuple[float, ...]  # the lowest seed
+    highs: tuple[float, ...]  # the highest seed
 
-    from qpeft.frontier import LINE_COLOURS
 
+def curves(runs: list[Run], cs: list[Choice], task: str) -> list[Curve]:
+    """The claim points' dev and held-out curves on `task` (standard head, chosen lr), what curve_figure draws."""
     metric = {"sst2": "accuracy"}.get(task, "pearson_spearman")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
-    settings = [DEFAULT] + [b for _, b in CLAIMS]
-    for ax, suffix, name in [(axes[0], "", "dev"), (axes[1], "_heldout", "held-out")]:
-        for i, setting in enumerate(settings):
+    out = []
+    for split, suffix in [("dev", ""), ("held-out", "_heldout")]:
+        for setting in [DEFAULT] + [b for _, b in CLAIMS]:
             c = next((c for c in cs if c.task == task and c.setting == setting), None)
             mine = [r for r in at_choice(runs, c, STANDARD) if r.curve] if c else []
             if not mine:
@@ -745,32 +746,71 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
                     for at, p in points
                     if at == step and p.get(metric + suffix) is not None
                 ]
-                if not v:
-                    continue
-                shown.append(step)
-                means.append(float(np.mean(v)))
-                lows.append(min(v))
-                highs.append(max(v))
-            colour = LINE_COLOURS[i % len(LINE_COLOURS)]
-            ax.plot(
-                shown,
-                means,
-                linestyle=styles[i],
-                color=colour,
-                label=f"{POINTS[setting].label}: {mine[0].adapter_params:,} adapter / "
-                f"{mine[0].adapter_params + mine[0].head_params:,} trainable params, {len(mine)} seeds",
+                if v:
+                    shown.append(step)
+                    means.append(float(np.mean(v)))
+                    lows.append(min(v))
+                    highs.append(max(v))
+            label = (
+                f"{POINTS[setting].label}: {mine[0].adapter_params:,} adapter / "
+                f"{mine[0].adapter_params + mine[0].head_params:,} trainable params, {len(mine)} seeds"
             )
-            ax.fill_between(shown, lows, highs, color=colour, alpha=0.12, linewidth=0)
+            out.append(Curve(setting, split, label, tuple(shown), tuple(means), tuple(lows), tuple(highs)))
+    return out
+
+
+def curves_digest(lines: list[Curve]) -> str:
+    """A short hash of what a curve figure shows (to 4 decimals), kept in the figure's metadata, so a test can tell
+    a figure drawn from other records than the committed ones (`make tables` redraws them)."""
+    import hashlib
+    import json
+
+    rounded = [[c.setting, c.split, c.label, c.steps, *(np.round(v, 4).tolist() for v in (c.means, c.lows, c.highs))]
+               for c in lines]  # fmt: skip
+    return hashlib.sha256(json.dumps(rounded).encode()).hexdigest()[:16]
+
+
+def figure_digest(png: Path) -> str | None:
+    """The curves digest a figure was drawn with (its PNG's Description), None if it has none."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        found = re.search(r"curves ([0-9a-f]{16})", image.text.get("Description", ""))
+    return found.group(1) if found else None
+
+
+def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> None:
+    """The claim points' dev and held-out metric against the step (standard head, chosen lr): the mean over seeds
+    as a line, the range over seeds (lowest to highest) as a band, so an ordering that comes from early speed can be
+    told from one that holds at the end. Not a t-interval: with two or three seeds its half-width is 4-13 standard
+    errors and would cover the figure; the end-of-run gaps with their intervals are in the claims table.
+    PNG (300 dpi) and SVG, byte-stable, with the curves' digest in their Description (figure_digest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qpeft.frontier import LINE_COLOURS, save_figure
+
+    metric = {"sst2": "accuracy"}.get(task, "pearson_spearman")
+    lines = curves(runs, cs, task)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
+    settings = [DEFAULT] + [b for _, b in CLAIMS]
+    for ax, split in [(axes[0], "dev"), (axes[1], "held-out")]:
+        for line in [c for c in lines if c.split == split]:
+            i = settings.index(line.setting)
+            colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+            ax.plot(line.steps, line.means, linestyle=styles[i], color=colour, label=line.label)
+            ax.fill_between(line.steps, line.lows, line.highs, color=colour, alpha=0.12, linewidth=0)
         ax.set_xlabel("optimizer step")
-        ax.set_title(f"{TASK_LABELS.get(task, task)} {name}: mean over seeds, band = their range")
+        ax.set_title(f"{TASK_LABELS.get(task, task)} {split}: mean over seeds, band = their range")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} x100")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7.5, frameon=False)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=300)
-    fig.savefig(path.with_suffix(".svg"))
+    save_figure(fig, path, f"qpeft.claim learning curves {curves_digest(lines)}")
     plt.close(fig)
 
 

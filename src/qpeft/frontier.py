@@ -567,15 +567,17 @@ def _metric_label(task: str) -> str:
     return "accuracy" if task != "stsb" else "(Pearson + Spearman) / 2"
 
 
-def _save(fig, path: Path) -> list[Path]:
-    """The figure as a 300 dpi PNG and an SVG beside it, both without dates or software stamps (reproducible)."""
+def save_figure(fig, path: Path, description: str | None = None) -> list[Path]:
+    """The figure as a 300 dpi PNG and an SVG beside it, both without dates or software stamps (reproducible);
+    `description` goes into both files' metadata."""
     import matplotlib
 
     path.parent.mkdir(parents=True, exist_ok=True)
     svg = path.with_suffix(".svg")
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    described = {"Description": description} if description else {}
+    fig.savefig(path, dpi=DPI, metadata={"Software": None, **described})
     with matplotlib.rc_context({"svg.hashsalt": "qpeft", "svg.fonttype": "path"}):
-        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+        fig.savefig(svg, metadata={"Date": None, "Creator": None, **described})
     return [path, svg]
 
 
@@ -608,7 +610,7 @@ def figure(points: list[Point], task: str, path: Path, title: str, chosen: list[
         title=f"best setting per budget, chosen\non held-out, at its held-out lr;\ndev mean over {seeds} seeds with\nits 95% t-interval band",
         title_fontsize=7, alignment="left",
     )  # fmt: skip
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure_all(
@@ -656,7 +658,7 @@ def figure_all(
     for ax in axes[::2]:
         ax.set_ylabel(f"dev {_metric_label(task)} x100")
     fig.suptitle(title + " (mean, 95% t-interval over seeds; head alone dashed)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def preset_records(records_root: Path, preset: str) -> list[tuple[Path, Record]]:

@@ -2,7 +2,8 @@
 
 With no `--roots`, every committed table is rebuilt from the committed records, `results/records` ->
 `results/tables` (each preset's table, the throughput table, each frontier study's points table and the claim
-study's page, whose summary also goes into README.md between its claim_minilm markers); when
+study's page, whose summary also goes into README.md between its claim_minilm markers, and its learning curves
+-> `results/figures`); when
 `outputs/` holds runs of your own, they are tabled too, beside the committed ones and marked `(yours)`, into
 `outputs/tables` (results/tables stays what the committed records give). With `--roots`, the records under those
 folders alone are tabled into `--out`.
@@ -41,9 +42,10 @@ def frontier_points(records, records_root: Path, out: Path) -> list[Path]:
     return written
 
 
-def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
+def claim_pages(records, records_root: Path, out: Path, figures: Path | None) -> list[Path]:
     """The claim study's page (qpeft.claim: lr choices, points, the claims with their intervals, which of the
-    126-step frontier's conclusions held), and that of its points at one shared lr on a GPU, without figures."""
+    126-step frontier's conclusions held), and that of its points at one shared lr on a GPU; with `figures`, their
+    learning curves too (a page is rebuilt with its figures, never without)."""
     from qpeft import claim
 
     have = {r.experiment for _, r in records}
@@ -54,17 +56,20 @@ def claim_pages(records, records_root: Path, out: Path) -> list[Path]:
     written = []
     for preset in [claim.PRESET, *claim.FIXED_LR_PRESETS]:
         if preset in have:
-            written += claim.build(records_root / preset, out, None, preset, frontier_root, summaries)
+            written += claim.build(records_root / preset, out, figures, preset, frontier_root, summaries)
     return written
 
 
-def committed_and_yours(out: Path, yours_out: Path, reference: str) -> tuple[list[Path], list[str]]:
-    """`make tables`: the committed tables from results/records, and yours (outputs/) beside them in yours_out."""
+def committed_and_yours(
+    out: Path, yours_out: Path, reference: str, figures: Path = Path("results/figures")
+) -> tuple[list[Path], list[str]]:
+    """`make tables`: the committed tables from results/records (and the claim study's curves, into `figures`),
+    and yours (outputs/) beside them in yours_out."""
     if not COMMITTED.is_dir():
         raise TablesError(f"no such folder: {COMMITTED} (run from the repository root)")
     committed, files, _ = load_labelled_records([COMMITTED])
     written = write_tables(committed, out, reference) + frontier_points(committed, COMMITTED, out)
-    written += claim_pages(committed, COMMITTED, out)
+    written += claim_pages(committed, COMMITTED, out, figures)
     lines = [f"read {files} record files ({len(committed)} distinct runs) under {COMMITTED}"]
     if YOURS_ROOT.is_dir() and any(YOURS_ROOT.rglob(RECORD_NAME)):
         found, n_yours, _ = load_labelled_records([YOURS_ROOT])
@@ -94,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         default=str(YOURS_ROOT / "tables"),
         help="without --roots: where the tables with your runs go",
     )
+    parser.add_argument(
+        "--figures",
+        default="results/figures",
+        help="without --roots: where the claim study's learning curves go",
+    )
     args = parser.parse_args(argv)
     try:
         if args.roots is None:
-            written, lines = committed_and_yours(Path(args.out), Path(args.yours_out), args.reference)
+            written, lines = committed_and_yours(
+                Path(args.out), Path(args.yours_out), args.reference, Path(args.figures)
+            )
         else:
             written, n_records, n_files = build_tables(args.roots, args.out, args.reference)
             lines = [f"read {n_files} record files ({n_records} distinct runs) under {', '.join(args.roots)}"]
