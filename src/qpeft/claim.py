@@ -71,6 +71,7 @@ POINTS: dict[str, PointSpec] = {
     "fourierft_n100": PointSpec("FourierFT n=100", "frontier/fourierft_n100_alr", 3),
 }
 CLAIMS = [(DEFAULT, other) for other in ("lora_r1", "lora_r8", "lora_qv_r1", "vera_r256", "head_only")]
+CLAIM_POINTS = [DEFAULT, *(other for _, other in CLAIMS)]  # the default first: the figures' line order
 FAMILY = len(CLAIMS) * len(TASKS)  # the claim gaps declared before the runs, read together by `family_wise`
 # the 126-step frontier's comparisons (qpeft.frontier.CLAIMS) are judged again on this study's points; its settings
 # are named the same here, except the paper's rule (the same config). Its other settings did not run here.
@@ -231,10 +232,9 @@ def pending_runs(runs: list[Run]) -> list[Pending]:
     """Every run the rule still asks for (empty: the study is complete), the claims' runs first, so that a partial
     study answers whole claims: the claim points' grids and seeds with the standard head (point by point, both
     tasks), then their linear-head runs, then the other points."""
-    claim_points = [DEFAULT] + [b for _, b in CLAIMS]
 
     def rank(c: Choice, backbone: str) -> tuple:
-        return (c.setting not in claim_points, backbone == LINEAR, list(POINTS).index(c.setting), c.task)
+        return (c.setting not in CLAIM_POINTS, backbone == LINEAR, list(POINTS).index(c.setting), c.task)
 
     out: list[tuple[tuple, Pending]] = []
     for c in choices(runs):
@@ -713,6 +713,13 @@ def held_sentence(judgements: list[Judgement]) -> str:
     )
 
 
+CURVES_TAG = "qpeft.claim learning curves"  # a curve figure's Description: this, then its curves_digest
+
+
+def _curve_metric(task: str) -> str:
+    return {"sst2": "accuracy"}.get(task, "pearson_spearman")
+
+
 @dataclass(frozen=True)
 class Curve:
     """One line of a learning-curve figure: a claim point's metric on one eval set against the step."""
@@ -728,10 +735,10 @@ class Curve:
 
 def curves(runs: list[Run], cs: list[Choice], task: str) -> list[Curve]:
     """The claim points' dev and held-out curves on `task` (standard head, chosen lr), what curve_figure draws."""
-    metric = {"sst2": "accuracy"}.get(task, "pearson_spearman")
+    metric = _curve_metric(task)
     out = []
     for split, suffix in [("dev", ""), ("held-out", "_heldout")]:
-        for setting in [DEFAULT] + [b for _, b in CLAIMS]:
+        for setting in CLAIM_POINTS:
             c = next((c for c in cs if c.task == task and c.setting == setting), None)
             mine = [r for r in at_choice(runs, c, STANDARD) if r.curve] if c else []
             if not mine:
@@ -775,7 +782,7 @@ def figure_digest(png: Path) -> str | None:
     from PIL import Image
 
     with Image.open(png) as image:
-        found = re.search(r"curves ([0-9a-f]{16})", image.text.get("Description", ""))
+        found = re.search(CURVES_TAG + r" ([0-9a-f]{16})", image.text.get("Description", ""))
     return found.group(1) if found else None
 
 
@@ -792,25 +799,23 @@ def curve_figure(runs: list[Run], cs: list[Choice], task: str, path: Path) -> No
 
     from qpeft.frontier import LINE_COLOURS, save_figure
 
-    metric = {"sst2": "accuracy"}.get(task, "pearson_spearman")
     lines = curves(runs, cs, task)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
-    settings = [DEFAULT] + [b for _, b in CLAIMS]
     for ax, split in [(axes[0], "dev"), (axes[1], "held-out")]:
         for line in [c for c in lines if c.split == split]:
-            i = settings.index(line.setting)
+            i = CLAIM_POINTS.index(line.setting)
             colour = LINE_COLOURS[i % len(LINE_COLOURS)]
             ax.plot(line.steps, line.means, linestyle=styles[i], color=colour, label=line.label)
             ax.fill_between(line.steps, line.lows, line.highs, color=colour, alpha=0.12, linewidth=0)
         ax.set_xlabel("optimizer step")
         ax.set_title(f"{TASK_LABELS.get(task, task)} {split}: mean over seeds, band = their range")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{metric} x100")
+    axes[0].set_ylabel(f"{_curve_metric(task)} x100")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7.5, frameon=False)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
-    save_figure(fig, path, f"qpeft.claim learning curves {curves_digest(lines)}")
+    save_figure(fig, path, f"{CURVES_TAG} {curves_digest(lines)}")
     plt.close(fig)
 
 
