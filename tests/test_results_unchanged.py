@@ -33,13 +33,25 @@ def test_committed_tables_rebuild_byte_for_byte(tmp_path, monkeypatch):
     """`make tables` (python -m qpeft.tables, no arguments) on a fresh clone: every committed table again, from
     results/records alone, byte for byte; no outputs/ needed and none written. The claim curves it draws show what
     the committed ones show (the digest of their lines, in each PNG's metadata): a figure left from older records
-    fails here."""
+    fails here. README's and docs/claim.md's claim summaries, which it rewrites, are already what it writes (it
+    writes copies here: a test never edits the checkout)."""
+    from qpeft import claim
     from qpeft.claim import figure_digest
     from qpeft.tables import cli
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(cli, "YOURS_ROOT", tmp_path / "no_outputs")
+    summaries = claim.SUMMARY_FILES
+    copies = [tmp_path / "summaries" / path for path in summaries]
+    for path, copy in zip(summaries, copies):
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes((REPO / path).read_bytes())
+    monkeypatch.setattr(claim, "SUMMARY_FILES", tuple(copies))
     assert cli.main(["--out", str(tmp_path / "tables"), "--figures", str(tmp_path / "figures")]) == 0
+    for path, copy in zip(summaries, copies):
+        assert copy.read_bytes() == (REPO / path).read_bytes(), (
+            f"{path}'s claim summary is stale: make tables"
+        )
     written = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert written == sorted(COMMITTED)
     for name in COMMITTED:

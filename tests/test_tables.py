@@ -339,10 +339,18 @@ def test_cli_reports_and_imports_no_training_code(tmp_path):
     assert "tables/adhoc.md" in res.stdout and (tmp_path / "tables" / "adhoc.tex").exists()
 
 
-def test_cli_error_exit(tmp_path):
+def test_cli_error_exit(tmp_path, capsys):
+    """A record that cannot be read, or no record at all: exit 2, one line saying why, no tables."""
     (tmp_path / "outputs" / "x").mkdir(parents=True)
     (tmp_path / "outputs" / "x" / "record.json").write_text("{")
-    assert tables.main(["--roots", str(tmp_path / "outputs"), "--out", str(tmp_path / "t")]) == 1
+    assert tables.main(["--roots", str(tmp_path / "outputs"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qpeft.tables: error:") and "record.json" in err
+    (tmp_path / "empty").mkdir()
+    assert tables.main(["--roots", str(tmp_path / "empty"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no record.json under" in err and "--roots" in err
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_subset_preset_has_its_own_columns_and_average(tmp_path):

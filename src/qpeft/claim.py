@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qpeft.errors import QpeftError
+from qpeft.errors import QpeftError, output_folder
 from qpeft.frontier import TASK_LABELS
 from qpeft.records import Record
 from qpeft.stats import family_wise, welch
@@ -905,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         root = Path(args.records)
+        tables, figures = output_folder(args.tables, "--tables"), output_folder(args.figures, "--figures")
         if args.eta:
             print("\n".join(eta_lines(load(root)[0])))
             return 0
@@ -922,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--frontier-records {frontier_root}: no such folder (the 126-step frontier's records; "
                 "'' leaves the section out)"
             )
-        for path in build(root, Path(args.tables), Path(args.figures), args.preset, frontier_root):
+        for path in build(root, tables, figures, args.preset, frontier_root):
             print(path)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qpeft.errors import QpeftError
+from qpeft.errors import QpeftError, output_folder
 from qpeft.records import Record
 from qpeft.stats import Gap, family_wise, welch
 from qpeft.tables.load import load_records
@@ -755,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             for run in pending_runs(chosen_lrs(collect(preset_records(Path(args.records), args.preset)))):
                 print(run)
             return 0
-        written = build(Path(args.records), args.preset, Path(args.tables), Path(args.figures))
+        tables, figures = output_folder(args.tables, "--tables"), output_folder(args.figures, "--figures")
+        written = build(Path(args.records), args.preset, tables, figures)
     except QpeftError as e:
         print(f"qpeft error: {e}", file=sys.stderr)
         return 2

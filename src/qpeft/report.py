@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
+from qpeft.errors import QpeftError, output_file, output_folder
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Column, Table, build_table, seed_frame
@@ -677,7 +678,8 @@ def _comparisons(records: list) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: build the report; 1 (and the reason) when the records cannot be read."""
+    """Command line: build the report; 2 (and the reason, one line) when the records cannot be read or an output
+    path is of the wrong kind."""
     p = argparse.ArgumentParser(prog="python -m qpeft.report", description=__doc__.splitlines()[0])
     p.add_argument("--records", default="results/records", help="folder searched for record.json")
     p.add_argument("--out", default="results/report.md")
@@ -688,12 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param-figure", default="results/figures/param_scaling.png")
     args = p.parse_args(argv)
     try:
+        # where it writes, checked before anything is written
+        out, param_figure = output_file(args.out, "--out"), output_file(args.param_figure, "--param-figure")
+        figures = output_folder(args.figures, "--figures")
         written = build_report(
-            args.records, args.out, args.figures, args.reference, args.tables, args.bench, args.param_figure
+            args.records, out, figures, args.reference, args.tables, args.bench, param_figure
         )
-    except TablesError as e:
+    except QpeftError as e:
         print(f"qpeft.report: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qpeft.errors import QpeftError
+from qpeft.errors import QpeftError, output_folder
 from qpeft.records import RECORD_NAME
 from qpeft.tables.load import TablesError, load_labelled_records
 from qpeft.tables.write import build_tables, mark_yours, write_tables
@@ -84,7 +84,8 @@ def committed_and_yours(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: build the tables, print what was read and written; 1 on an error or no records."""
+    """Command line: build the tables, print what was read and written; 2 (and the reason, one line) on bad input:
+    unreadable or no records, an output folder that is a file."""
     parser = argparse.ArgumentParser(
         prog="python -m qpeft.tables",
         description="Run records -> paper-style tables (Markdown, LaTeX, CSV), with published rows beside ours. "
@@ -106,21 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        out = output_folder(args.out, "--out")  # checked before anything is written
         if args.roots is None:
-            written, lines = committed_and_yours(
-                Path(args.out), Path(args.yours_out), args.reference, Path(args.figures)
-            )
+            yours_out = output_folder(args.yours_out, "--yours-out")
+            figures = output_folder(args.figures, "--figures")
+            written, lines = committed_and_yours(out, yours_out, args.reference, figures)
         else:
-            written, n_records, n_files = build_tables(args.roots, args.out, args.reference)
+            written, n_records, n_files = build_tables(args.roots, out, args.reference)
             lines = [f"read {n_files} record files ({n_records} distinct runs) under {', '.join(args.roots)}"]
-    except (TablesError, QpeftError) as e:
+    except QpeftError as e:
         print(f"qpeft.tables: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     for line in lines:
         print(line)
     if not written:
-        print("no records found: no tables written")
-        return 1
+        print("qpeft.tables: error: no tables written from these records", file=sys.stderr)
+        return 2
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Row, Stat, Table, build_table, throughput_rows
-from qpeft.tables.load import load_labelled_records, load_references
+from qpeft.tables.load import TablesError, load_labelled_records, load_references
 from qpeft.tables.presets import ADHOC, DASH, SUMMARY_LABELS
 
 
@@ -260,6 +260,10 @@ def build_tables(
     """Read the records under `roots`, write every table under `out`; returns (files written, records, files read).
     Runs of one identity with different metrics are rows labelled by their subfolder (load_labelled_records)."""
     records, files, _ = load_labelled_records(roots)
+    if not records:
+        raise TablesError(
+            f"no record.json under {', '.join(map(str, roots))}: no tables written (check --roots)"
+        )
     return write_tables(records, out, reference), len(records), files
 
 
