@@ -30,6 +30,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _tracked_edits() -> str | None:
+    """`git diff HEAD` of the checkout (its tracked files' edits), None outside a git checkout."""
+    done = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=REPO, capture_output=True)
+    return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
+
+
+_EDITS_AT_START: str | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _EDITS_AT_START
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _EDITS_AT_START = _tracked_edits()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test never edits a tracked file of the checkout (README, the committed tables): the session fails if
+    `git diff HEAD` changed while it ran, naming the files."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or _EDITS_AT_START is None:
+        return
+    if _tracked_edits() != _EDITS_AT_START:
+        names = subprocess.run(
+            ["git", "diff", "HEAD", "--name-only"], cwd=REPO, capture_output=True, text=True
+        )
+        sys.stderr.write(
+            "\nFAILED: tracked files of the checkout changed while the tests ran (a test wrote them, or you "
+            f"edited them meanwhile): {', '.join(names.stdout.split())}\n"
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def compose_cfg(overrides: list[str]) -> DictConfig:
     """The run config exactly as `python run.py <overrides>` composes it."""
     from hydra.core.global_hydra import GlobalHydra
