@@ -905,7 +905,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         root = Path(args.records)
-        tables, figures = output_folder(args.tables, "--tables"), output_folder(args.figures, "--figures")
         if args.eta:
             print("\n".join(eta_lines(load(root)[0])))
             return 0
@@ -917,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in lines:
                 print(line)
             return 0
+        tables, figures = output_folder(args.tables, "--tables"), output_folder(args.figures, "--figures")
         frontier_root = Path(args.frontier_records) if args.frontier_records else None
         if frontier_root is not None and not frontier_root.is_dir():
             raise QpeftError(
