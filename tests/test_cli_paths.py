@@ -86,6 +86,6 @@ def test_a_wrong_kind_of_output_path_is_one_line_and_exit_2(case, tmp_path, monk
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"error: {setting} " in err, err
+    assert err.count("\n") == 1 and err.startswith(f"qpeft error: {setting} "), err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "a_file").read_text() == "mine"

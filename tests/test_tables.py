@@ -345,11 +345,11 @@ def test_cli_error_exit(tmp_path, capsys):
     (tmp_path / "outputs" / "x" / "record.json").write_text("{")
     assert tables.main(["--roots", str(tmp_path / "outputs"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("qpeft.tables: error:") and "record.json" in err
+    assert err.count("\n") == 1 and err.startswith("qpeft error: ") and "record.json" in err
     (tmp_path / "empty").mkdir()
     assert tables.main(["--roots", str(tmp_path / "empty"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no record.json under" in err and "--roots" in err
+    assert err.count("\n") == 1 and err.startswith("qpeft error: no record.json under") and "--roots" in err
     assert not (tmp_path / "t").exists()
 
 

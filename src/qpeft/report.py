@@ -697,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             args.records, out, figures, args.reference, args.tables, args.bench, param_figure
         )
     except QpeftError as e:
-        print(f"qpeft.report: error: {e}", file=sys.stderr)
+        print(f"qpeft error: {e}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")

@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             written, n_records, n_files = build_tables(args.roots, out, args.reference)
             lines = [f"read {n_files} record files ({n_records} distinct runs) under {', '.join(args.roots)}"]
     except QpeftError as e:
-        print(f"qpeft.tables: error: {e}", file=sys.stderr)
+        print(f"qpeft error: {e}", file=sys.stderr)
         return 2
     for line in lines:
         print(line)
     if not written:
-        print("qpeft.tables: error: no tables written from these records", file=sys.stderr)
+        print("qpeft error: no tables written from these records", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")
