@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qpeft.errors import QpeftError, output_folder
+from qpeft.errors import QpeftError, output_folder, print_error
 from qpeft.frontier import TASK_LABELS
 from qpeft.records import Record
 from qpeft.stats import family_wise, welch
@@ -926,8 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in build(root, tables, figures, args.preset, frontier_root):
             print(path)
     except QpeftError as e:
-        print(f"qpeft error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     return 0
 
 

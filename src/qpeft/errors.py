@@ -3,11 +3,19 @@ exit 2), and the up-front checks of where a command will write, so a bad path fa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
 class QpeftError(Exception):
     """A user-fixable error; the message says which setting to change."""
+
+
+def print_error(message: object) -> int:
+    """The contract's one line on stderr, `qpeft error: <message>`; returns the exit code, 2 (run.py prints its
+    own, to answer --help without importing qpeft)."""
+    print(f"qpeft error: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 def output_folder(path: str | Path, setting: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qpeft.errors import QpeftError, output_folder
+from qpeft.errors import QpeftError, output_folder, print_error
 from qpeft.records import Record
 from qpeft.stats import Gap, family_wise, welch
 from qpeft.tables.load import load_records
@@ -758,8 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         tables, figures = output_folder(args.tables, "--tables"), output_folder(args.figures, "--figures")
         written = build(Path(args.records), args.preset, tables, figures)
     except QpeftError as e:
-        print(f"qpeft error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     for path in written:
         print(path)
     return 0

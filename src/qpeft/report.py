@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
-from qpeft.errors import QpeftError, output_file, output_folder
+from qpeft.errors import QpeftError, output_file, output_folder, print_error
 from qpeft.records import Record
 from qpeft.tables import render
 from qpeft.tables.aggregate import Column, Table, build_table, seed_frame
@@ -697,8 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             args.records, out, figures, args.reference, args.tables, args.bench, param_figure
         )
     except QpeftError as e:
-        print(f"qpeft error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -12,10 +12,9 @@ folders alone are tabled into `--out`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from qpeft.errors import QpeftError, output_folder
+from qpeft.errors import QpeftError, output_folder, print_error
 from qpeft.records import RECORD_NAME
 from qpeft.tables.load import TablesError, load_labelled_records
 from qpeft.tables.write import build_tables, mark_yours, write_tables
@@ -116,13 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             written, n_records, n_files = build_tables(args.roots, out, args.reference)
             lines = [f"read {n_files} record files ({n_records} distinct runs) under {', '.join(args.roots)}"]
     except QpeftError as e:
-        print(f"qpeft error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     for line in lines:
         print(line)
     if not written:
-        print("qpeft error: no tables written from these records", file=sys.stderr)
-        return 2
+        return print_error("no tables written from these records")
     for path in written:
         print(f"wrote {path}")
     return 0
