@@ -88,9 +88,12 @@ def test_ties_go_to_the_smaller_lr_and_a_constant_prediction_ranks_last(tmp_path
         write(tmp_path, "stsb", "head_only", 1.6e-4, seed, math.nan)
         write(tmp_path, "stsb", "head_only", 8e-4, seed, 70.0)
         write(tmp_path, "stsb", "head_only", 4e-3, seed, 70.0)
-    runs, _ = claim.load(tmp_path)
+    runs, records = claim.load(tmp_path)
     c = claim.choose(runs, "stsb", "head_only")
     assert c.chosen == pytest.approx(8e-4) and math.isnan(c.scores[1.6e-4])
+    page = "\n".join(claim.tables_of(runs, records, claim.choices(runs))[0]).splitlines()
+    grid_row = next(line for line in page if line.startswith("| STS-B | head only | 0.00016"))
+    assert "0.00016: constant, 0.0008: 70.00, 0.004: 70.00 | 0.0008 |" in grid_row
     pend = [line for line in claim.pending(runs) if "head_only" in line and "glue/stsb" in line]
     assert (
         pend[0]

@@ -413,11 +413,18 @@ def tables_of(
 
     rows = []
     for c in [] if fixed else cs:
-        tried = ", ".join(f"{lr:g}: {s:.2f}" for lr, s in sorted(c.scores.items()))
+        tried = ", ".join(
+            f"{lr:g}: {'constant' if math.isnan(s) else f'{s:.2f}'}" for lr, s in sorted(c.scores.items())
+        )
         state = f"{c.chosen:g}" if c.chosen is not None else f"pending ({len(c.missing)} runs)"
         rows.append([TASK_LABELS.get(c.task, c.task), POINTS[c.setting].label, tried, state])
     if rows:
-        lines += ["## The lr choices (held-out mean over seeds 0 and 1)", ""]
+        lines += [
+            "## The lr choices (held-out mean over seeds 0 and 1)",
+            "",
+            "`constant`: a seed predicted one value for every example (an undefined correlation); it ranks last.",
+            "",
+        ]
         lines += [
             markdown(["task", "point", "held-out by lr", "chosen"], rows, align="llll").rstrip("\n"),
             "",
