@@ -264,6 +264,11 @@ def test_which_frontier_conclusions_held(tmp_path):
         "Of the 126-step frontier's 3 stated conclusions on these tasks, 0 held, 1 did not hold (SST-2 "
         "`quantum_kfull_l1_ws - lora_r8` level); 1 wait for runs and 1 compare settings this study does not run"
     ) in sentence
+    # once nothing waits, the sentence no longer speaks of runs to wait for
+    finished = [j for j in judgements if j.outcome not in ("pending", "too few seeds")]
+    assert claim.held_sentence(finished).endswith(
+        "level); 1 compare settings this study does not run (the page's last section)."
+    )
     # without the frontier's records the page has no such section
     claim.build(study, tmp_path / "tables", None)
     assert "126-step" not in (tmp_path / "tables" / "claim_minilm_claims.md").read_text()

@@ -713,9 +713,11 @@ def held_sentence(judgements: list[Judgement]) -> str:
         )
         return f"{len(picked)} {outcome}" + (f" ({names})" if picked else "")
 
+    # a finished study has nothing waiting: say nothing of it rather than "0 wait"
+    rest = f"{waiting} wait for runs and " if waiting else ""
     return (
         f"Of the 126-step frontier's {len(judgements)} stated conclusions on these tasks, {named('held')}, "
-        f"{named('did not hold')}; {waiting} wait for runs and {absent} compare settings this study does not run "
+        f"{named('did not hold')}; {rest}{absent} compare settings this study does not run "
         "(the page's last section)."
     )
 
